@@ -1,0 +1,445 @@
+"""Where admitted work runs: aloops, the thread pool, process pools and backends.
+
+Every executor takes a :class:`Job` and, when the job ends, calls the supervisor's sink
+``sink(job, outcome)`` from whatever thread it is on. The sink batches: one wake-up of
+the supervisor loop per burst of completions, not one per task (see ``Inbox``).
+
+An **aloop** is an asyncio event loop (uvloop when available) running in its own thread,
+named ``taskvisor-aloop-NAME``. Jobs reach it through an ``Inbox`` too, so a burst of
+dispatches costs one ``call_soon_threadsafe``. ``Aloop.run(coro)`` is the blocking portal
+for other threads, like anyio's ``BlockingPortal.call``.
+
+The **thread pool** is a small pool of our own rather than ``ThreadPoolExecutor``: a job
+is a queue entry with no ``concurrent.futures.Future`` (about 2 KB and a lock each) and no
+done-callback hop; idle threads are reused and new ones start up to the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import inspect
+import multiprocessing
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+from ._errors import ClosedError, WorkerCrashed
+from ._result import ExceptionInfo
+from ._worker import decode, run_pickled
+
+__all__ = [
+    "Aloop",
+    "AloopState",
+    "Inbox",
+    "Job",
+    "Outcome",
+    "PickledPool",
+    "Sink",
+    "ThreadPool",
+    "run_inline",
+]
+
+try:  # uvloop is a runtime dependency except on Windows
+    import uvloop
+
+    _new_uvloop: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - Windows
+    _new_uvloop = None
+
+
+class Job:
+    """One attempt of a task, as an executor sees it."""
+
+    __slots__ = (
+        "name",
+        "fn",
+        "args",
+        "kwargs",
+        "shared",
+        "attempt",
+        "started",
+        "cancelled",
+        "handle",
+        "target",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        shared: dict[str, Any] | None,
+        target: str,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.shared = shared  # passed as the ``shared`` keyword when not None
+        self.attempt = 0
+        self.started = 0.0
+        self.cancelled: str | None = None  # why the supervisor asked it to stop
+        self.handle: Any = None  # the asyncio.Task running it, for cancellation
+        self.target = target
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+# (outcome, ret, shared, excinfo, worker, ended_at)
+Result = tuple[Outcome, Any, dict[str, Any] | None, ExceptionInfo | None, str | None]
+
+
+class Sink(Protocol):
+    def __call__(self, job: Job, result: Result) -> None: ...
+
+
+class Inbox:
+    """A thread-safe queue drained on one loop, with one wake-up per burst.
+
+    ``put`` appends and schedules ``drain`` on the loop only if no drain is pending. The
+    drain clears the flag *before* it empties the deque, so an item put while it runs is
+    either seen by this drain or schedules the next one: none is ever stranded.
+    """
+
+    __slots__ = ("_items", "_scheduled", "_loop", "_drain")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[Any]], None]) -> None:
+        self._items: deque[Any] = deque()
+        self._scheduled = False
+        self._loop = loop
+        self._drain = drain
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._run)
+            except RuntimeError:  # the loop is closed: nobody will drain it any more
+                self._scheduled = False
+
+    def put_local(self, item: Any) -> None:
+        """``put`` from the loop's own thread (no thread-safe wake-up needed)."""
+        self._items.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        items = self._items
+        batch = []
+        while items:
+            batch.append(items.popleft())
+        if batch:
+            self._drain(batch)
+
+
+def _call(job: Job) -> Any:
+    if job.shared is not None:
+        return job.fn(*job.args, **job.kwargs, shared=job.shared)
+    return job.fn(*job.args, **job.kwargs)
+
+
+def _error(exc: BaseException) -> ExceptionInfo:
+    return ExceptionInfo.from_exc(exc)
+
+
+async def _run_coro(job: Job, sink: Sink, worker: str) -> None:
+    """Run a job on the current loop and report it."""
+    try:
+        ret = _call(job)
+        if inspect.isawaitable(ret):
+            ret = await ret
+    except asyncio.CancelledError:
+        if job.cancelled is None:
+            job.cancelled = "cancelled"
+        sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
+        return
+    except BaseException as exc:  # noqa: BLE001 - a task's failure is a result
+        sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+        return
+    sink(job, (Outcome.OK, ret, job.shared, None, worker))
+
+
+def run_inline(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
+    """``runs_on="main"``: coroutines become tasks on the supervisor loop."""
+    if job.cancelled is not None:
+        sink(job, (Outcome.CANCELLED, None, job.shared, None, "main"))
+        return
+    job.handle = loop.create_task(_run_coro(job, sink, "main"), name=f"taskvisor:{job.name}")
+
+
+class AloopState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Aloop:
+    """A named event loop in its own thread (``taskvisor-aloop-NAME``)."""
+
+    def __init__(self, name: str, *, use_uvloop: bool = True) -> None:
+        self.name = name
+        self.thread_name = f"taskvisor-aloop-{name}"
+        self.uses_uvloop = use_uvloop and _new_uvloop is not None
+        self.state = AloopState.CREATED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._inbox: Inbox | None = None
+        self._sink: Sink | None = None
+        self.running = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise ClosedError(self.state.value, f"use aloop {self.name!r}")
+        return self._loop
+
+    def start(self, sink: Sink) -> concurrent.futures.Future[None]:
+        """Start the thread; the future resolves once its loop runs."""
+        if self.state is not AloopState.CREATED:
+            raise RuntimeError(f"aloop {self.name!r} is already {self.state.value}")
+        self._sink = sink
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name=self.thread_name, daemon=True
+        )
+        self.state = AloopState.RUNNING
+        self._thread.start()
+        return ready
+
+    def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        factory = _new_uvloop if self.uses_uvloop and _new_uvloop else asyncio.new_event_loop
+        loop = factory()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._inbox = Inbox(loop, self._start_jobs)
+        loop.call_soon(ready.set_result, None)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                pending = asyncio.all_tasks(loop)
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def submit(self, job: Job) -> None:
+        """Run a job on this loop (from any thread)."""
+        if self._inbox is None or self.state is not AloopState.RUNNING:
+            raise ClosedError(self.state.value, f"submit to aloop {self.name!r}")
+        self._inbox.put(job)
+
+    def _start_jobs(self, jobs: list[Job]) -> None:
+        assert self._sink is not None and self._loop is not None
+        for job in jobs:
+            if job.cancelled is not None:
+                self._sink(job, (Outcome.CANCELLED, None, job.shared, None, self.thread_name))
+                continue
+            job.handle = self._loop.create_task(
+                _run_coro(job, self._sink, self.thread_name), name=f"taskvisor:{job.name}"
+            )
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a job's coroutine on this loop (thread-safe)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def _cancel() -> None:
+            if job.handle is not None:
+                job.handle.cancel()
+
+        loop.call_soon_threadsafe(_cancel)
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on this aloop from another thread and return its result.
+
+        Blocks the calling thread; calling it from this aloop's thread, or from a thread
+        running an event loop, would deadlock or stall that loop, so it raises.
+        """
+        loop = self.loop
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(f"Aloop.run() called from aloop {self.name!r}'s own thread")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise RuntimeError(
+                "Aloop.run() blocks; from async code use "
+                "`await asyncio.wrap_future(aloop.submit_coro(coro))`"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def submit_coro(self, coro: Any) -> concurrent.futures.Future[Any]:
+        """Schedule a coroutine on this aloop; returns a concurrent future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        """Stop the loop (cancelling what still runs on it) and join the thread."""
+        if self.state is not AloopState.RUNNING:
+            self.state = AloopState.STOPPED
+            return
+        self.state = AloopState.STOPPED
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join()
+
+    def __repr__(self) -> str:
+        kind = "uvloop" if self.uses_uvloop else "asyncio"
+        return f"<Aloop {self.name!r} {self.state.value} {kind}>"
+
+
+class ThreadPool:
+    """Worker threads fed from one queue; threads start on demand up to ``size``."""
+
+    def __init__(self, size: int, sink: Sink, prefix: str = "taskvisor-thread") -> None:
+        self.size = size
+        self._sink = sink
+        self._prefix = prefix
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise ClosedError("closed", "submit to the thread pool")
+        self._queue.put(job)
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
+            t = threading.Thread(
+                target=self._work, name=f"{self._prefix}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(t)
+            t.start()
+
+    def _work(self) -> None:
+        sink, q = self._sink, self._queue
+        worker = threading.current_thread().name
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            if job.cancelled is not None:
+                sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
+            else:
+                try:
+                    ret = _call(job)
+                    if inspect.iscoroutine(ret):
+                        ret = asyncio.run(ret)
+                except BaseException as exc:  # noqa: BLE001 - a task's failure is a result
+                    sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+                else:
+                    sink(job, (Outcome.OK, ret, job.shared, None, worker))
+            del job
+            self._idle.release()
+
+    def shutdown(self) -> None:
+        """Stop every thread after the jobs already queued, and join them."""
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+
+
+class PickledPool:
+    """Runs jobs through any ``concurrent.futures.Executor`` whose payloads are pickled.
+
+    The process pool (``spawn`` by default) and user backends (a Dask client's
+    ``get_executor()``, a ``ProcessPoolExecutor`` of your own …) both come through here.
+    The callable runs inside :func:`run_pickled`, so every payload problem becomes that
+    task's ``RemoteError``. A dead worker breaks a stdlib process pool as a whole: the
+    tasks it ran end with ``WorkerCrashed`` and the next submission builds a new pool.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        factory: Callable[[], concurrent.futures.Executor] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        label: str = "process",
+    ) -> None:
+        self._sink = sink
+        self._factory = factory
+        self._executor = executor
+        self._owned = factory is not None
+        self.label = label
+        self._closed = False
+
+    @classmethod
+    def processes(cls, sink: Sink, size: int, start_method: str = "spawn") -> PickledPool:
+        ctx = multiprocessing.get_context(start_method)
+        return cls(
+            sink,
+            factory=lambda: concurrent.futures.ProcessPoolExecutor(size, mp_context=ctx),
+        )
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise ClosedError("closed", f"submit to {self.label}")
+        if self._executor is None:
+            assert self._factory is not None
+            self._executor = self._factory()
+        try:
+            fut = self._executor.submit(run_pickled, job.fn, job.args, job.kwargs, job.shared)
+        except BrokenProcessPool:
+            self._executor = None
+            return self.submit(job)
+        except Exception as exc:  # noqa: BLE001 - e.g. a backend that refuses the job
+            self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
+            return
+        fut.add_done_callback(lambda f: self._done(job, f))
+
+    def _done(self, job: Job, fut: concurrent.futures.Future[Any]) -> None:
+        if fut.cancelled():
+            self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
+            return
+        exc = fut.exception()
+        if exc is not None:
+            if isinstance(exc, BrokenProcessPool):
+                if self._owned:
+                    self._executor = None
+                exc = WorkerCrashed(job.name, None, None)
+            self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
+            return
+        ok, ret, shared, excinfo, worker = decode(fut.result())
+        if ok:
+            self._sink(job, (Outcome.OK, ret, shared, None, worker))
+        else:
+            self._sink(job, (Outcome.ERROR, None, shared, excinfo, worker))
+
+    def shutdown(self) -> None:
+        self._closed = True
+        if self._owned and self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,84 @@
+"""Small public helpers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._errors import TaskFailError
+
+__all__ = ["controlled_failure"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Controlled:
+    """Calls ``fn``; an exception of the given types becomes a ``TaskFailError``.
+
+    A class rather than a closure so that it pickles (process tasks) whenever ``fn`` does.
+    """
+
+    def __init__(self, fn: Callable[..., Any], deps_ok: bool, locks_ok: bool,
+                 exceptions: tuple[type[BaseException], ...]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.deps_ok = deps_ok
+        self.locks_ok = locks_ok
+        self.exceptions = exceptions
+
+    def _convert(self, exc: BaseException) -> TaskFailError:
+        return TaskFailError(f"{type(exc).__name__}: {exc}", deps_ok=self.deps_ok,
+                             locks_ok=self.locks_ok)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.fn(*args, **kwargs)
+        except TaskFailError:
+            raise
+        except self.exceptions as exc:
+            raise self._convert(exc) from exc
+
+
+class _ControlledAsync(_Controlled):
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self.fn(*args, **kwargs)
+        except TaskFailError:
+            raise
+        except self.exceptions as exc:
+            raise self._convert(exc) from exc
+
+
+@overload
+def controlled_failure(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def controlled_failure(
+    *, deps_ok: bool = True, locks_ok: bool = True,
+    exceptions: tuple[type[BaseException], ...] = (Exception,),
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def controlled_failure(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    deps_ok: bool = True,
+    locks_ok: bool = True,
+    exceptions: tuple[type[BaseException], ...] = (Exception,),
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make any exception of ``fn`` a controlled failure (:class:`TaskFailError`).
+
+    The task still ends ``FAILED`` with the original exception as ``__cause__``, but its
+    provides are satisfied (``deps_ok``) and its locks released (``locks_ok``). Use it
+    bare (``@controlled_failure``) or with options; it works on coroutine functions too.
+    """
+
+    def wrap(f: Callable[P, R]) -> Callable[P, R]:
+        import inspect
+
+        cls = _ControlledAsync if inspect.iscoroutinefunction(f) else _Controlled
+        return cls(f, deps_ok, locks_ok, exceptions)  # type: ignore[return-value]
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,878 @@
+"""The planner: every readiness decision taskvisor makes, as a pure state machine.
+
+Why a pure core
+---------------
+The older libraries taskvisor replaces mixed readiness logic with threads and loops; their
+hangs came from state changed in one place and forgotten in another. Here one synchronous
+object owns all of it. Events go in (``submit``, ``finish``, ``provide``, ``cancel``,
+``tick`` with ``now``); instructions come out (``Dispatch``, ``Settle``, ``Cancel``,
+``Warn``, ``WakeAt``). It imports no asyncio, threading, psutil or clock: time arrives in
+the events. The supervisor runs the instructions; tests feed events directly.
+
+A task's life
+-------------
+``NEW → WAITING → DELAYED → LOCKED → QUEUED → RUNNING → DONE | FAILED | CANCELLED``, where
+each middle stage is skipped when there is nothing to wait for, and any stage before
+RUNNING may end in ``SKIPPED`` or ``CANCELLED``. ``_MOVES`` is the table of legal moves; an
+illegal one raises ``PlannerBug`` naming the task and its recent history.
+
+- WAITING: ``missing`` counts unsatisfied dependency items. Each item keeps its waiters;
+  when it is satisfied each waiter's count drops by one (no rescans).
+- DELAYED: a heap of due times; ``tick(now)`` releases what is due.
+- LOCKED: each lock resource has holders, a *granted* set and a FIFO of waiters. Waiters
+  move from the FIFO to *granted* in order, only while compatible with holders and with
+  what is already granted (so a waiting claimant stops later users: no writer
+  starvation). A task whose every resource is granted is admissible; it takes them all at
+  admission, never some (no deadlock: tasks join all their FIFOs at once, so every FIFO
+  orders them the same way and the oldest waiter is at the head of all of its queues).
+- QUEUED: one heap per tier keyed by ``(priority, seq)``. Admission looks at the head of
+  each tier from CRITICAL down and admits the first head that fits; within a tier the head
+  blocks those behind it (heavy tasks are not starved by light ones).
+
+Failure: a provider that ends without success removes itself from its items' pending
+providers; an item with no pending provider left and at least one failed one is dead and
+its waiters are SKIPPED (DependencyError), which cascades through their own provides. A
+FAILED task keeps its locks (unless ``locks_ok``): they are *stuck*, and every waiter that
+conflicts with a stuck holder is SKIPPED (LockError).
+
+Every event costs O(log n) in the number of tasks plus the work it causes (the waiters it
+releases or skips); nothing rescans the pending set.
+"""
+
+from __future__ import annotations
+
+import enum
+import graphlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ._errors import (
+    CapacityError,
+    CycleError,
+    DependencyError,
+    DuplicateTaskError,
+    LockError,
+    NotRunError,
+    ResourceError,
+    TaskCancelled,
+)
+from ._spec import OutputItem, Tier
+
+__all__ = [
+    "Cancel",
+    "Dispatch",
+    "Instruction",
+    "Planner",
+    "PlannerBug",
+    "Settle",
+    "Spec",
+    "State",
+    "WakeAt",
+    "Warn",
+]
+
+
+class State(enum.Enum):
+    """Where a task is in its life. The last four are terminal."""
+
+    NEW = "new"
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    LOCKED = "locked"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED, State.CANCELLED})
+_NOT_RUN = (State.SKIPPED, State.CANCELLED)
+_RAN = frozenset({State.QUEUED, State.RUNNING, State.DONE, State.FAILED})
+_S = State
+_MOVES: dict[State, frozenset[State]] = {
+    _S.NEW: frozenset({_S.WAITING, _S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
+    _S.WAITING: frozenset({_S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
+    _S.DELAYED: frozenset({_S.LOCKED, _S.QUEUED, *_NOT_RUN}),
+    _S.LOCKED: frozenset({_S.QUEUED, *_NOT_RUN}),
+    _S.QUEUED: frozenset({_S.RUNNING, *_NOT_RUN}),
+    _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.CANCELLED}),
+}
+
+
+class PlannerBug(AssertionError):
+    """An internal invariant broke. Always a taskvisor bug; please report it."""
+
+
+class Spec(Protocol):
+    """What the planner reads of a task (``taskvisor.Task`` satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dependencies(self) -> frozenset[Hashable]: ...
+    @property
+    def provides(self) -> frozenset[Hashable]: ...
+    @property
+    def claims(self) -> frozenset[Hashable]: ...
+    @property
+    def uses(self) -> frozenset[Hashable]: ...
+    @property
+    def tier(self) -> Tier: ...
+    @property
+    def priority(self) -> float: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+    @property
+    def delay(self) -> float: ...
+
+
+# ---------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run the task now. ``parents`` finished before it, in finish order (for ``shared``)."""
+
+    name: str
+    parents: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The task ended without running (SKIPPED or CANCELLED); ``error`` says why."""
+
+    name: str
+    state: State
+    error: NotRunError
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the running task; report ``finish(name, CANCELLED)`` when it has stopped."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warn:
+    """Tell the user something went wrong without an exception."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAt:
+    """Call ``tick(now)`` at (or after) this time."""
+
+    when: float
+
+
+Instruction = Dispatch | Settle | Cancel | Warn | WakeAt
+
+
+# ---------------------------------------------------------------- internal records
+
+
+class _T:
+    """The planner's record of one task."""
+
+    __slots__ = (
+        "spec",
+        "name",
+        "seq",
+        "state",
+        "history",
+        "missing",
+        "lock_missing",
+        "parents",
+        "due",
+        "finish_seq",
+        "root",
+    )
+
+    def __init__(self, spec: Spec, seq: int) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.seq = seq
+        self.state = State.NEW
+        self.history: list[State] = [State.NEW]
+        self.missing = 0
+        self.lock_missing = 0
+        self.parents: list[_T] = []
+        self.due = 0.0
+        self.finish_seq = -1
+        self.root: str | None = None  # the failure that skipped it, for messages
+
+    @property
+    def locks(self) -> Iterable[tuple[Hashable, bool]]:
+        for r in self.spec.claims:
+            yield r, True
+        for r in self.spec.uses:
+            yield r, False
+
+    def __repr__(self) -> str:
+        return f"<_T {self.name!r} {self.state.name}>"
+
+
+class _Item:
+    __slots__ = ("satisfied", "provider", "providers", "failed", "waiters")
+
+    def __init__(self) -> None:
+        self.satisfied = False
+        self.provider: _T | None = None  # who satisfied it (None: sup.provide)
+        self.providers: set[_T] = set()  # submitted providers that have not ended
+        self.failed: list[_T] = []  # providers that ended without providing it
+        self.waiters: list[_T] = []
+
+    @property
+    def dead(self) -> bool:
+        return not self.satisfied and not self.providers and bool(self.failed)
+
+
+class _Lock:
+    __slots__ = ("excl", "shared", "granted", "granted_excl", "fifo", "stuck")
+
+    def __init__(self) -> None:
+        self.excl: _T | None = None  # exclusive holder
+        self.shared: set[_T] = set()  # shared holders
+        self.granted: set[_T] = set()  # waiters cleared to take it at admission
+        self.granted_excl = False  # the granted waiter is a claimant
+        self.fifo: deque[tuple[_T, bool]] = deque()  # (waiter, exclusive)
+        self.stuck: _T | None = None  # a failed holder that never releases
+
+    def compatible(self, exclusive: bool) -> bool:
+        """May a new waiter of this mode be granted now, ahead of nobody?"""
+        if exclusive:
+            return self.excl is None and not self.shared and not self.granted
+        return self.excl is None and not self.granted_excl
+
+    def conflicts_stuck(self, exclusive: bool) -> bool:
+        """Can a waiter of this mode never be granted, because a failed task holds it?"""
+        if self.stuck is None:
+            return False
+        return exclusive or self.excl is self.stuck
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts the supervisor's ``statistics()`` reads."""
+
+    by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(State, 0))
+    queued_by_tier: dict[Tier, int] = field(default_factory=lambda: dict.fromkeys(Tier, 0))
+
+
+# ---------------------------------------------------------------- the planner
+
+
+class Planner:
+    """Readiness, locks, admission and failure propagation; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 0,
+        reserve_normal: int = 0,
+        reserve_high: int = 0,
+        resources: Mapping[str, float] | None = None,
+        fail_fast: bool = False,
+    ) -> None:
+        for label, v in (
+            ("pool_size", pool_size),
+            ("reserve_normal", reserve_normal),
+            ("reserve_high", reserve_high),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{label} must be an int >= 0, got {v!r}")
+        self.pool_size = pool_size
+        low = pool_size
+        normal = low + reserve_normal
+        high = normal + reserve_high
+        self._limit = {Tier.LOW: low, Tier.NORMAL: normal, Tier.HIGH: high}
+        self.capacity = dict(resources or {})
+        self.fail_fast = fail_fast
+        self.busy = 0  # slots used by running non-critical tasks
+        self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
+        self.paused = False
+        self.gate_closed = False  # live system gate: holds non-critical admissions
+        self._tasks: dict[str, _T] = {}
+        self._items: dict[Hashable, _Item] = {}
+        self._locks: dict[Hashable, _Lock] = {}
+        self._queues: dict[Tier, list[tuple[float, int, _T]]] = {t: [] for t in Tier}
+        self._delayed: list[tuple[float, int, _T]] = []
+        self._seq = itertools.count()
+        self._finish_seq = itertools.count()
+        self._out: list[Instruction] = []
+        self._failed_once = False
+        self._now = 0.0  # the latest time any event carried
+        self.stats = Stats()
+
+    # ------------------------------------------------------------ queries
+
+    def state(self, name: str) -> State:
+        return self._tasks[name].state
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def live(self) -> list[str]:
+        """Names of tasks not yet in a terminal state, in submission order."""
+        live = [t for t in self._tasks.values() if not t.state.terminal]
+        return [t.name for t in sorted(live, key=lambda t: t.seq)]
+
+    def tier_limit(self, tier: Tier) -> int | None:
+        """Slots a tier may fill, or None for unlimited."""
+        if tier is Tier.CRITICAL or self.pool_size == 0:
+            return None
+        return self._limit[tier]
+
+    # ------------------------------------------------------------ events
+
+    def submit(self, specs: Sequence[Spec], *, sealed: bool = False, now: float = 0.0) -> list[Instruction]:
+        """Add a batch. Graph errors raise before anything changes.
+
+        ``sealed``: every dependency must be satisfied or provided by a known task now;
+        what nobody can provide is settled at once with ``DependencyError``.
+        """
+        self._clock(now)
+        self._check_batch(specs)
+        new = [_T(s, next(self._seq)) for s in specs]
+        self.stats.by_state[State.NEW] += len(new)
+        for t in new:
+            self._tasks[t.name] = t
+            for item in self._provides(t):
+                self._item(item).providers.add(t)
+        for t in new:
+            self._enter(t, sealed)
+        self._admit()
+        return self._flush()
+
+    def finish(
+        self,
+        name: str,
+        state: State,
+        *,
+        deps_ok: bool = False,
+        locks_ok: bool = False,
+        now: float = 0.0,
+    ) -> list[Instruction]:
+        """A running task ended: ``DONE``, ``FAILED`` or ``CANCELLED``.
+
+        ``deps_ok``/``locks_ok`` (controlled failure) say a FAILED task still satisfies its
+        provides / releases its locks. CANCELLED releases locks and provides nothing.
+        """
+        self._clock(now)
+        t = self._tasks[name]
+        if state not in (State.DONE, State.FAILED, State.CANCELLED):
+            raise PlannerBug(f"finish({name!r}) with non-final state {state}")
+        self._move(t, state)
+        t.finish_seq = next(self._finish_seq)
+        spec = t.spec
+        if spec.tier is not Tier.CRITICAL:
+            self.busy -= spec.weight
+        for k, v in spec.resources.items():
+            self.used[k] -= v
+        ok = state is State.DONE
+        release = ok or state is State.CANCELLED or locks_ok
+        stuck = []
+        for r, _excl in t.locks:
+            lock = self._locks[r]
+            if release:
+                if lock.excl is t:
+                    lock.excl = None
+                else:
+                    lock.shared.discard(t)
+            else:
+                lock.stuck = t
+                stuck.append(r)
+        provided = ok or (state is State.FAILED and deps_ok)
+        skipped_before = self.stats.by_state[State.SKIPPED]
+        if provided:
+            for item in spec.provides:
+                self._satisfy(item, t)
+        else:
+            for item in spec.provides:
+                self._lose(item, t, root=t.name)
+        if ok:
+            self._satisfy(OutputItem(name), t)
+        else:
+            self._lose(OutputItem(name), t, root=t.name)
+        for r, excl in t.locks:
+            lock = self._locks[r]
+            if lock.stuck is t:
+                self._skip_stuck_waiters(r, lock)
+            self._advance(r, lock)
+        skipped = self.stats.by_state[State.SKIPPED] - skipped_before
+        if state is State.FAILED and (skipped or stuck):
+            msg = f"task {name!r} failed"
+            if skipped:
+                msg += f": {skipped} dependent task(s) skipped"
+            if stuck:
+                held = ", ".join(repr(r) for r in sorted(stuck, key=repr))
+                msg += f"; lock(s) {held} stay held"
+            self._out.append(Warn(msg))
+        if state is State.FAILED and self.fail_fast and not self._failed_once:
+            self._failed_once = True
+            self._cancel_all(f"fail_fast: {name!r} failed")
+        self._admit()
+        return self._flush()
+
+    def provide(self, item: Hashable, *, now: float = 0.0) -> list[Instruction]:
+        """Satisfy ``item`` from outside (``sup.provide``)."""
+        self._clock(now)
+        self._satisfy(item, None)
+        self._admit()
+        return self._flush()
+
+    def cancel(self, name: str, reason: str = "cancelled", *, now: float = 0.0) -> list[Instruction]:
+        """Cancel a task: settled at once if not running, else a ``Cancel`` instruction."""
+        self._clock(now)
+        t = self._tasks[name]
+        self._cancel(t, reason)
+        self._admit()
+        return self._flush()
+
+    def cancel_all(self, reason: str, *, now: float = 0.0) -> list[Instruction]:
+        """Cancel every task that has not ended (``aclose(cancel=True)``)."""
+        self._clock(now)
+        self._cancel_all(reason)
+        self._admit()
+        return self._flush()
+
+    def tick(self, now: float) -> list[Instruction]:
+        """Time passed: release delayed tasks that are due."""
+        self._clock(now)
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, t = heapq.heappop(self._delayed)
+            if t.state is State.DELAYED:
+                self._to_locks(t)
+        if self._delayed:
+            self._out.append(WakeAt(self._delayed[0][0]))
+        self._admit()
+        return self._flush()
+
+    def set_paused(self, paused: bool) -> list[Instruction]:
+        self.paused = paused
+        self._admit()
+        return self._flush()
+
+    def set_gate(self, closed: bool) -> list[Instruction]:
+        """Live system gate (cpu/memory above limit): hold non-critical admissions."""
+        self.gate_closed = closed
+        self._admit()
+        return self._flush()
+
+    def settle_waiting(self, *, now: float = 0.0) -> list[Instruction]:
+        """Closing: every task still waiting for a dependency ends with DependencyError."""
+        self._clock(now)
+        for t in list(self._tasks.values()):
+            if t.state is State.WAITING:
+                missing = [
+                    i for i in t.spec.dependencies if not self._item(i).satisfied
+                ]
+                self._end(t, State.SKIPPED, DependencyError(t.name, missing=_sorted(missing)))
+        self._admit()
+        return self._flush()
+
+    # ------------------------------------------------------------ submission
+
+    def _check_batch(self, specs: Sequence[Spec]) -> set[str]:
+        names: set[str] = set()
+        for s in specs:
+            if s.name in names or s.name in self._tasks:
+                raise DuplicateTaskError(s.name)
+            names.add(s.name)
+        self._check_cycles(specs, names)
+        return names
+
+    def _check_cycles(self, specs: Sequence[Spec], names: set[str]) -> None:
+        """Raise CycleError if the batch closes a cycle (never an assert: works under -O).
+
+        A cycle through an older task needs an older task waiting on something the batch
+        provides; only then is the search widened beyond the batch.
+        """
+        by_name = {s.name: s for s in specs}
+        batch_providers: dict[Hashable, list[str]] = {}
+        for s in specs:
+            for item in (*s.provides, OutputItem(s.name)):
+                batch_providers.setdefault(item, []).append(s.name)
+        widen = any(
+            any(w.state is State.WAITING for w in self._items[i].waiters)
+            for i in batch_providers
+            if i in self._items
+        )
+        graph: dict[str, set[str]] = {}
+        todo = list(by_name)
+        while todo:
+            n = todo.pop()
+            if n in graph:
+                continue
+            deps: set[str] = set()
+            spec = by_name[n] if n in by_name else self._tasks[n].spec
+            for item in spec.dependencies:
+                rec = self._items.get(item)
+                if rec is not None and rec.satisfied:
+                    continue
+                deps.update(batch_providers.get(item, ()))
+                if widen and rec is not None:
+                    deps.update(p.name for p in rec.providers)
+            graph[n] = deps
+            todo.extend(d for d in deps if d not in graph)
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as exc:
+            cycle = list(reversed(exc.args[1]))
+            raise CycleError(cycle) from None
+
+    def _clock(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
+
+    def _enter(self, t: _T, sealed: bool) -> None:
+        spec = t.spec
+        t.due = self._now + spec.delay  # delay counts from submission
+        if t.state is not State.NEW:  # skipped already by a cascade within the batch
+            return
+        err = self._never_fits(t)
+        if err is not None:
+            self._end(t, State.SKIPPED, err)
+            return
+        unmet: list[Hashable] = []
+        for item in spec.dependencies:
+            rec = self._item(item)
+            if rec.satisfied:
+                if rec.provider is not None:
+                    t.parents.append(rec.provider)
+            else:
+                unmet.append(item)
+        if unmet:
+            dead = [i for i in unmet if self._items[i].dead]
+            orphan = [i for i in unmet if not self._items[i].providers and not self._items[i].failed]
+            if dead or (sealed and orphan):
+                parents = [p for i in dead for p in self._items[i].failed]
+                root = parents[0].root or parents[0].name if parents else None
+                t.root = root
+                failed = _unique(p.name for p in parents)
+                self._end(t, State.SKIPPED, _dep_error(t, orphan if sealed else [], failed, root))
+                return
+            t.missing = len(unmet)
+            for i in unmet:
+                self._items[i].waiters.append(t)
+            self._move(t, State.WAITING)
+            return
+        self._ready(t)
+
+    def _never_fits(self, t: _T) -> NotRunError | None:
+        spec = t.spec
+        limit = self.tier_limit(spec.tier)
+        if limit is not None and spec.weight > limit:
+            return CapacityError(t.name, spec.weight, limit)
+        short = {
+            k: v - self.capacity.get(k, 0.0)
+            for k, v in spec.resources.items()
+            if v > self.capacity.get(k, 0.0)
+        }
+        if short:
+            return ResourceError(t.name, short)
+        return None
+
+    # ------------------------------------------------------------ readiness
+
+    def _ready(self, t: _T) -> None:
+        """Dependencies met: delay, then locks, then the admission queue."""
+        if t.due > self._now:
+            # the delay counts from submission and holds no slot while it runs out
+            self._move(t, State.DELAYED)
+            first = not self._delayed or t.due < self._delayed[0][0]
+            heapq.heappush(self._delayed, (t.due, t.seq, t))
+            if first:
+                self._out.append(WakeAt(t.due))
+            return
+        self._to_locks(t)
+
+    def _to_locks(self, t: _T) -> None:
+        spec = t.spec
+        if not spec.claims and not spec.uses:
+            self._queue(t)
+            return
+        for r, excl in t.locks:
+            lock = self._locks.get(r)
+            if lock is not None and lock.conflicts_stuck(excl):
+                assert lock.stuck is not None
+                self._end(t, State.SKIPPED, LockError(t.name, r, lock.stuck.name))
+                return
+        self._move(t, State.LOCKED)
+        t.lock_missing = len(spec.claims) + len(spec.uses)
+        for r, excl in t.locks:
+            lock = self._locks.get(r)
+            if lock is None:
+                lock = self._locks[r] = _Lock()
+            if not lock.fifo and lock.compatible(excl):
+                self._grant(lock, t, excl)
+            else:
+                lock.fifo.append((t, excl))
+        if t.lock_missing == 0:
+            self._queue(t)
+
+    def _grant(self, lock: _Lock, t: _T, excl: bool) -> None:
+        lock.granted.add(t)
+        lock.granted_excl = excl
+        t.lock_missing -= 1
+
+    def _advance(self, r: Hashable, lock: _Lock) -> None:
+        """Grant the FIFO's head waiters while they are compatible."""
+        fifo = lock.fifo
+        while fifo:
+            t, excl = fifo[0]
+            if t.state is not State.LOCKED:
+                fifo.popleft()  # settled while waiting: drop lazily
+                continue
+            if not lock.compatible(excl):
+                return
+            fifo.popleft()
+            self._grant(lock, t, excl)
+            if t.lock_missing == 0:
+                self._queue(t)
+
+    def _queue(self, t: _T) -> None:
+        self._move(t, State.QUEUED)
+        heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
+        self.stats.queued_by_tier[t.spec.tier] += 1
+
+    # ------------------------------------------------------------ admission
+
+    def _admit(self) -> None:
+        if self.paused:
+            return
+        queues = self._queues
+        tiers = (Tier.CRITICAL, Tier.HIGH, Tier.NORMAL, Tier.LOW)
+        while True:
+            for tier in tiers:
+                q = queues[tier]
+                while q and q[0][2].state is not State.QUEUED:
+                    heapq.heappop(q)  # cancelled while queued
+                if q and self._fits(q[0][2]):
+                    self._start(heapq.heappop(q)[2])
+                    break
+            else:
+                return
+
+    def _fits(self, t: _T) -> bool:
+        spec = t.spec
+        if spec.tier is not Tier.CRITICAL:
+            if self.gate_closed:
+                return False
+            limit = self.tier_limit(spec.tier)
+            if limit is not None and self.busy + spec.weight > limit:
+                return False
+        used, cap = self.used, self.capacity
+        return all(used[k] + v <= cap[k] for k, v in spec.resources.items())
+
+    def _start(self, t: _T) -> None:
+        spec = t.spec
+        self.stats.queued_by_tier[spec.tier] -= 1
+        self._move(t, State.RUNNING)
+        if spec.tier is not Tier.CRITICAL:
+            self.busy += spec.weight
+        for k, v in spec.resources.items():
+            self.used[k] += v
+        for r, excl in t.locks:
+            lock = self._locks[r]
+            lock.granted.discard(t)
+            if not lock.granted:
+                lock.granted_excl = False
+            if excl:
+                lock.excl = t
+            else:
+                lock.shared.add(t)
+        parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
+        t.parents = []
+        self._out.append(Dispatch(t.name, tuple(p.name for p in parents)))
+
+    # ------------------------------------------------------------ dependencies and failure
+
+    def _provides(self, t: _T) -> Iterable[Hashable]:
+        yield from t.spec.provides
+        yield OutputItem(t.name)
+
+    def _item(self, item: Hashable) -> _Item:
+        rec = self._items.get(item)
+        if rec is None:
+            rec = self._items[item] = _Item()
+        return rec
+
+    def _satisfy(self, item: Hashable, provider: _T | None) -> None:
+        rec = self._item(item)
+        if provider is not None:
+            rec.providers.discard(provider)
+        if rec.satisfied:
+            return
+        rec.satisfied = True
+        rec.provider = provider
+        waiters, rec.waiters = rec.waiters, []
+        for w in waiters:
+            if w.state is not State.WAITING:
+                continue
+            if provider is not None:
+                w.parents.append(provider)
+            w.missing -= 1
+            if w.missing == 0:
+                self._ready(w)
+
+    def _lose(self, item: Hashable, provider: _T, root: str) -> None:
+        """``provider`` ended without providing ``item``; skip its waiters if it is dead."""
+        rec = self._item(item)
+        rec.providers.discard(provider)
+        if rec.satisfied:
+            return
+        rec.failed.append(provider)
+        if not rec.dead:
+            return
+        waiters, rec.waiters = rec.waiters, []
+        failed = _unique(p.name for p in rec.failed)
+        for w in waiters:
+            if w.state is State.WAITING:
+                w.root = root
+                self._end(w, State.SKIPPED, _dep_error(w, [], failed, root))
+
+    def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
+        holder = lock.stuck
+        assert holder is not None
+        keep: deque[tuple[_T, bool]] = deque()
+        for w, excl in lock.fifo:
+            if w.state is State.LOCKED and lock.conflicts_stuck(excl):
+                self._end(w, State.SKIPPED, LockError(w.name, r, holder.name))
+            elif w.state is State.LOCKED:
+                keep.append((w, excl))
+        lock.fifo = keep
+
+    def _end(self, t: _T, state: State, error: NotRunError) -> None:
+        """Settle a task that is not running (SKIPPED/CANCELLED) and cascade."""
+        was = t.state
+        self._move(t, state)
+        t.finish_seq = next(self._finish_seq)
+        if was is State.QUEUED:
+            self.stats.queued_by_tier[t.spec.tier] -= 1
+        if was in (State.LOCKED, State.QUEUED):
+            for r, _excl in t.locks:
+                lock = self._locks[r]
+                if t in lock.granted:
+                    lock.granted.discard(t)
+                    if not lock.granted:
+                        lock.granted_excl = False
+                    self._advance(r, lock)
+        self._out.append(Settle(t.name, state, error))
+        root = t.root or t.name
+        for item in self._provides(t):
+            self._lose(item, t, root)
+
+    def _cancel(self, t: _T, reason: str) -> None:
+        if t.state.terminal:
+            return
+        if t.state is State.RUNNING:
+            self._out.append(Cancel(t.name, reason))
+        else:
+            self._end(t, State.CANCELLED, TaskCancelled(t.name, reason))
+
+    def _cancel_all(self, reason: str) -> None:
+        for t in sorted(self._tasks.values(), key=lambda t: t.seq):
+            self._cancel(t, reason)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _move(self, t: _T, to: State) -> None:
+        if to not in _MOVES.get(t.state, ()):
+            trail = " -> ".join(s.name for s in t.history[-6:])
+            raise PlannerBug(f"illegal move of task {t.name!r}: {t.state.name} -> {to.name} "
+                             f"(history: {trail})")
+        stats = self.stats.by_state
+        stats[t.state] -= 1
+        stats[to] += 1
+        t.state = to
+        hist = t.history
+        hist.append(to)
+        if len(hist) > 8:
+            del hist[0]
+
+    def _flush(self) -> list[Instruction]:
+        out, self._out = self._out, []
+        return out
+
+    def validate_state(self) -> None:
+        """Check every internal invariant; raises PlannerBug. Cheap enough for tests."""
+        counts = dict.fromkeys(State, 0)
+        busy = 0
+        used = dict.fromkeys(self.capacity, 0.0)
+        for t in self._tasks.values():
+            counts[t.state] += 1
+            if t.state is State.RUNNING:
+                if t.spec.tier is not Tier.CRITICAL:
+                    busy += t.spec.weight
+                for k, v in t.spec.resources.items():
+                    used[k] += v
+            if t.state is State.WAITING:
+                unmet = sum(not self._item(i).satisfied for i in t.spec.dependencies)
+                _check(unmet == t.missing, f"{t.name}: missing {t.missing} != {unmet}")
+                _check(unmet > 0, f"{t.name}: WAITING with no unmet dependency")
+            if t.state in _RAN:
+                for i in t.spec.dependencies:
+                    _check(self._item(i).satisfied, f"{t.name}: {t.state.name} before {i!r}")
+        stats = dict(self.stats.by_state)
+        _check(counts == stats, f"state counts {counts} != stats {stats}")
+        _check(busy == self.busy, f"busy {self.busy} != {busy}")
+        for k in used:
+            _check(abs(used[k] - self.used[k]) < 1e-9, f"resource {k}: {self.used[k]} != {used[k]}")
+        for r, lock in self._locks.items():
+            if lock.excl is not None:
+                _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")
+                _check(
+                    lock.excl.state is State.RUNNING or lock.excl is lock.stuck,
+                    f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
+                )
+            for h in lock.shared:
+                _check(h.state is State.RUNNING or h is lock.stuck, f"lock {r!r}: shared holder {h}")
+            for g in lock.granted:
+                _check(g.state in (State.LOCKED, State.QUEUED), f"lock {r!r}: granted {g}")
+            if lock.granted_excl:
+                _check(len(lock.granted) == 1, f"lock {r!r}: two granted claimants")
+                _check(lock.excl is None and not lock.shared, f"lock {r!r}: granted over holder")
+        for tier, q in self._queues.items():
+            n = sum(1 for *_, t in q if t.state is State.QUEUED)
+            _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
+        if not self.paused:  # admission is maximal: no tier's head would fit now
+            for tier, q in self._queues.items():
+                heads = [t for *_, t in sorted(q) if t.state is State.QUEUED][:1]
+                for t in heads:
+                    _check(not self._fits(t), f"tier {tier.name}: head {t.name} fits but waits")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise PlannerBug(msg)
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _sorted(items: Iterable[Hashable]) -> list[Hashable]:
+    return sorted(items, key=repr)
+
+
+def _dep_error(t: _T, missing: Iterable[Hashable], failed: Sequence[str], root: str | None = None) -> DependencyError:
+    return DependencyError(
+        t.name, missing=_sorted(missing), failed=failed,
+        root=root if root is not None and root not in failed else None,
+    )

@@ -1,0 +1,175 @@
+"""What a task ends as: :class:`TaskRes`, :class:`ExceptionInfo`, :class:`RunReport`."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, NoReturn, TypeVar
+
+from ._planner import State
+from ._spec import Task
+
+__all__ = ["ExceptionInfo", "RunReport", "TaskRes"]
+
+T = TypeVar("T")
+
+
+class ExceptionInfo:
+    """``(type, val, tb)`` of a task's exception, with ``.text`` and ``.reraise()``.
+
+    For a task that ran in another process, ``tb`` is rebuilt by tblib (so debuggers and
+    ``traceback`` see the child's frames) and ``text`` is the traceback formatted in the
+    child, causes included.
+    """
+
+    __slots__ = ("type", "val", "tb", "_text")
+
+    def __init__(
+        self,
+        type: type[BaseException],  # noqa: A002 - the classic exc_info name
+        val: BaseException,
+        tb: TracebackType | None,
+        text: str | None = None,
+    ) -> None:
+        self.type = type
+        self.val = val
+        self.tb = tb
+        self._text = text
+
+    @classmethod
+    def from_exc(cls, exc: BaseException, text: str | None = None) -> ExceptionInfo:
+        return cls(type(exc), exc, exc.__traceback__, text)
+
+    @property
+    def text(self) -> str:
+        """The formatted traceback (with causes)."""
+        if self._text is None:
+            self._text = "".join(traceback.format_exception(self.type, self.val, self.tb))
+        return self._text
+
+    def reraise(self) -> NoReturn:
+        """Raise the exception again, with its traceback."""
+        raise self.val.with_traceback(self.tb)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.type, self.val, self.tb))
+
+    def __repr__(self) -> str:
+        return f"ExceptionInfo({self.type.__name__}: {self.val})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from tblib import pickling_support
+
+        pickling_support.install(self.val)
+        return (ExceptionInfo.from_exc, (self.val, self.text))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRes(Generic[T]):
+    """The one result every submitted task ends with."""
+
+    task: Task[T]
+    shared: dict[str, Any]
+    ret: T | None
+    excinfo: ExceptionInfo | None
+    name: str
+    state: State
+    ok: bool
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+    wait_time: float  # seconds from submission to start (or to the end, if it never ran)
+    run_time: float  # seconds running, over all attempts
+    attempts: int
+    runs_on: str
+    worker: str | None  # thread name or "pid N" that ran the last attempt
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception, or None for a task that succeeded."""
+        return self.excinfo.val if self.excinfo is not None else None
+
+    def __repr__(self) -> str:
+        tail = f"ret={self.ret!r}" if self.ok else f"error={self.error!r}"
+        return f"<TaskRes {self.name!r} {self.state.name} {tail}>"
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The results of a batch (or of everything so far): iterable of :class:`TaskRes`."""
+
+    results: tuple[TaskRes[Any], ...]
+    started: datetime
+    elapsed: float
+    pending: tuple[str, ...] = ()
+    _by_name: dict[str, TaskRes[Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {r.name: r for r in self.results})
+
+    @classmethod
+    def build(
+        cls,
+        results: Iterable[TaskRes[Any]],
+        started: datetime,
+        elapsed: float,
+        pending: Iterable[str] = (),
+    ) -> RunReport:
+        return cls(tuple(results), started, elapsed, tuple(pending))
+
+    def __iter__(self) -> Iterator[TaskRes[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, name: str) -> TaskRes[Any]:
+        return self._by_name[name]
+
+    @property
+    def ok(self) -> bool:
+        """Every task succeeded and none is pending."""
+        return not self.pending and all(r.ok for r in self.results)
+
+    @property
+    def returns(self) -> dict[str, Any]:
+        """Return values of the tasks that succeeded, by name."""
+        return {r.name: r.ret for r in self.results if r.ok}
+
+    @property
+    def errors(self) -> dict[str, ExceptionInfo]:
+        """Exceptions of the tasks that did not succeed, by name."""
+        return {r.name: r.excinfo for r in self.results if r.excinfo is not None}
+
+    @property
+    def by_state(self) -> dict[State, list[TaskRes[Any]]]:
+        out: dict[State, list[TaskRes[Any]]] = {}
+        for r in self.results:
+            out.setdefault(r.state, []).append(r)
+        return out
+
+    def __str__(self) -> str:
+        rows = [("task", "state", "on", "wait ms", "run ms", "result")]
+        for r in self.results:
+            what = repr(r.ret) if r.ok else f"{type(r.error).__name__}: {r.error}"
+            if len(what) > 60:
+                what = what[:57] + "..."
+            rows.append(
+                (r.name, r.state.name, r.runs_on, f"{r.wait_time * 1e3:.1f}",
+                 f"{r.run_time * 1e3:.1f}", what)
+            )
+        for name in self.pending:
+            rows.append((name, "PENDING", "", "", "", ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        counts = ", ".join(f"{len(v)} {k.name}" for k, v in self.by_state.items())
+        lines.append(
+            f"{len(self.results)} task(s) in {self.elapsed:.3f} s: {counts or 'none'}"
+            + (f", {len(self.pending)} pending" if self.pending else "")
+        )
+        return "\n".join(lines)

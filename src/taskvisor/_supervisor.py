@@ -1,0 +1,885 @@
+"""The supervisor: runs the planner's instructions on real executors.
+
+How a task flows
+----------------
+``submit``/``run``/``gather`` validate specs, give them to the planner and execute the
+instructions it returns. ``Dispatch`` builds a :class:`Job` (arguments with ``output``
+references substituted, the merged ``shared`` dict) and hands it to its executor.
+Executors report completions from their own threads into one :class:`Inbox`; the loop
+drains a whole burst per wake-up, feeds each completion to the planner and executes what
+comes back. Nothing polls: the loop sleeps until an executor, a timer of the ``Clock`` or
+a user call has something for it.
+
+Lifecycle: ``created → running → closing → closed``. Leaving ``async with`` waits for the
+work (or cancels it, when the block raised), settles what still waits for a dependency
+with ``DependencyError``, stops the aloops and pools and joins their threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import os
+import threading
+import warnings
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar, cast
+
+from ._clock import Clock, SystemClock, TimerHandle
+from ._errors import (
+    ClosedError,
+    NotRunError,
+    SpecError,
+    TaskCancelled,
+    TaskFailError,
+    TaskTimeout,
+    TaskvisorWarning,
+)
+from ._executors import Aloop, Inbox, Job, Outcome, PickledPool, Result, ThreadPool, run_inline
+from ._planner import Cancel, Dispatch, Instruction, Planner, Settle, State, WakeAt, Warn
+from ._result import ExceptionInfo, RunReport, TaskRes
+from ._spec import META_KEYS, Task, Tier, substitute
+
+__all__ = ["Statistics", "Supervisor", "SupervisorState", "TaskHandle", "run"]
+
+logger = logging.getLogger("taskvisor")
+_LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
+T = TypeVar("T")
+
+DEFAULT_THREADS = 40  # anyio's default thread limiter
+_UNSUPPORTED_YET = (
+    "cpu_limit",
+    "memory_limit",
+    "wait_warning",
+    "wait_critical",
+    "on_wait_warning",
+    "on_wait_critical",
+)
+
+
+class SupervisorState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the supervisor (``sup.statistics()``)."""
+
+    state: SupervisorState
+    tasks: Mapping[State, int]  # tasks by state, ended ones included
+    queued: Mapping[Tier, int]  # admitted-ready tasks waiting for a slot, per tier
+    busy_slots: int
+    running: Mapping[str, int]  # running tasks per executor target
+    threads: int
+    aloops: tuple[str, ...]
+    process_pool_started: bool
+    paused: bool
+
+
+class _Rec:
+    """The supervisor's record of one task."""
+
+    __slots__ = (
+        "spec",
+        "target",
+        "submitted",
+        "started",
+        "run_time",
+        "attempts",
+        "res",
+        "fut",
+        "listeners",
+        "shared_in",
+        "job",
+        "timer",
+    )
+
+    def __init__(self, spec: Task[Any], target: str, now: float) -> None:
+        self.spec = spec
+        self.target = target
+        self.submitted = now
+        self.started: float | None = None
+        self.run_time = 0.0
+        self.attempts = 0
+        self.res: TaskRes[Any] | None = None
+        self.fut: asyncio.Future[TaskRes[Any]] | None = None
+        self.listeners: list[Callable[[TaskRes[Any]], None]] = []
+        self.shared_in: dict[str, Any] = {}
+        self.job: Job | None = None
+        self.timer: TimerHandle | None = None
+
+
+class TaskHandle(Generic[T]):
+    """What ``submit`` returns: await it for the task's :class:`TaskRes`."""
+
+    __slots__ = ("_sup", "_rec")
+
+    def __init__(self, sup: Supervisor, rec: _Rec) -> None:
+        self._sup = sup
+        self._rec = rec
+
+    @property
+    def name(self) -> str:
+        return self._rec.spec.name
+
+    @property
+    def task(self) -> Task[T]:
+        return cast(Task[T], self._rec.spec)
+
+    @property
+    def output(self) -> Any:
+        """The task's return value, as an argument for another task."""
+        return self._rec.spec.output
+
+    @property
+    def state(self) -> State:
+        """Where the task is now."""
+        return self._sup.task_state(self.name)
+
+    def done(self) -> bool:
+        return self._rec.res is not None
+
+    def result(self) -> TaskRes[T]:
+        """The TaskRes; raises ``asyncio.InvalidStateError`` before the task has ended."""
+        if self._rec.res is None:
+            raise asyncio.InvalidStateError(f"task {self.name!r} has not ended yet")
+        return self._rec.res
+
+    def cancel(self) -> None:
+        self._sup.cancel(self)
+
+    def __await__(self) -> Generator[Any, None, TaskRes[T]]:
+        rec = self._rec
+        if rec.res is None:
+            if rec.fut is None:
+                rec.fut = self._sup._loop_or_raise().create_future()
+            return (yield from rec.fut.__await__())
+        return rec.res
+
+    def __repr__(self) -> str:
+        state = self._rec.res.state.name if self._rec.res else "pending"
+        return f"<TaskHandle {self.name!r} {state}>"
+
+
+class _Stream:
+    """Results of one ``run()`` batch, in completion order.
+
+    A deque and one future: the drain never blocks on a slow reader, and a reader that
+    stops early leaves nothing to clean up (no unclosed-stream warnings).
+    """
+
+    __slots__ = ("_items", "_left", "_waiter", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self._items: deque[TaskRes[Any]] = deque()
+        self._left = count
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop = loop
+
+    def push(self, res: TaskRes[Any]) -> None:
+        self._items.append(res)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> TaskRes[Any]:
+        while not self._items:
+            if self._left == 0:
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            await self._waiter
+            self._waiter = None
+        self._left -= 1
+        return self._items.popleft()
+
+
+class Supervisor:
+    """Owns the planner, the executors and the result streams. See the design page."""
+
+    def __init__(
+        self,
+        pool_size: int = 0,
+        reserve_normal: int = 0,
+        reserve_high: int = 0,
+        *,
+        threads: int | None = None,
+        processes: int | None = None,
+        aloops: Iterable[str] = ("default",),
+        uvloop: bool = True,
+        resources: Mapping[str, float] | None = None,
+        fail_fast: bool = False,
+        shared: Mapping[str, Any] | None = None,
+        result_buffer: int | None = None,
+        backends: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+        start_method: str = "spawn",
+        **unsupported: Any,
+    ) -> None:
+        for key in unsupported:
+            if key in _UNSUPPORTED_YET:
+                raise SpecError(f"Supervisor({key}=...) is not supported in this version yet")
+            raise TypeError(f"Supervisor() got an unexpected keyword argument {key!r}")
+        try:
+            self._planner = Planner(
+                pool_size=pool_size,
+                reserve_normal=reserve_normal,
+                reserve_high=reserve_high,
+                resources=_capacities(resources),
+                fail_fast=bool(fail_fast),
+            )
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        self.threads = DEFAULT_THREADS if threads is None else _positive("threads", threads)
+        self.processes = (os.cpu_count() or 1) if processes is None else _positive(
+            "processes", processes
+        )
+        if isinstance(aloops, str):
+            aloops = (aloops,)
+        names = tuple(aloops)
+        for n in names:
+            if not isinstance(n, str) or not n or ":" in n:
+                raise SpecError(f"aloop names must be non-empty strings without ':', got {n!r}")
+        if len(set(names)) != len(names):
+            raise SpecError(f"duplicate aloop names in {names!r}")
+        self._aloops = {n: Aloop(n, use_uvloop=bool(uvloop)) for n in names}
+        self._default_aloop = names[0] if names else None
+        if shared is not None and not isinstance(shared, Mapping):
+            raise SpecError(f"shared must be a mapping, got {type(shared).__name__}")
+        self._shared = dict(shared or {})
+        if result_buffer is not None:
+            _positive("result_buffer", result_buffer)
+        self._results: deque[TaskRes[Any]] = deque(maxlen=result_buffer)
+        self._backend_execs: dict[str, Any] = {}
+        for bname, ex in (backends or {}).items():
+            if not isinstance(bname, str) or bname in ("thread", "process", "main", "aloop") or (
+                bname.startswith("aloop:")
+            ):
+                raise SpecError(f"backend name {bname!r} is reserved or not a string")
+            if not callable(getattr(ex, "submit", None)):
+                raise SpecError(f"backend {bname!r} has no submit(): give an Executor")
+            self._backend_execs[bname] = ex
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        if start_method not in ("spawn", "forkserver", "fork"):
+            raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
+        self._start_method = start_method
+        self.state = SupervisorState.CREATED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tid = 0
+        self._recs: dict[str, _Rec] = {}
+        self._inbox: Inbox | None = None
+        self._thread_pool: ThreadPool | None = None
+        self._process_pool: PickledPool | None = None
+        self._backends: dict[str, PickledPool] = {}
+        self._timer: TimerHandle | None = None
+        self._timer_at = math.inf
+        self._quiet: asyncio.Event | None = None
+        self._closed_event: asyncio.Event | None = None
+        self._running: dict[str, int] = {}
+        self._started_wall = datetime.now(UTC)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        await self.aclose(cancel=exc_type is not None)
+
+    async def start(self) -> None:
+        """Start the aloops; ``async with`` calls it for you."""
+        if self.state is not SupervisorState.CREATED:
+            raise ClosedError(self.state.value, "start")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._tid = threading.get_ident()
+        self._inbox = Inbox(loop, self._drain)
+        self._quiet = asyncio.Event()
+        self._closed_event = asyncio.Event()
+        self._thread_pool = ThreadPool(self.threads, self._sink)
+        self._process_pool = PickledPool.processes(self._sink, self.processes, self._start_method)
+        self._backends = {
+            n: PickledPool(self._sink, executor=ex, label=f"backend {n!r}")
+            for n, ex in self._backend_execs.items()
+        }
+        self.state = SupervisorState.RUNNING
+        _LIVE.add(self)
+        self._started_wall = datetime.now(UTC)
+        try:
+            for aloop in self._aloops.values():
+                await asyncio.wrap_future(aloop.start(self._sink))
+        except BaseException:
+            await self._shutdown_executors()
+            self.state = SupervisorState.CLOSED
+            _LIVE.discard(self)
+            raise
+
+    async def aclose(self, wait: bool | float = True, cancel: bool = False) -> RunReport:
+        """Stop accepting work, finish (or cancel) what is pending, stop the executors.
+
+        ``wait=True`` waits for running and queued work; a number waits that many seconds
+        and then cancels the rest; ``False`` or ``cancel=True`` cancels at once. Tasks
+        still waiting for a dependency nobody can provide end with ``DependencyError``.
+        Returns a report of the tasks that were pending when it was called.
+        """
+        if self.state is SupervisorState.CREATED:
+            self.state = SupervisorState.CLOSED
+            return RunReport.build((), datetime.now(UTC), 0.0)
+        assert self._closed_event is not None and self._quiet is not None
+        if self.state is not SupervisorState.RUNNING:
+            await self._closed_event.wait()
+            return RunReport.build((), datetime.now(UTC), 0.0)
+        self.state = SupervisorState.CLOSING
+        started, t0 = datetime.now(UTC), self._clock.now()
+        pending = [self._recs[n] for n in self._planner.live()]
+        try:
+            if cancel or wait is False:
+                self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
+            elif wait is not True:
+                seconds = float(wait)
+                self._clock.call_at(
+                    self._loop_or_raise(), self._now() + seconds,
+                    lambda: self._execute(self._planner.cancel_all(
+                        f"supervisor closing: aclose waited {seconds:g} s", now=self._now()
+                    )),
+                )
+            while self._planner.live():
+                self._check_quiet()
+                await self._quiet.wait()
+                self._quiet.clear()
+                if self._idle_except_waiting():
+                    self._execute(self._planner.settle_waiting(now=self._now()))
+        finally:
+            await self._shutdown_executors()
+            if self._timer is not None:
+                self._timer.cancel()
+            self.state = SupervisorState.CLOSED
+            _LIVE.discard(self)
+            self._closed_event.set()
+        results = [r.res for r in pending if r.res is not None]
+        return RunReport.build(results, started, self._clock.now() - t0)
+
+    async def _shutdown_executors(self) -> None:
+        """Join every worker thread and process, off the loop so it stays responsive."""
+        def stop_all() -> None:
+            for aloop in self._aloops.values():
+                aloop.stop()
+            if self._thread_pool is not None:
+                self._thread_pool.shutdown()
+            if self._process_pool is not None:
+                self._process_pool.shutdown()
+
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def closer() -> None:
+            try:
+                stop_all()
+            except BaseException as exc:  # noqa: BLE001 - reported to the awaiting loop
+                loop.call_soon_threadsafe(_set_exc, done, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, done, None)
+
+        t = threading.Thread(target=closer, name="taskvisor-closer")
+        t.start()
+        try:
+            await asyncio.shield(done)
+        finally:
+            await done if not done.done() else None
+            t.join()
+
+    # ------------------------------------------------------------ submission
+
+    def submit(self, task: Task[T] | Callable[..., Awaitable[T]] | Callable[..., T],
+               *args: Any, **meta: Any) -> TaskHandle[T]:
+        """Submit one task (or a function with its arguments and Task options).
+
+        It may wait for a provider submitted later. Raises ``SpecError`` for a bad spec
+        and ``ClosedError`` unless the supervisor is running.
+        """
+        spec = _as_task(task, args, meta)
+        (rec,) = self._submit([spec], sealed=False)
+        return TaskHandle(self, rec)
+
+    def run(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> AsyncIterator[TaskRes[Any]]:
+        """Submit a sealed batch; iterate its results in completion order."""
+        recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
+        stream = _Stream(self._loop_or_raise(), len(recs))
+        for rec in recs:
+            if rec.res is not None:
+                stream.push(rec.res)
+            else:
+                rec.listeners.append(stream.push)
+        return stream
+
+    async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
+        """Submit a sealed batch, wait for all of it, return its :class:`RunReport`."""
+        started, t0 = datetime.now(UTC), self._clock.now()
+        recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
+        left = sum(1 for r in recs if r.res is None)
+        if left:
+            done = self._loop_or_raise().create_future()
+            counter = [left]
+
+            def one(_res: TaskRes[Any]) -> None:
+                counter[0] -= 1
+                if counter[0] == 0 and not done.done():
+                    done.set_result(None)
+
+            for r in recs:
+                if r.res is None:
+                    r.listeners.append(one)
+            await done
+        return RunReport.build(
+            (cast(TaskRes[Any], r.res) for r in recs), started, self._clock.now() - t0
+        )
+
+    def _submit(self, specs: list[Task[Any]], *, sealed: bool) -> list[_Rec]:
+        self._check_running("submit")
+        targets = [self._target(s) for s in specs]
+        now = self._now()
+        instrs = self._planner.submit(specs, sealed=sealed, now=now)  # raises graph errors
+        recs = []
+        for spec, target in zip(specs, targets, strict=True):
+            rec = _Rec(spec, target, now)
+            self._recs[spec.name] = rec
+            recs.append(rec)
+        self._execute(instrs)
+        return recs
+
+    def _target(self, spec: Task[Any]) -> str:
+        on = spec.runs_on
+        if on is None:
+            if spec.is_coroutine:
+                return f"aloop:{self._default_aloop}" if self._default_aloop else "main"
+            return "thread"
+        if on in ("thread", "process", "main"):
+            target = on
+        elif on == "aloop":
+            if self._default_aloop is None:
+                raise SpecError(f"task {spec.name!r}: runs_on='aloop' but no aloops are set up")
+            target = f"aloop:{self._default_aloop}"
+        elif on.startswith("aloop:"):
+            if on[6:] not in self._aloops:
+                raise SpecError(
+                    f"task {spec.name!r}: no aloop named {on[6:]!r} "
+                    f"(aloops: {', '.join(self._aloops) or 'none'})"
+                )
+            target = on
+        elif on in self._backend_execs:
+            target = on
+        else:
+            known = ["thread", "process", "main", "aloop", *(f"aloop:{a}" for a in self._aloops),
+                     *self._backend_execs]
+            raise SpecError(f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})")
+        if spec.timeout is not None and not target.startswith("aloop:") and target != "main":
+            raise SpecError(
+                f"task {spec.name!r}: timeout= is supported for coroutine tasks on aloops and "
+                f"'main' in this version, not on {target!r}"
+            )
+        return target
+
+    # ------------------------------------------------------------ control
+
+    def provide(self, item: Hashable) -> None:
+        """Satisfy ``item`` as if a task had provided it."""
+        self._check_running("provide")
+        try:
+            hash(item)
+        except TypeError:
+            raise SpecError(f"provided items must be hashable, got {item!r}") from None
+        self._execute(self._planner.provide(item, now=self._now()))
+
+    def cancel(self, task: str | TaskHandle[Any]) -> None:
+        """Cancel a task: at once if it has not started; running coroutines are cancelled,
+        running thread and process tasks end CANCELLED when they return."""
+        self._check_loop_thread()
+        name = task.name if isinstance(task, TaskHandle) else task
+        if name not in self._recs:
+            raise KeyError(f"no task named {name!r} in this supervisor")
+        self._execute(self._planner.cancel(name, now=self._now()))
+
+    def pause(self) -> None:
+        """Hold every new admission (running tasks go on)."""
+        self._check_loop_thread()
+        self._execute(self._planner.set_paused(True))
+
+    def resume(self) -> None:
+        self._check_loop_thread()
+        self._execute(self._planner.set_paused(False))
+
+    def report(self) -> RunReport:
+        """An interim report: results kept so far (see ``result_buffer``) and pending names."""
+        return RunReport.build(
+            tuple(self._results),
+            self._started_wall,
+            (datetime.now(UTC) - self._started_wall).total_seconds(),
+            self._planner.live(),
+        )
+
+    def task_state(self, task: str | TaskHandle[Any]) -> State:
+        """Where a task is now (``State.QUEUED``, ``State.RUNNING``, ``State.DONE`` …)."""
+        name = task.name if isinstance(task, TaskHandle) else task
+        if name not in self._recs:
+            raise KeyError(f"no task named {name!r} in this supervisor")
+        return self._planner.state(name)
+
+    def statistics(self) -> Statistics:
+        p = self._planner
+        return Statistics(
+            state=self.state,
+            tasks=dict(p.stats.by_state),
+            queued=dict(p.stats.queued_by_tier),
+            busy_slots=p.busy,
+            running=dict(self._running),
+            threads=self._thread_pool.threads if self._thread_pool else 0,
+            aloops=tuple(self._aloops),
+            process_pool_started=bool(self._process_pool and self._process_pool.started),
+            paused=p.paused,
+        )
+
+    def aloop(self, name: str = "default") -> Aloop:
+        """The aloop called ``name`` (its ``run(coro)`` works from other threads)."""
+        try:
+            return self._aloops[name]
+        except KeyError:
+            raise KeyError(f"no aloop named {name!r} (aloops: {', '.join(self._aloops)})") from None
+
+    # ------------------------------------------------------------ the engine
+
+    def _now(self) -> float:
+        return self._clock.now()
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise ClosedError(self.state.value, "use the supervisor")
+        return self._loop
+
+    def _check_loop_thread(self) -> None:
+        if self._loop is None:
+            raise ClosedError(self.state.value, "use the supervisor")
+        if threading.get_ident() != self._tid:
+            raise RuntimeError(
+                "Supervisor methods must be called from its event loop's thread; from other "
+                "threads use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe"
+            )
+
+    def _check_running(self, action: str) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            raise ClosedError(self.state.value, action)
+        self._check_loop_thread()
+
+    def _sink(self, job: Job, result: Result) -> None:
+        """Executors report here, from any thread."""
+        inbox = self._inbox
+        assert inbox is not None
+        if threading.get_ident() == self._tid:
+            inbox.put_local((job, result))
+        else:
+            inbox.put((job, result))
+
+    def _drain(self, batch: list[tuple[Job, Result]]) -> None:
+        for job, result in batch:
+            self._on_done(job, result)
+        self._check_quiet()
+
+    def _execute(self, instrs: list[Instruction]) -> None:
+        for ins in instrs:
+            if isinstance(ins, Dispatch):
+                self._dispatch(ins)
+            elif isinstance(ins, Settle):
+                self._settle(ins.name, ins.state, ins.error)
+            elif isinstance(ins, Cancel):
+                self._cancel_running(ins.name, ins.reason)
+            elif isinstance(ins, Warn):
+                _warn(ins.message)
+            elif isinstance(ins, WakeAt):
+                self._wake_at(ins.when)
+        self._check_quiet()
+
+    def _dispatch(self, ins: Dispatch) -> None:
+        rec = self._recs[ins.name]
+        spec = rec.spec
+        now = self._now()
+        shared = dict(self._shared) if self._shared else {}
+        for p in ins.parents:
+            pres = self._recs[p].res
+            if pres is not None and pres.shared:
+                shared.update(pres.shared)
+        rec.shared_in = shared
+        args, kwargs = spec.args, spec.kwargs
+        if spec.refs:
+            values = {r: cast(TaskRes[Any], self._recs[r].res).ret for r in spec.refs}
+            try:
+                args = substitute(args, values)
+                kwargs = substitute(kwargs, values)
+            except Exception as exc:  # noqa: BLE001 - a projection failed: the task fails
+                rec.started = now
+                self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
+                return
+        job = Job(spec.name, spec.fn, args, kwargs, shared if spec.wants_shared else None,
+                  rec.target)
+        rec.job = job
+        rec.started = now
+        self._running[rec.target] = self._running.get(rec.target, 0) + 1
+        if spec.timeout is not None:
+            rec.timer = self._clock.call_at(
+                self._loop_or_raise(), now + spec.timeout, lambda: self._on_timeout(rec, job)
+            )
+        self._launch(rec, job)
+
+    def _launch(self, rec: _Rec, job: Job) -> None:
+        rec.attempts += 1
+        job.attempt = rec.attempts
+        job.started = self._now()
+        target = rec.target
+        try:
+            if target == "thread":
+                assert self._thread_pool is not None
+                self._thread_pool.submit(job)
+            elif target.startswith("aloop:"):
+                self._aloops[target[6:]].submit(job)
+            elif target == "main":
+                run_inline(job, self._loop_or_raise(), self._sink)
+            elif target == "process":
+                assert self._process_pool is not None
+                self._process_pool.submit(job)
+            else:
+                self._backends[target].submit(job)
+        except Exception as exc:  # noqa: BLE001 - an executor refused: that task fails
+            self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
+
+    def _on_timeout(self, rec: _Rec, job: Job) -> None:
+        if rec.job is job and rec.res is None and job.cancelled is None:
+            job.cancelled = "timeout"
+            self._cancel_job(rec, job)
+
+    def _cancel_running(self, name: str, reason: str) -> None:
+        rec = self._recs[name]
+        job = rec.job
+        if job is not None and job.cancelled is None:
+            job.cancelled = reason
+            self._cancel_job(rec, job)
+
+    def _cancel_job(self, rec: _Rec, job: Job) -> None:
+        target = rec.target
+        if target.startswith("aloop:"):
+            self._aloops[target[6:]].cancel(job)
+        elif target == "main":
+            if job.handle is not None:
+                job.handle.cancel()
+        elif job.handle is not None and hasattr(job.handle, "cancel"):
+            job.handle.cancel()  # a pool future not started yet; else it ends when it returns
+
+    def _on_done(self, job: Job, result: Result) -> None:
+        rec = self._recs[job.name]
+        if rec.job is not job or rec.res is not None:
+            return
+        outcome, ret, shared, excinfo, worker = result
+        now = self._now()
+        rec.run_time += now - job.started
+        spec = rec.spec
+        if job.cancelled is not None:
+            if job.cancelled == "timeout":
+                assert spec.timeout is not None
+                err: BaseException = TaskTimeout(spec.name, spec.timeout)
+                self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
+            else:
+                err = TaskCancelled(spec.name, job.cancelled)
+                self._finish(rec, State.CANCELLED, None, shared,
+                             ExceptionInfo.from_exc(err), worker)
+            return
+        if outcome is Outcome.OK:
+            self._finish(rec, State.DONE, ret, shared, None, worker)
+            return
+        if outcome is Outcome.CANCELLED:  # cancelled from inside (not by us)
+            err = TaskCancelled(spec.name, "the task's coroutine was cancelled")
+            self._finish(rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker)
+            return
+        assert excinfo is not None
+        exc = excinfo.val
+        if rec.attempts <= spec.retries and not isinstance(exc, TaskFailError):
+            logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
+            if spec.wants_shared:
+                job.shared = dict(rec.shared_in)
+            self._launch(rec, job)
+            return
+        self._finish(rec, State.FAILED, None, shared, excinfo, worker)
+
+    def _finish(self, rec: _Rec, state: State, ret: Any, shared: dict[str, Any] | None,
+                excinfo: ExceptionInfo | None, worker: str | None) -> None:
+        spec = rec.spec
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
+        if rec.job is not None:
+            self._running[rec.target] -= 1
+        deps_ok = locks_ok = False
+        if excinfo is not None and isinstance(excinfo.val, TaskFailError):
+            deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
+        out_shared = shared if spec.wants_shared and shared is not None else rec.shared_in
+        now = self._now()
+        self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
+        self._execute(self._planner.finish(spec.name, state, deps_ok=deps_ok,
+                                           locks_ok=locks_ok, now=now))
+
+    def _settle(self, name: str, state: State, error: NotRunError) -> None:
+        rec = self._recs[name]
+        self._deliver(rec, state, None, rec.shared_in, ExceptionInfo(type(error), error, None),
+                      None, self._now())
+
+    def _deliver(self, rec: _Rec, state: State, ret: Any, shared: dict[str, Any],
+                 excinfo: ExceptionInfo | None, worker: str | None, now: float) -> None:
+        spec = rec.spec
+        wall = self._clock.to_wall
+        started = rec.started
+        res: TaskRes[Any] = TaskRes(
+            task=spec,
+            shared=shared,
+            ret=ret,
+            excinfo=excinfo,
+            name=spec.name,
+            state=state,
+            ok=state is State.DONE,
+            submitted_at=datetime.fromtimestamp(wall(rec.submitted), UTC),
+            started_at=None if started is None else datetime.fromtimestamp(wall(started), UTC),
+            finished_at=datetime.fromtimestamp(wall(now), UTC),
+            wait_time=(now if started is None else started) - rec.submitted,
+            run_time=rec.run_time,
+            attempts=rec.attempts,
+            runs_on=rec.target,
+            worker=worker,
+        )
+        rec.res = res
+        rec.job = None
+        self._results.append(res)
+        if rec.fut is not None and not rec.fut.done():
+            rec.fut.set_result(res)
+        listeners, rec.listeners = rec.listeners, []
+        for cb in listeners:
+            cb(res)
+        _log(res)
+
+    def _wake_at(self, when: float) -> None:
+        if when >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock.call_at(self._loop_or_raise(), when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._execute(self._planner.tick(self._now()))
+
+    def _idle_except_waiting(self) -> bool:
+        by = self._planner.stats.by_state
+        return not any(by[s] for s in (State.NEW, State.DELAYED, State.LOCKED, State.QUEUED,
+                                       State.RUNNING))
+
+    def _check_quiet(self) -> None:
+        if self.state is SupervisorState.CLOSING and self._quiet is not None and (
+            self._idle_except_waiting()
+        ):
+            self._quiet.set()
+
+
+def run(tasks: Iterable[Task[Any] | Callable[..., Any]], **options: Any) -> RunReport:
+    """Run a batch from synchronous code (scripts): ``tv.run([a, b], threads=4)``.
+
+    ``options`` go to :class:`Supervisor`. Raises ``RuntimeError`` inside a running event
+    loop: there, ``async with Supervisor() as sup: await sup.gather(...)``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("tv.run() cannot run inside an event loop; use `await sup.gather()`")
+    batch = list(tasks)
+
+    async def main() -> RunReport:
+        async with Supervisor(**options) as sup:
+            return await sup.gather(batch)
+
+    return asyncio.run(main())
+
+
+def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any]:
+    if isinstance(task, Task):
+        if args or meta:
+            raise SpecError("pass arguments and options to Task(...), not next to a Task")
+        return task
+    if not callable(task):
+        raise SpecError(f"expected a Task or a callable, got {type(task).__name__} {task!r}")
+    kwargs = meta.pop("kwargs", None)
+    unknown = set(meta) - META_KEYS
+    if unknown:
+        raise SpecError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; pass the function's own keyword "
+            "arguments as kwargs={...}"
+        )
+    return Task(task, args, kwargs, **meta)
+
+
+def _capacities(resources: Mapping[str, float] | None) -> dict[str, float]:
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise SpecError(f"resources must be a mapping of name to capacity, got {resources!r}")
+    out = {}
+    for k, v in resources.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float) or (
+            not v >= 0
+        ):
+            raise SpecError(f"resource capacity {k!r}: {v!r} must be a number >= 0")
+        out[k] = float(v)
+    return out
+
+
+def _positive(label: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SpecError(f"{label} must be an int >= 1, got {v!r}")
+    return v
+
+
+def _warn(message: str) -> None:
+    try:
+        warnings.warn(message, TaskvisorWarning, stacklevel=2)
+    except Warning as w:  # warnings turned into errors must not break the supervisor loop
+        logger.error("warning raised as an error: %s", w)
+
+
+def _log(res: TaskRes[Any]) -> None:
+    if res.state is State.DONE:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%r done in %.1f ms on %s", res.name, res.run_time * 1e3, res.runs_on)
+    elif res.state is State.FAILED:
+        assert res.excinfo is not None
+        logger.error("%r failed on %s: %r", res.name, res.runs_on, res.excinfo.val,
+                     exc_info=(res.excinfo.type, res.excinfo.val, res.excinfo.tb))
+    else:
+        logger.warning("%r %s: %s", res.name, res.state.name.lower(),
+                       getattr(res.error, "reason", res.error))
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

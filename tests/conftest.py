@@ -1,0 +1,99 @@
+"""Shared fixtures: every async test runs on asyncio and on uvloop; nothing may leak."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import psutil
+import pytest
+
+from taskvisor import _supervisor
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if sys.platform != "win32":
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+def _children() -> set[int]:
+    me = psutil.Process()
+    out = set()
+    for child in me.children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue  # multiprocessing's per-interpreter singleton, not ours
+        except psutil.Error:
+            continue
+        out.add(child.pid)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread, a child process or an open supervisor behind."""
+    threads = set(threading.enumerate())
+    children = _children()
+    yield
+    left = [t for t in threading.enumerate() if t not in threads]
+    for t in left:
+        t.join(timeout=10)  # a closer thread may still be returning; never a sleep
+    alive = [t.name for t in left if t.is_alive()]
+    procs = []
+    for pid in _children() - children:
+        try:
+            psutil.Process(pid).wait(timeout=10)
+        except psutil.TimeoutExpired:
+            procs.append(pid)
+        except psutil.Error:
+            pass
+    open_sups = list(_supervisor._LIVE)
+    assert not alive, f"test left threads running: {alive}"
+    assert not procs, f"test left child processes: {procs}"
+    assert not open_sups, f"test left supervisors open: {open_sups}"
+
+
+class Gates:
+    """Blockable coroutine tasks: each records its start and waits until released."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self._started: dict[str, asyncio.Event] = {}
+        self._release: dict[str, asyncio.Event] = {}
+
+    def started(self, name: str) -> asyncio.Event:
+        return self._started.setdefault(name, asyncio.Event())
+
+    def release(self, *names: str) -> None:
+        for n in names:
+            self._release.setdefault(n, asyncio.Event()).set()
+
+    async def task(self, name: str) -> str:
+        self.order.append(name)
+        self.started(name).set()
+        await self._release.setdefault(name, asyncio.Event()).wait()
+        return name
+
+    async def wait_started(self, *names: str) -> None:
+        for n in names:
+            await self.started(n).wait()
+
+
+@pytest.fixture
+def gates() -> Gates:
+    return Gates()
+
+
+def noop(*_: Any, **__: Any) -> None:
+    return None

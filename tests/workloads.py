@@ -1,0 +1,40 @@
+"""Importable task functions: process workers (spawn) must be able to import them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+
+def add(*xs: int) -> int:
+    return sum(xs)
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def where() -> str:
+    return threading.current_thread().name
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def fail_deep(msg: str) -> None:
+    _inner_failure(msg)
+
+
+def _inner_failure(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def parent_shared(shared: dict[str, Any]) -> None:
+    shared["p"] = 2345
+
+
+def child_shared(shared: dict[str, Any]) -> dict[str, Any]:
+    shared["c"] = 1234
+    return dict(shared)
