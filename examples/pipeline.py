@@ -34,8 +34,10 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 async def fetch_shard(i: int) -> list[str]:
     """Pretend to download one shard of log lines."""
     await asyncio.sleep(0.01 * (SHARDS - i))  # shards arrive out of order
-    lines = [f"2026-11-22T10:{n % 60:02d} {LEVELS[(n * (i + 3)) % 4]} svc{n % 3} msg {n}"
-             for n in range(2_000)]
+    lines = [
+        f"2026-11-22T10:{n % 60:02d} {LEVELS[(n * (i + 3)) % 4]} svc{n % 3} msg {n}"
+        for n in range(2_000)
+    ]
     if i == 2:
         lines.append("\x00corrupt\x00")
     return lines
@@ -91,10 +93,13 @@ def cleanup(workdir: str) -> int:
 async def main() -> None:
     workdir = tempfile.mkdtemp(prefix="taskvisor-example-")
     db = str(Path(workdir) / "stats.db")
-    fetches = [tv.Task(fetch_shard, (i,), name=f"fetch{i}", runs_on="aloop:io")
-               for i in range(SHARDS)]
-    parses = [tv.Task(parse, (f.output,), name=f"parse{i}", runs_on="process")
-              for i, f in enumerate(fetches)]
+    fetches = [
+        tv.Task(fetch_shard, (i,), name=f"fetch{i}", runs_on="aloop:io") for i in range(SHARDS)
+    ]
+    parses = [
+        tv.Task(parse, (f.output,), name=f"parse{i}", runs_on="process")
+        for i, f in enumerate(fetches)
+    ]
     merged = tv.Task(merge, tuple(p.output for p in parses), name="merge", provides="stats")
     tasks = [
         *fetches,

@@ -84,14 +84,24 @@ async def test_results_passed_as_arguments_across_processes_and_threads() -> Non
         tv.Task(add, (4, 5, 6), name="p2", runs_on="process"),
         tv.Task(add, (7, 8, 9), name="p3", runs_on="process"),
     ]
-    ts = [tv.Task(identity, (p.output,), name=f"t{i}", runs_on="thread") for i, p in enumerate(ps, 1)]
+    ts = [
+        tv.Task(identity, (p.output,), name=f"t{i}", runs_on="thread") for i, p in enumerate(ps, 1)
+    ]
     p4 = tv.Task(add, tuple(t.output for t in ts), name="p4", runs_on="process")
     t4 = tv.Task(identity, (p4.output,), name="t4", runs_on="thread")
     async with tv.Supervisor(processes=2) as sup:
         report = await sup.gather([t4, p4, *ts, *ps])
     assert report.ok, str(report)
-    assert report.returns == {"p1": 6, "p2": 15, "p3": 24, "t1": 6, "t2": 15, "t3": 24,
-                              "p4": 45, "t4": 45}
+    assert report.returns == {
+        "p1": 6,
+        "p2": 15,
+        "p3": 24,
+        "t1": 6,
+        "t2": 15,
+        "t3": 24,
+        "p4": 45,
+        "t4": 45,
+    }
     assert report["p1"].worker is not None and report["p1"].worker.startswith("pid ")
 
 
@@ -101,8 +111,9 @@ async def test_output_projections() -> None:
 
     src = tv.Task(make, name="src")
     total = tv.Task(sum, (src.output["xs"],), name="total")
-    doubled = tv.Task(identity, (src.output["xs"].map(lambda xs: [2 * x for x in xs]),),
-                      name="doubled")
+    doubled = tv.Task(
+        identity, (src.output["xs"].map(lambda xs: [2 * x for x in xs]),), name="doubled"
+    )
     async with tv.Supervisor() as sup:
         report = await sup.gather([src, total, doubled])
     assert report.returns["total"] == 6
@@ -204,12 +215,14 @@ async def test_controlled_failure_lets_child_run() -> None:
         raise KeyError("k")
 
     async with tv.Supervisor() as sup:
-        report = await sup.gather([
-            tv.Task(soft, name="soft", provides="x", claims="r"),
-            tv.Task(noop, name="after-soft", requires="x", claims="r"),
-            tv.Task(wrapped, name="wrapped", provides="y"),
-            tv.Task(noop, name="after-wrapped", requires="y"),
-        ])
+        report = await sup.gather(
+            [
+                tv.Task(soft, name="soft", provides="x", claims="r"),
+                tv.Task(noop, name="after-soft", requires="x", claims="r"),
+                tv.Task(wrapped, name="wrapped", provides="y"),
+                tv.Task(noop, name="after-wrapped", requires="y"),
+            ]
+        )
     assert report["soft"].state is State.FAILED
     assert report["after-soft"].ok
     assert report["wrapped"].state is State.FAILED
@@ -300,7 +313,12 @@ async def test_aloop_run_from_another_thread() -> None:
         t = threading.Thread(target=lambda: box.append(aloop.run(double(21))))
         t.start()
         await asyncio.wrap_future(aloop.submit_coro(asyncio.sleep(0)))
-        res = await sup.submit(lambda: (t.join(), box[0])[1], runs_on="thread")
+
+        def joined() -> Any:
+            t.join()
+            return box[0]
+
+        res = await sup.submit(joined, runs_on="thread")
         with pytest.raises(RuntimeError, match="blocks"):
             aloop.run(double(1))
     assert res.ret == 42
@@ -470,14 +488,20 @@ async def test_logging_on_the_taskvisor_logger(caplog: pytest.LogCaptureFixture)
     msgs = {(r.levelname, r.getMessage().split(" ")[0]) for r in caplog.records}
     assert ("INFO", "'p1'") in msgs and ("ERROR", "'bad'") in msgs
     assert ("WARNING", "'sealed'") in msgs and ("WARNING", "'skipped'") in msgs
-    assert any("'p1' done in" in r.getMessage() and "on thread" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "'p1' done in" in r.getMessage() and "on thread" in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_report_statistics_and_str() -> None:
     async with tv.Supervisor(result_buffer=2) as sup:
-        report = await sup.gather([tv.Task(add, (1, 2), name="a"), tv.Task(add, (3,), name="b"),
-                                   tv.Task(add, (4,), name="c")])
+        report = await sup.gather(
+            [
+                tv.Task(add, (1, 2), name="a"),
+                tv.Task(add, (3,), name="b"),
+                tv.Task(add, (4,), name="c"),
+            ]
+        )
         stats = sup.statistics()
         interim = sup.report()
     assert report.ok and report.returns == {"a": 3, "b": 3, "c": 4}
@@ -489,8 +513,9 @@ async def test_report_statistics_and_str() -> None:
 
 
 def test_sync_facade() -> None:
-    report = tv.run([tv.Task(add, (1, 2), name="x"), tv.Task(identity, (5,), name="y")],
-                    threads=2, aloops=())
+    report = tv.run(
+        [tv.Task(add, (1, 2), name="x"), tv.Task(identity, (5,), name="y")], threads=2, aloops=()
+    )
     assert report.returns == {"x": 3, "y": 5}
 
 

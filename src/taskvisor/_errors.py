@@ -28,6 +28,7 @@ This module imports nothing from asyncio or threading: the planner raises these 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "CapacityError",
@@ -96,7 +97,9 @@ class TaskFailError(TaskvisorError):
         return (_rebuild_fail, (type(self), self.message, self.deps_ok, self.locks_ok))
 
 
-def _rebuild_fail(cls: type[TaskFailError], msg: str, deps_ok: bool, locks_ok: bool) -> TaskFailError:
+def _rebuild_fail(
+    cls: type[TaskFailError], msg: str, deps_ok: bool, locks_ok: bool
+) -> TaskFailError:
     return cls(msg, deps_ok=deps_ok, locks_ok=locks_ok)
 
 
@@ -111,7 +114,9 @@ class NotRunError(TaskvisorError):
     def __reduce__(self) -> tuple[object, ...]:
         return (NotRunError.__new__, (type(self),), self.__dict__)
 
-    def __setstate__(self, state: dict[str, object]) -> None:
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
         self.__dict__.update(state)
         self.args = (f"task {self.task!r} did not run: {self.reason}",)
 
@@ -162,8 +167,9 @@ class CapacityError(NotRunError):
         self.limit = limit
         self.shortfall = weight - limit
         super().__init__(
-            task, f"weight {weight} exceeds the {limit} slot(s) its tier can reach "
-            f"(short by {self.shortfall})"
+            task,
+            f"weight {weight} exceeds the {limit} slot(s) its tier can reach "
+            f"(short by {self.shortfall})",
         )
 
 

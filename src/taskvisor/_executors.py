@@ -56,15 +56,15 @@ class Job:
     """One attempt of a task, as an executor sees it."""
 
     __slots__ = (
-        "name",
-        "fn",
         "args",
-        "kwargs",
-        "shared",
         "attempt",
-        "started",
         "cancelled",
+        "fn",
         "handle",
+        "kwargs",
+        "name",
+        "shared",
+        "started",
         "target",
     )
 
@@ -111,7 +111,7 @@ class Inbox:
     either seen by this drain or schedules the next one: none is ever stranded.
     """
 
-    __slots__ = ("_items", "_scheduled", "_loop", "_drain")
+    __slots__ = ("_drain", "_items", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[Any]], None]) -> None:
         self._items: deque[Any] = deque()
@@ -166,7 +166,7 @@ async def _run_coro(job: Job, sink: Sink, worker: str) -> None:
             job.cancelled = "cancelled"
         sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
         return
-    except BaseException as exc:  # noqa: BLE001 - a task's failure is a result
+    except BaseException as exc:
         sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
         return
     sink(job, (Outcome.OK, ret, job.shared, None, worker))
@@ -351,7 +351,7 @@ class ThreadPool:
                     ret = _call(job)
                     if inspect.iscoroutine(ret):
                         ret = asyncio.run(ret)
-                except BaseException as exc:  # noqa: BLE001 - a task's failure is a result
+                except BaseException as exc:
                     sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
                 else:
                     sink(job, (Outcome.OK, ret, job.shared, None, worker))
@@ -415,7 +415,7 @@ class PickledPool:
         except BrokenProcessPool:
             self._executor = None
             return self.submit(job)
-        except Exception as exc:  # noqa: BLE001 - e.g. a backend that refuses the job
+        except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
             return
         fut.add_done_callback(lambda f: self._done(job, f))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._errors import TaskFailError
 
@@ -20,8 +20,13 @@ class _Controlled:
     A class rather than a closure so that it pickles (process tasks) whenever ``fn`` does.
     """
 
-    def __init__(self, fn: Callable[..., Any], deps_ok: bool, locks_ok: bool,
-                 exceptions: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        deps_ok: bool,
+        locks_ok: bool,
+        exceptions: tuple[type[BaseException], ...],
+    ) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.deps_ok = deps_ok
@@ -29,8 +34,9 @@ class _Controlled:
         self.exceptions = exceptions
 
     def _convert(self, exc: BaseException) -> TaskFailError:
-        return TaskFailError(f"{type(exc).__name__}: {exc}", deps_ok=self.deps_ok,
-                             locks_ok=self.locks_ok)
+        return TaskFailError(
+            f"{type(exc).__name__}: {exc}", deps_ok=self.deps_ok, locks_ok=self.locks_ok
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -55,7 +61,9 @@ class _ControlledAsync(_Controlled):
 def controlled_failure(fn: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def controlled_failure(
-    *, deps_ok: bool = True, locks_ok: bool = True,
+    *,
+    deps_ok: bool = True,
+    locks_ok: bool = True,
     exceptions: tuple[type[BaseException], ...] = (Exception,),
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
@@ -79,6 +87,6 @@ def controlled_failure(
         import inspect
 
         cls = _ControlledAsync if inspect.iscoroutinefunction(f) else _Controlled
-        return cls(f, deps_ok, locks_ok, exceptions)  # type: ignore[return-value]
+        return cast(Callable[P, R], cls(f, deps_ok, locks_ok, exceptions))
 
     return wrap(fn) if fn is not None else wrap

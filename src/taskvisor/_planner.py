@@ -90,6 +90,9 @@ class State(enum.Enum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
+    # identity hash: Enum's default hashes the name in Python, on every dict lookup
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         return self in _TERMINAL
@@ -190,17 +193,17 @@ class _T:
     """The planner's record of one task."""
 
     __slots__ = (
-        "spec",
-        "name",
-        "seq",
-        "state",
-        "history",
-        "missing",
-        "lock_missing",
-        "parents",
         "due",
         "finish_seq",
+        "history",
+        "lock_missing",
+        "missing",
+        "name",
+        "parents",
         "root",
+        "seq",
+        "spec",
+        "state",
     )
 
     def __init__(self, spec: Spec, seq: int) -> None:
@@ -228,7 +231,7 @@ class _T:
 
 
 class _Item:
-    __slots__ = ("satisfied", "provider", "providers", "failed", "waiters")
+    __slots__ = ("failed", "provider", "providers", "satisfied", "waiters")
 
     def __init__(self) -> None:
         self.satisfied = False
@@ -243,7 +246,7 @@ class _Item:
 
 
 class _Lock:
-    __slots__ = ("excl", "shared", "granted", "granted_excl", "fifo", "stuck")
+    __slots__ = ("excl", "fifo", "granted", "granted_excl", "shared", "stuck")
 
     def __init__(self) -> None:
         self.excl: _T | None = None  # exclusive holder
@@ -340,7 +343,9 @@ class Planner:
 
     # ------------------------------------------------------------ events
 
-    def submit(self, specs: Sequence[Spec], *, sealed: bool = False, now: float = 0.0) -> list[Instruction]:
+    def submit(
+        self, specs: Sequence[Spec], *, sealed: bool = False, now: float = 0.0
+    ) -> list[Instruction]:
         """Add a batch. Graph errors raise before anything changes.
 
         ``sealed``: every dependency must be satisfied or provided by a known task now;
@@ -409,7 +414,7 @@ class Planner:
             self._satisfy(OutputItem(name), t)
         else:
             self._lose(OutputItem(name), t, root=t.name)
-        for r, excl in t.locks:
+        for r, _excl in t.locks:
             lock = self._locks[r]
             if lock.stuck is t:
                 self._skip_stuck_waiters(r, lock)
@@ -436,7 +441,9 @@ class Planner:
         self._admit()
         return self._flush()
 
-    def cancel(self, name: str, reason: str = "cancelled", *, now: float = 0.0) -> list[Instruction]:
+    def cancel(
+        self, name: str, reason: str = "cancelled", *, now: float = 0.0
+    ) -> list[Instruction]:
         """Cancel a task: settled at once if not running, else a ``Cancel`` instruction."""
         self._clock(now)
         t = self._tasks[name]
@@ -479,9 +486,7 @@ class Planner:
         self._clock(now)
         for t in list(self._tasks.values()):
             if t.state is State.WAITING:
-                missing = [
-                    i for i in t.spec.dependencies if not self._item(i).satisfied
-                ]
+                missing = [i for i in t.spec.dependencies if not self._item(i).satisfied]
                 self._end(t, State.SKIPPED, DependencyError(t.name, missing=_sorted(missing)))
         self._admit()
         return self._flush()
@@ -514,7 +519,8 @@ class Planner:
             if i in self._items
         )
         graph: dict[str, set[str]] = {}
-        todo = list(by_name)
+        # a task without dependencies cannot be on a cycle: start from the others only
+        todo = [s.name for s in specs if s.dependencies]
         while todo:
             n = todo.pop()
             if n in graph:
@@ -559,7 +565,9 @@ class Planner:
                 unmet.append(item)
         if unmet:
             dead = [i for i in unmet if self._items[i].dead]
-            orphan = [i for i in unmet if not self._items[i].providers and not self._items[i].failed]
+            orphan = [
+                i for i in unmet if not self._items[i].providers and not self._items[i].failed
+            ]
             if dead or (sealed and orphan):
                 parents = [p for i in dead for p in self._items[i].failed]
                 root = parents[0].root or parents[0].name if parents else None
@@ -795,8 +803,9 @@ class Planner:
     def _move(self, t: _T, to: State) -> None:
         if to not in _MOVES.get(t.state, ()):
             trail = " -> ".join(s.name for s in t.history[-6:])
-            raise PlannerBug(f"illegal move of task {t.name!r}: {t.state.name} -> {to.name} "
-                             f"(history: {trail})")
+            raise PlannerBug(
+                f"illegal move of task {t.name!r}: {t.state.name} -> {to.name} (history: {trail})"
+            )
         stats = self.stats.by_state
         stats[t.state] -= 1
         stats[to] += 1
@@ -842,7 +851,9 @@ class Planner:
                     f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
                 )
             for h in lock.shared:
-                _check(h.state is State.RUNNING or h is lock.stuck, f"lock {r!r}: shared holder {h}")
+                _check(
+                    h.state is State.RUNNING or h is lock.stuck, f"lock {r!r}: shared holder {h}"
+                )
             for g in lock.granted:
                 _check(g.state in (State.LOCKED, State.QUEUED), f"lock {r!r}: granted {g}")
             if lock.granted_excl:
@@ -871,8 +882,12 @@ def _sorted(items: Iterable[Hashable]) -> list[Hashable]:
     return sorted(items, key=repr)
 
 
-def _dep_error(t: _T, missing: Iterable[Hashable], failed: Sequence[str], root: str | None = None) -> DependencyError:
+def _dep_error(
+    t: _T, missing: Iterable[Hashable], failed: Sequence[str], root: str | None = None
+) -> DependencyError:
     return DependencyError(
-        t.name, missing=_sorted(missing), failed=failed,
+        t.name,
+        missing=_sorted(missing),
+        failed=failed,
         root=root if root is not None and root not in failed else None,
     )

@@ -25,11 +25,11 @@ class ExceptionInfo:
     child, causes included.
     """
 
-    __slots__ = ("type", "val", "tb", "_text")
+    __slots__ = ("_text", "tb", "type", "val")
 
     def __init__(
         self,
-        type: type[BaseException],  # noqa: A002 - the classic exc_info name
+        type: type[BaseException],
         val: BaseException,
         tb: TracebackType | None,
         text: str | None = None,
@@ -158,14 +158,21 @@ class RunReport:
             if len(what) > 60:
                 what = what[:57] + "..."
             rows.append(
-                (r.name, r.state.name, r.runs_on, f"{r.wait_time * 1e3:.1f}",
-                 f"{r.run_time * 1e3:.1f}", what)
+                (
+                    r.name,
+                    r.state.name,
+                    r.runs_on,
+                    f"{r.wait_time * 1e3:.1f}",
+                    f"{r.run_time * 1e3:.1f}",
+                    what,
+                )
             )
         for name in self.pending:
             rows.append((name, "PENDING", "", "", "", ""))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         counts = ", ".join(f"{len(v)} {k.name}" for k, v in self.by_state.items())
         lines.append(

@@ -125,25 +125,25 @@ class Task(Generic[T]):
     """An immutable description of one unit of work; see the design for every field."""
 
     __slots__ = (
-        "fn",
         "args",
+        "claims",
+        "delay",
+        "fn",
+        "is_coroutine",
         "kwargs",
         "name",
-        "requires",
-        "provides",
-        "claims",
-        "uses",
-        "tier",
         "priority",
-        "runs_on",
-        "weight",
-        "resources",
-        "timeout",
-        "retries",
-        "delay",
-        "is_coroutine",
-        "wants_shared",
+        "provides",
         "refs",
+        "requires",
+        "resources",
+        "retries",
+        "runs_on",
+        "tier",
+        "timeout",
+        "uses",
+        "wants_shared",
+        "weight",
     )
 
     fn: Callable[..., Any]
@@ -220,9 +220,7 @@ class Task(Generic[T]):
             s(self, field, _items(field, opts[field]))
         both = self.claims & self.uses
         if both:
-            raise SpecError(
-                f"task {name!r}: {', '.join(map(repr, both))} in both claims and uses"
-            )
+            raise SpecError(f"task {name!r}: {', '.join(map(repr, both))} in both claims and uses")
         s(self, "tier", _tier(opts["tier"]))
         s(self, "priority", _number("priority", opts["priority"], minimum=None))
         s(self, "runs_on", _runs_on(opts["runs_on"]))
@@ -354,7 +352,11 @@ def _number(field: str, value: Any, *, minimum: float | None) -> float:
 def _runs_on(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or value.startswith("aloop:") and value == "aloop:":
+    if (
+        not isinstance(value, str)
+        or not value
+        or (value.startswith("aloop:") and value == "aloop:")
+    ):
         raise SpecError(f"runs_on must be a non-empty string or None, got {value!r}")
     return value
 
@@ -374,7 +376,7 @@ def _resources(value: Any) -> dict[str, float]:
 
 def _is_coroutine_fn(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or (
-        not inspect.isroutine(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
     )
 
 

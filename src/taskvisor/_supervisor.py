@@ -26,10 +26,18 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Hashable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Hashable,
+    Iterable,
+    Mapping,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
@@ -89,17 +97,17 @@ class _Rec:
     """The supervisor's record of one task."""
 
     __slots__ = (
-        "spec",
-        "target",
-        "submitted",
-        "started",
-        "run_time",
         "attempts",
-        "res",
         "fut",
-        "listeners",
-        "shared_in",
         "job",
+        "listeners",
+        "res",
+        "run_time",
+        "shared_in",
+        "spec",
+        "started",
+        "submitted",
+        "target",
         "timer",
     )
 
@@ -121,7 +129,7 @@ class _Rec:
 class TaskHandle(Generic[T]):
     """What ``submit`` returns: await it for the task's :class:`TaskRes`."""
 
-    __slots__ = ("_sup", "_rec")
+    __slots__ = ("_rec", "_sup")
 
     def __init__(self, sup: Supervisor, rec: _Rec) -> None:
         self._sup = sup
@@ -177,7 +185,7 @@ class _Stream:
     stops early leaves nothing to clean up (no unclosed-stream warnings).
     """
 
-    __slots__ = ("_items", "_left", "_waiter", "_loop")
+    __slots__ = ("_items", "_left", "_loop", "_waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self._items: deque[TaskRes[Any]] = deque()
@@ -242,8 +250,8 @@ class Supervisor:
         except ValueError as exc:
             raise SpecError(str(exc)) from None
         self.threads = DEFAULT_THREADS if threads is None else _positive("threads", threads)
-        self.processes = (os.cpu_count() or 1) if processes is None else _positive(
-            "processes", processes
+        self.processes = (
+            (os.cpu_count() or 1) if processes is None else _positive("processes", processes)
         )
         if isinstance(aloops, str):
             aloops = (aloops,)
@@ -263,8 +271,10 @@ class Supervisor:
         self._results: deque[TaskRes[Any]] = deque(maxlen=result_buffer)
         self._backend_execs: dict[str, Any] = {}
         for bname, ex in (backends or {}).items():
-            if not isinstance(bname, str) or bname in ("thread", "process", "main", "aloop") or (
-                bname.startswith("aloop:")
+            if (
+                not isinstance(bname, str)
+                or bname in ("thread", "process", "main", "aloop")
+                or (bname.startswith("aloop:"))
             ):
                 raise SpecError(f"backend name {bname!r} is reserved or not a string")
             if not callable(getattr(ex, "submit", None)):
@@ -350,10 +360,13 @@ class Supervisor:
             elif wait is not True:
                 seconds = float(wait)
                 self._clock.call_at(
-                    self._loop_or_raise(), self._now() + seconds,
-                    lambda: self._execute(self._planner.cancel_all(
-                        f"supervisor closing: aclose waited {seconds:g} s", now=self._now()
-                    )),
+                    self._loop_or_raise(),
+                    self._now() + seconds,
+                    lambda: self._execute(
+                        self._planner.cancel_all(
+                            f"supervisor closing: aclose waited {seconds:g} s", now=self._now()
+                        )
+                    ),
                 )
             while self._planner.live():
                 self._check_quiet()
@@ -373,6 +386,7 @@ class Supervisor:
 
     async def _shutdown_executors(self) -> None:
         """Join every worker thread and process, off the loop so it stays responsive."""
+
         def stop_all() -> None:
             for aloop in self._aloops.values():
                 aloop.stop()
@@ -387,7 +401,7 @@ class Supervisor:
         def closer() -> None:
             try:
                 stop_all()
-            except BaseException as exc:  # noqa: BLE001 - reported to the awaiting loop
+            except BaseException as exc:
                 loop.call_soon_threadsafe(_set_exc, done, exc)
             else:
                 loop.call_soon_threadsafe(_set_result, done, None)
@@ -402,8 +416,16 @@ class Supervisor:
 
     # ------------------------------------------------------------ submission
 
-    def submit(self, task: Task[T] | Callable[..., Awaitable[T]] | Callable[..., T],
-               *args: Any, **meta: Any) -> TaskHandle[T]:
+    @overload
+    def submit(self, task: Task[T], /) -> TaskHandle[T]: ...
+    @overload
+    def submit(
+        self, task: Callable[..., Awaitable[T]], /, *args: Any, **meta: Any
+    ) -> TaskHandle[T]: ...
+    @overload
+    def submit(self, task: Callable[..., T], /, *args: Any, **meta: Any) -> TaskHandle[T]: ...
+
+    def submit(self, task: Any, /, *args: Any, **meta: Any) -> TaskHandle[Any]:
         """Submit one task (or a function with its arguments and Task options).
 
         It may wait for a provider submitted later. Raises ``SpecError`` for a bad spec
@@ -481,9 +503,17 @@ class Supervisor:
         elif on in self._backend_execs:
             target = on
         else:
-            known = ["thread", "process", "main", "aloop", *(f"aloop:{a}" for a in self._aloops),
-                     *self._backend_execs]
-            raise SpecError(f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})")
+            known = [
+                "thread",
+                "process",
+                "main",
+                "aloop",
+                *(f"aloop:{a}" for a in self._aloops),
+                *self._backend_execs,
+            ]
+            raise SpecError(
+                f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})"
+            )
         if spec.timeout is not None and not target.startswith("aloop:") and target != "main":
             raise SpecError(
                 f"task {spec.name!r}: timeout= is supported for coroutine tasks on aloops and "
@@ -625,12 +655,13 @@ class Supervisor:
             try:
                 args = substitute(args, values)
                 kwargs = substitute(kwargs, values)
-            except Exception as exc:  # noqa: BLE001 - a projection failed: the task fails
+            except Exception as exc:
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
                 return
-        job = Job(spec.name, spec.fn, args, kwargs, shared if spec.wants_shared else None,
-                  rec.target)
+        job = Job(
+            spec.name, spec.fn, args, kwargs, shared if spec.wants_shared else None, rec.target
+        )
         rec.job = job
         rec.started = now
         self._running[rec.target] = self._running.get(rec.target, 0) + 1
@@ -658,7 +689,7 @@ class Supervisor:
                 self._process_pool.submit(job)
             else:
                 self._backends[target].submit(job)
-        except Exception as exc:  # noqa: BLE001 - an executor refused: that task fails
+        except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
     def _on_timeout(self, rec: _Rec, job: Job) -> None:
@@ -698,8 +729,9 @@ class Supervisor:
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
             else:
                 err = TaskCancelled(spec.name, job.cancelled)
-                self._finish(rec, State.CANCELLED, None, shared,
-                             ExceptionInfo.from_exc(err), worker)
+                self._finish(
+                    rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker
+                )
             return
         if outcome is Outcome.OK:
             self._finish(rec, State.DONE, ret, shared, None, worker)
@@ -718,8 +750,15 @@ class Supervisor:
             return
         self._finish(rec, State.FAILED, None, shared, excinfo, worker)
 
-    def _finish(self, rec: _Rec, state: State, ret: Any, shared: dict[str, Any] | None,
-                excinfo: ExceptionInfo | None, worker: str | None) -> None:
+    def _finish(
+        self,
+        rec: _Rec,
+        state: State,
+        ret: Any,
+        shared: dict[str, Any] | None,
+        excinfo: ExceptionInfo | None,
+        worker: str | None,
+    ) -> None:
         spec = rec.spec
         if rec.timer is not None:
             rec.timer.cancel()
@@ -732,16 +771,32 @@ class Supervisor:
         out_shared = shared if spec.wants_shared and shared is not None else rec.shared_in
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
-        self._execute(self._planner.finish(spec.name, state, deps_ok=deps_ok,
-                                           locks_ok=locks_ok, now=now))
+        self._execute(
+            self._planner.finish(spec.name, state, deps_ok=deps_ok, locks_ok=locks_ok, now=now)
+        )
 
     def _settle(self, name: str, state: State, error: NotRunError) -> None:
         rec = self._recs[name]
-        self._deliver(rec, state, None, rec.shared_in, ExceptionInfo(type(error), error, None),
-                      None, self._now())
+        self._deliver(
+            rec,
+            state,
+            None,
+            rec.shared_in,
+            ExceptionInfo(type(error), error, None),
+            None,
+            self._now(),
+        )
 
-    def _deliver(self, rec: _Rec, state: State, ret: Any, shared: dict[str, Any],
-                 excinfo: ExceptionInfo | None, worker: str | None, now: float) -> None:
+    def _deliver(
+        self,
+        rec: _Rec,
+        state: State,
+        ret: Any,
+        shared: dict[str, Any],
+        excinfo: ExceptionInfo | None,
+        worker: str | None,
+        now: float,
+    ) -> None:
         spec = rec.spec
         wall = self._clock.to_wall
         started = rec.started
@@ -786,12 +841,15 @@ class Supervisor:
 
     def _idle_except_waiting(self) -> bool:
         by = self._planner.stats.by_state
-        return not any(by[s] for s in (State.NEW, State.DELAYED, State.LOCKED, State.QUEUED,
-                                       State.RUNNING))
+        return not any(
+            by[s] for s in (State.NEW, State.DELAYED, State.LOCKED, State.QUEUED, State.RUNNING)
+        )
 
     def _check_quiet(self) -> None:
-        if self.state is SupervisorState.CLOSING and self._quiet is not None and (
-            self._idle_except_waiting()
+        if (
+            self.state is SupervisorState.CLOSING
+            and self._quiet is not None
+            and (self._idle_except_waiting())
         ):
             self._quiet.set()
 
@@ -841,8 +899,11 @@ def _capacities(resources: Mapping[str, float] | None) -> dict[str, float]:
         raise SpecError(f"resources must be a mapping of name to capacity, got {resources!r}")
     out = {}
     for k, v in resources.items():
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float) or (
-            not v >= 0
+        if (
+            not isinstance(k, str)
+            or isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or (not v >= 0)
         ):
             raise SpecError(f"resource capacity {k!r}: {v!r} must be a number >= 0")
         out[k] = float(v)
@@ -868,11 +929,17 @@ def _log(res: TaskRes[Any]) -> None:
             logger.info("%r done in %.1f ms on %s", res.name, res.run_time * 1e3, res.runs_on)
     elif res.state is State.FAILED:
         assert res.excinfo is not None
-        logger.error("%r failed on %s: %r", res.name, res.runs_on, res.excinfo.val,
-                     exc_info=(res.excinfo.type, res.excinfo.val, res.excinfo.tb))
+        logger.error(
+            "%r failed on %s: %r",
+            res.name,
+            res.runs_on,
+            res.excinfo.val,
+            exc_info=(res.excinfo.type, res.excinfo.val, res.excinfo.tb),
+        )
     else:
-        logger.warning("%r %s: %s", res.name, res.state.name.lower(),
-                       getattr(res.error, "reason", res.error))
+        logger.warning(
+            "%r %s: %s", res.name, res.state.name.lower(), getattr(res.error, "reason", res.error)
+        )
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

@@ -47,7 +47,7 @@ def run_pickled(
         ret = fn(*args, **kwargs)
         if inspect.iscoroutine(ret):
             ret = asyncio.run(ret)
-    except BaseException as exc:  # noqa: BLE001 - everything crosses back as a result
+    except BaseException as exc:
         return _error_answer(exc, shared, worker)
     try:
         payload = pickle.dumps((ret, shared), _PROTO)
@@ -66,7 +66,9 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def _error_answer(exc: BaseException, shared: dict[str, Any] | None, worker: str) -> tuple[Any, ...]:
+def _error_answer(
+    exc: BaseException, shared: dict[str, Any] | None, worker: str
+) -> tuple[Any, ...]:
     text = _format(exc)
     pickling_support.install(exc)
     try:
@@ -103,12 +105,15 @@ def decode(answer: tuple[Any, ...]) -> Decoded:
             return False, None, None, ExceptionInfo.from_exc(err), worker
         return True, ret, shared, None, worker
     _, data, type_name, message, text, shared_data, worker = answer
+    error: BaseException
     try:
-        exc = pickle.loads(data)
+        error = pickle.loads(data)
     except Exception as err:
-        exc = RemoteError(type_name, f"{message} (the exception could not be unpickled: {err})", text)
+        error = RemoteError(
+            type_name, f"{message} (the exception could not be unpickled: {err})", text
+        )
     try:
         shared = pickle.loads(shared_data)
     except Exception:
         shared = None
-    return False, None, shared, ExceptionInfo.from_exc(exc, text), worker
+    return False, None, shared, ExceptionInfo.from_exc(error, text), worker

@@ -1,0 +1,1 @@
+"""taskvisor benchmarks: µs per task beside baselines measured in the same run."""
