@@ -101,7 +101,7 @@ async def main() -> None:
         for i, f in enumerate(fetches)
     ]
     merged = tv.Task(merge, tuple(p.output for p in parses), name="merge", provides="stats")
-    tasks = [
+    tasks: list[tv.Task[Any]] = [
         *fetches,
         *parses,
         merged,

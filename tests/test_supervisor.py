@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -522,3 +524,19 @@ def test_sync_facade() -> None:
 async def test_sync_facade_refuses_inside_a_loop() -> None:
     with pytest.raises(RuntimeError, match="inside an event loop"):
         tv.run([])
+
+
+def test_cycles_are_detected_under_python_O() -> None:
+    code = (
+        "import taskvisor as tv\n"
+        "a = tv.Task(print, name='a', requires='y', provides='x')\n"
+        "b = tv.Task(print, name='b', requires='x', provides='y')\n"
+        "try:\n"
+        "    tv.run([a, b], aloops=())\n"
+        "except tv.CycleError as e:\n"
+        "    print('cycle', e.cycle)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.startswith("cycle"), out.stdout + out.stderr

@@ -72,6 +72,8 @@ _UNSUPPORTED_YET = (
 
 
 class SupervisorState(enum.Enum):
+    """``created → running → closing → closed``; each misuse raises ``ClosedError``."""
+
     CREATED = "created"
     RUNNING = "running"
     CLOSING = "closing"
@@ -354,12 +356,13 @@ class Supervisor:
         self.state = SupervisorState.CLOSING
         started, t0 = datetime.now(UTC), self._clock.now()
         pending = [self._recs[n] for n in self._planner.live()]
+        deadline: TimerHandle | None = None
         try:
             if cancel or wait is False:
                 self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
             elif wait is not True:
                 seconds = float(wait)
-                self._clock.call_at(
+                deadline = self._clock.call_at(
                     self._loop_or_raise(),
                     self._now() + seconds,
                     lambda: self._execute(
@@ -375,6 +378,8 @@ class Supervisor:
                 if self._idle_except_waiting():
                     self._execute(self._planner.settle_waiting(now=self._now()))
         finally:
+            if deadline is not None:
+                deadline.cancel()
             await self._shutdown_executors()
             if self._timer is not None:
                 self._timer.cancel()

@@ -1,0 +1,100 @@
+"""The public surface: exported once, documented, errors carry context and pickle."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+import taskvisor as tv
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_public_name_is_exported_once_and_importable() -> None:
+    assert len(tv.__all__) == len(set(tv.__all__))
+    for name in tv.__all__:
+        assert hasattr(tv, name), name
+    public = {n for n in vars(tv) if not n.startswith("_")} - {"annotations", "logging"}
+    assert public == set(tv.__all__)
+
+
+def test_every_public_name_is_documented() -> None:
+    api = (DOCS / "api.rst").read_text()
+    missing = [n for n in tv.__all__ if n not in api]
+    assert not missing, f"not in docs/api.rst: {missing}"
+    for name in tv.__all__:
+        obj = getattr(tv, name)
+        if isinstance(obj, type) or callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_tiers_are_ordered_int_enums_with_aliases() -> None:
+    assert tv.Tier.LOW < tv.Tier.NORMAL < tv.Tier.HIGH < tv.Tier.CRITICAL
+    assert tuple(tv.Tier) == (tv.LOW, tv.NORMAL, tv.HIGH, tv.CRITICAL)
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(tv.CycleError, tv.SpecError)
+    assert issubclass(tv.DuplicateTaskError, tv.SpecError)
+    assert issubclass(tv.SpecError, tv.TaskvisorError)
+    for cls in (
+        tv.DependencyError,
+        tv.LockError,
+        tv.CapacityError,
+        tv.ResourceError,
+        tv.TaskCancelled,
+    ):
+        assert issubclass(cls, tv.NotRunError)
+    for cls in (
+        tv.TaskFailError,
+        tv.NotRunError,
+        tv.TaskTimeout,
+        tv.WorkerCrashed,
+        tv.RemoteError,
+        tv.ClosedError,
+    ):
+        assert issubclass(cls, tv.TaskvisorError)
+    assert issubclass(tv.TaskvisorWarning, UserWarning)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        tv.CycleError(["a", "b", "a"]),
+        tv.DuplicateTaskError("x"),
+        tv.TaskFailError("soft", deps_ok=False, locks_ok=True),
+        tv.DependencyError("t", missing=["m"], failed=["p"], root="r"),
+        tv.LockError("t", "db", "holder"),
+        tv.CapacityError("t", 5, 3),
+        tv.ResourceError("t", {"gpu": 1.5}),
+        tv.TaskCancelled("t", "because"),
+        tv.TaskTimeout("t", 2.5, abandoned=True),
+        tv.WorkerCrashed("t", -9, 1234),
+        tv.RemoteError("Weird", "msg", "Traceback ..."),
+        tv.ClosedError("closed", "submit"),
+    ],
+)
+def test_errors_keep_context_across_pickle(err: tv.TaskvisorError) -> None:
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert str(back) == str(err)
+    assert vars(back) == vars(err)
+
+
+def test_exception_info_round_trips_with_its_traceback() -> None:
+    def inner() -> None:
+        raise ValueError("deep")
+
+    try:
+        inner()
+    except ValueError as exc:
+        info = tv.ExceptionInfo.from_exc(exc)
+    back = pickle.loads(pickle.dumps(info))
+    assert back.type is ValueError and str(back.val) == "deep"
+    assert "inner" in back.text
+    with pytest.raises(ValueError, match="deep"):
+        back.reraise()
+    typ, _val, tb = back
+    assert typ is ValueError and tb is not None
