@@ -462,6 +462,12 @@ async def test_bad_input_is_refused_at_the_call() -> None:
         with pytest.raises(tv.SpecError, match="kwargs"):
             sup.submit(noop, colour="red")
 
+        async def coro_fn() -> None:
+            return None
+
+        with pytest.raises(tv.SpecError, match="coroutine object"):
+            sup.submit(coro_fn())
+
 
 async def test_decorator_metadata_and_kwargs() -> None:
     @tv.task(provides={"bin"}, tier=tv.HIGH)
@@ -540,3 +546,17 @@ def test_cycles_are_detected_under_python_O() -> None:
         [sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.startswith("cycle"), out.stdout + out.stderr
+
+
+async def test_zero_need_of_an_undeclared_resource_is_no_need() -> None:
+    async with tv.Supervisor() as sup:
+        res = await sup.submit(noop, resources={"gpu": 0})
+        short = await sup.submit(noop, resources={"gpu": 0.5})
+    assert res.ok
+    assert isinstance(short.error, tv.ResourceError) and short.error.shortfall == {"gpu": 0.5}
+
+
+async def test_timeout_on_a_plain_function_is_refused_at_submission() -> None:
+    async with tv.Supervisor() as sup:
+        with pytest.raises(tv.SpecError, match="timeout"):
+            sup.submit(noop, timeout=1)

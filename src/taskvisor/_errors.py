@@ -104,12 +104,14 @@ def _rebuild_fail(
 
 
 class NotRunError(TaskvisorError):
-    """The task never ran; the subclass says why."""
+    """The task did not run to its end; the subclass says why."""
+
+    _verb = "did not run"
 
     def __init__(self, task: str, reason: str) -> None:
         self.task = task
         self.reason = reason
-        super().__init__(f"task {task!r} did not run: {reason}")
+        super().__init__(f"task {task!r} {self._verb}: {reason}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (NotRunError.__new__, (type(self),), self.__dict__)
@@ -118,7 +120,7 @@ class NotRunError(TaskvisorError):
         if state is None:
             return
         self.__dict__.update(state)
-        self.args = (f"task {self.task!r} did not run: {self.reason}",)
+        self.args = (f"task {self.task!r} {self._verb}: {self.reason}",)
 
 
 class DependencyError(NotRunError):
@@ -185,6 +187,8 @@ class ResourceError(NotRunError):
 class TaskCancelled(NotRunError):
     """The task was cancelled before or while it ran."""
 
+    _verb = "was cancelled"
+
     def __init__(self, task: str, reason: str = "cancelled") -> None:
         super().__init__(task, reason)
 
@@ -210,7 +214,9 @@ class WorkerCrashed(TaskvisorError):
         self.task = task
         self.exitcode = exitcode
         self.pid = pid
-        super().__init__(f"worker process {pid} running {task!r} died with exit code {exitcode}")
+        who = "a worker process" if pid is None else f"worker process {pid}"
+        how = "" if exitcode is None else f" with exit code {exitcode}"
+        super().__init__(f"{who} died{how} while running {task!r}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.exitcode, self.pid))

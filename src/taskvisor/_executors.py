@@ -418,6 +418,7 @@ class PickledPool:
         except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
             return
+        job.handle = fut  # cancellable until a worker picks it up
         fut.add_done_callback(lambda f: self._done(job, f))
 
     def _done(self, job: Job, fut: concurrent.futures.Future[Any]) -> None:

@@ -95,6 +95,7 @@ class State(enum.Enum):
 
     @property
     def terminal(self) -> bool:
+        """DONE, FAILED, SKIPPED or CANCELLED: the task has its TaskRes."""
         return self in _TERMINAL
 
 
@@ -388,7 +389,7 @@ class Planner:
         if spec.tier is not Tier.CRITICAL:
             self.busy -= spec.weight
         for k, v in spec.resources.items():
-            self.used[k] -= v
+            self.used[k] = self.used.get(k, 0.0) - v
         ok = state is State.DONE
         release = ok or state is State.CANCELLED or locks_ok
         stuck = []
@@ -686,7 +687,7 @@ class Planner:
             if limit is not None and self.busy + spec.weight > limit:
                 return False
         used, cap = self.used, self.capacity
-        return all(used[k] + v <= cap[k] for k, v in spec.resources.items())
+        return all(used.get(k, 0.0) + v <= cap.get(k, 0.0) for k, v in spec.resources.items() if v)
 
     def _start(self, t: _T) -> None:
         spec = t.spec
@@ -695,7 +696,7 @@ class Planner:
         if spec.tier is not Tier.CRITICAL:
             self.busy += spec.weight
         for k, v in spec.resources.items():
-            self.used[k] += v
+            self.used[k] = self.used.get(k, 0.0) + v
         for r, excl in t.locks:
             lock = self._locks[r]
             lock.granted.discard(t)
@@ -830,7 +831,7 @@ class Planner:
                 if t.spec.tier is not Tier.CRITICAL:
                     busy += t.spec.weight
                 for k, v in t.spec.resources.items():
-                    used[k] += v
+                    used[k] = used.get(k, 0.0) + v
             if t.state is State.WAITING:
                 unmet = sum(not self._item(i).satisfied for i in t.spec.dependencies)
                 _check(unmet == t.missing, f"{t.name}: missing {t.missing} != {unmet}")
@@ -841,8 +842,11 @@ class Planner:
         stats = dict(self.stats.by_state)
         _check(counts == stats, f"state counts {counts} != stats {stats}")
         _check(busy == self.busy, f"busy {self.busy} != {busy}")
-        for k in used:
-            _check(abs(used[k] - self.used[k]) < 1e-9, f"resource {k}: {self.used[k]} != {used[k]}")
+        for k in used.keys() | self.used.keys():
+            _check(
+                abs(used.get(k, 0.0) - self.used.get(k, 0.0)) < 1e-9,
+                f"resource {k}: {self.used.get(k)} != {used.get(k)}",
+            )
         for r, lock in self._locks.items():
             if lock.excl is not None:
                 _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")

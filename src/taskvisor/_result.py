@@ -81,11 +81,16 @@ class TaskRes(Generic[T]):
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime
-    wait_time: float  # seconds from submission to start (or to the end, if it never ran)
-    run_time: float  # seconds running, over all attempts
+    #: seconds from submission to start (or to the end, if it never ran)
+    wait_time: float
+    #: seconds running, over all attempts
+    run_time: float
+    #: how many times it was started (retries included; 0 if it never ran)
     attempts: int
+    #: the executor target: ``thread``, ``process``, ``main``, ``aloop:NAME`` or a backend
     runs_on: str
-    worker: str | None  # thread name or "pid N" that ran the last attempt
+    #: thread name or ``pid N`` that ran the last attempt
+    worker: str | None
 
     @property
     def error(self) -> BaseException | None:
@@ -146,6 +151,7 @@ class RunReport:
 
     @property
     def by_state(self) -> dict[State, list[TaskRes[Any]]]:
+        """The results grouped by their final state."""
         out: dict[State, list[TaskRes[Any]]] = {}
         for r in self.results:
             out.setdefault(r.state, []).append(r)

@@ -71,6 +71,7 @@ class ResultRef(Generic[T]):
 
     @property
     def task_name(self) -> str:
+        """The name of the task whose output this refers to."""
         return self._name
 
     @property
@@ -81,11 +82,13 @@ class ResultRef(Generic[T]):
         return ResultRef(self._name, (*self._steps, ("item", key)))
 
     def map(self, fn: Callable[[T], R]) -> ResultRef[R]:
+        """A reference to ``fn(value)``, computed just before dispatch."""
         if not callable(fn):
             raise SpecError(f"ResultRef.map needs a callable, got {fn!r}")
         return ResultRef(self._name, (*self._steps, ("map", fn)))
 
     def resolve(self, value: Any) -> T:
+        """Apply the projections to the referenced task's return value."""
         for kind, arg in self._steps:
             value = value[arg] if kind == "item" else arg(value)
         return cast(T, value)
@@ -191,6 +194,12 @@ class Task(Generic[T]):
         kwargs: Mapping[str, Any] | None = None,
         **meta: Any,
     ) -> None:
+        if inspect.iscoroutine(fn):
+            fn.close()  # never awaited: close it so it does not warn later
+            raise SpecError(
+                "got a coroutine object: pass the coroutine function and its arguments, "
+                "e.g. Task(fetch, (url,)) rather than Task(fetch(url))"
+            )
         if not callable(fn):
             raise SpecError(f"task function must be callable, got {type(fn).__name__} {fn!r}")
         unknown = set(meta) - META_KEYS
@@ -260,7 +269,7 @@ class Task(Generic[T]):
 
     @property
     def dependencies(self) -> frozenset[Hashable]:
-        """Every item the task waits for: ``requires`` plus the outputs it references."""
+        """The items the task waits for, ``requires`` plus the outputs it references."""
         return self.requires | {OutputItem(r) for r in self.refs}
 
     def __repr__(self) -> str:

@@ -139,10 +139,12 @@ class TaskHandle(Generic[T]):
 
     @property
     def name(self) -> str:
+        """The task's unique name."""
         return self._rec.spec.name
 
     @property
     def task(self) -> Task[T]:
+        """The task's spec."""
         return cast(Task[T], self._rec.spec)
 
     @property
@@ -156,6 +158,7 @@ class TaskHandle(Generic[T]):
         return self._sup.task_state(self.name)
 
     def done(self) -> bool:
+        """Has the task ended (its TaskRes is there)?"""
         return self._rec.res is not None
 
     def result(self) -> TaskRes[T]:
@@ -165,6 +168,7 @@ class TaskHandle(Generic[T]):
         return self._rec.res
 
     def cancel(self) -> None:
+        """Same as ``sup.cancel(handle)``."""
         self._sup.cancel(self)
 
     def __await__(self) -> Generator[Any, None, TaskRes[T]]:
@@ -490,9 +494,10 @@ class Supervisor:
         on = spec.runs_on
         if on is None:
             if spec.is_coroutine:
-                return f"aloop:{self._default_aloop}" if self._default_aloop else "main"
-            return "thread"
-        if on in ("thread", "process", "main"):
+                target = f"aloop:{self._default_aloop}" if self._default_aloop else "main"
+            else:
+                target = "thread"
+        elif on in ("thread", "process", "main"):
             target = on
         elif on == "aloop":
             if self._default_aloop is None:
@@ -552,6 +557,7 @@ class Supervisor:
         self._execute(self._planner.set_paused(True))
 
     def resume(self) -> None:
+        """Release admission held by :meth:`pause`."""
         self._check_loop_thread()
         self._execute(self._planner.set_paused(False))
 
@@ -572,6 +578,7 @@ class Supervisor:
         return self._planner.state(name)
 
     def statistics(self) -> Statistics:
+        """A snapshot of queue lengths, running tasks and executors."""
         p = self._planner
         return Statistics(
             state=self.state,
@@ -627,7 +634,10 @@ class Supervisor:
 
     def _drain(self, batch: list[tuple[Job, Result]]) -> None:
         for job, result in batch:
-            self._on_done(job, result)
+            try:
+                self._on_done(job, result)
+            except Exception:  # a taskvisor bug: report it, and go on with the burst
+                logger.critical("internal error handling the end of %r", job.name, exc_info=True)
         self._check_quiet()
 
     def _execute(self, instrs: list[Instruction]) -> None:
@@ -885,7 +895,7 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
         if args or meta:
             raise SpecError("pass arguments and options to Task(...), not next to a Task")
         return task
-    if not callable(task):
+    if not callable(task) and not asyncio.iscoroutine(task):
         raise SpecError(f"expected a Task or a callable, got {type(task).__name__} {task!r}")
     kwargs = meta.pop("kwargs", None)
     unknown = set(meta) - META_KEYS
