@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import taskvisor as tv
 
@@ -33,14 +34,19 @@ async def anoop() -> None:
     return None
 
 
-async def tv_threads(n: int) -> float:
-    async with tv.Supervisor(threads=THREADS, aloops=()) as sup:
-        tasks = [tv.Task(noop, name=f"t{i}") for i in range(n)]
+async def _tv_gather(tasks: list[tv.Task[Any]], **options: Any) -> float:
+    """Seconds for one ``sup.gather`` of ``tasks`` (the supervisor's start/stop excluded)."""
+    async with tv.Supervisor(**options) as sup:
         t0 = time.perf_counter()
         report = await sup.gather(tasks)
         dt = time.perf_counter() - t0
     assert report.ok
     return dt
+
+
+async def tv_threads(n: int) -> float:
+    tasks = [tv.Task(noop, name=f"t{i}") for i in range(n)]
+    return await _tv_gather(tasks, threads=THREADS, aloops=())
 
 
 async def raw_run_in_executor(n: int) -> float:
@@ -52,13 +58,8 @@ async def raw_run_in_executor(n: int) -> float:
 
 
 async def tv_coroutines(n: int, runs_on: str) -> float:
-    async with tv.Supervisor(aloops=("default",)) as sup:
-        tasks = [tv.Task(anoop, name=f"c{i}", runs_on=runs_on) for i in range(n)]
-        t0 = time.perf_counter()
-        report = await sup.gather(tasks)
-        dt = time.perf_counter() - t0
-    assert report.ok
-    return dt
+    tasks = [tv.Task(anoop, name=f"c{i}", runs_on=runs_on) for i in range(n)]
+    return await _tv_gather(tasks, aloops=("default",))
 
 
 async def raw_gather(n: int) -> float:
