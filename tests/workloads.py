@@ -38,3 +38,7 @@ def parent_shared(shared: dict[str, Any]) -> None:
 def child_shared(shared: dict[str, Any]) -> dict[str, Any]:
     shared["c"] = 1234
     return dict(shared)
+
+
+def die(code: int) -> None:
+    os._exit(code)

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import enum
 import inspect
+import logging
 import multiprocessing
 import queue
 import threading
@@ -127,6 +128,9 @@ class Inbox:
                 self._loop.call_soon_threadsafe(self._run)
             except RuntimeError:  # the loop is closed: nobody will drain it any more
                 self._scheduled = False
+                logging.getLogger("taskvisor").error(
+                    "a completion arrived after its event loop closed: %r", item
+                )
 
     def put_local(self, item: Any) -> None:
         """``put`` from the loop's own thread (no thread-safe wake-up needed)."""
@@ -134,6 +138,10 @@ class Inbox:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._run)
+
+    def flush(self) -> None:
+        """Drain now, on the loop's thread (closing: nothing may be left behind)."""
+        self._run()
 
     def _run(self) -> None:
         self._scheduled = False
@@ -162,8 +170,6 @@ async def _run_coro(job: Job, sink: Sink, worker: str) -> None:
         if inspect.isawaitable(ret):
             ret = await ret
     except asyncio.CancelledError:
-        if job.cancelled is None:
-            job.cancelled = "cancelled"
         sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
         return
     except BaseException as exc:
@@ -172,12 +178,29 @@ async def _run_coro(job: Job, sink: Sink, worker: str) -> None:
     sink(job, (Outcome.OK, ret, job.shared, None, worker))
 
 
+def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: str) -> None:
+    """Start a job as an asyncio Task on ``loop`` (from ``loop``'s own thread).
+
+    ``_run_coro`` reports every ending it sees, but a Task cancelled before its first step
+    never enters it: the done-callback reports that case (``t.cancelled()`` is true only
+    then, since ``_run_coro`` swallows CancelledError).
+    """
+    if job.cancelled is not None:
+        sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
+        return
+    task = loop.create_task(_run_coro(job, sink, worker), name=f"taskvisor:{job.name}")
+
+    def never_ran(t: asyncio.Task[None]) -> None:
+        if t.cancelled():
+            sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
+
+    task.add_done_callback(never_ran)
+    job.handle = task
+
+
 def run_inline(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
     """``runs_on="main"``: coroutines become tasks on the supervisor loop."""
-    if job.cancelled is not None:
-        sink(job, (Outcome.CANCELLED, None, job.shared, None, "main"))
-        return
-    job.handle = loop.create_task(_run_coro(job, sink, "main"), name=f"taskvisor:{job.name}")
+    _start_coro(job, loop, sink, "main")
 
 
 class AloopState(enum.Enum):
@@ -221,7 +244,12 @@ class Aloop:
 
     def _main(self, ready: concurrent.futures.Future[None]) -> None:
         factory = _new_uvloop if self.uses_uvloop and _new_uvloop else asyncio.new_event_loop
-        loop = factory()
+        try:
+            loop = factory()
+        except BaseException as exc:  # e.g. EMFILE: start() must not wait for ever
+            self.state = AloopState.STOPPED
+            ready.set_exception(exc)
+            return
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._inbox = Inbox(loop, self._start_jobs)
@@ -249,12 +277,7 @@ class Aloop:
     def _start_jobs(self, jobs: list[Job]) -> None:
         assert self._sink is not None and self._loop is not None
         for job in jobs:
-            if job.cancelled is not None:
-                self._sink(job, (Outcome.CANCELLED, None, job.shared, None, self.thread_name))
-                continue
-            job.handle = self._loop.create_task(
-                _run_coro(job, self._sink, self.thread_name), name=f"taskvisor:{job.name}"
-            )
+            _start_coro(job, self._loop, self._sink, self.thread_name)
 
     def cancel(self, job: Job) -> None:
         """Cancel a job's coroutine on this loop (thread-safe)."""
@@ -389,6 +412,7 @@ class PickledPool:
         self._factory = factory
         self._executor = executor
         self._owned = factory is not None
+        self._made: list[concurrent.futures.Executor] = []  # every pool we built, to shut down
         self.label = label
         self._closed = False
 
@@ -407,21 +431,35 @@ class PickledPool:
     def submit(self, job: Job) -> None:
         if self._closed:
             raise ClosedError("closed", f"submit to {self.label}")
-        if self._executor is None:
-            assert self._factory is not None
-            self._executor = self._factory()
+        ex = self._executor
+        if ex is None:
+            assert self._factory is not None  # only pools we own are ever dropped
+            ex = self._executor = self._factory()
+            self._made.append(ex)
         try:
-            fut = self._executor.submit(run_pickled, job.fn, job.args, job.kwargs, job.shared)
+            fut = ex.submit(run_pickled, job.fn, job.args, job.kwargs, job.shared)
         except BrokenProcessPool:
-            self._executor = None
-            return self.submit(job)
-        except Exception as exc:
+            if self._owned:
+                self._drop(ex)
+                return self.submit(job)
+            crashed = WorkerCrashed(job.name, None, None)
+            self._sink(job, (Outcome.ERROR, None, job.shared, _error(crashed), None))
+            return
+        except Exception as exc:  # e.g. a backend that refuses the job
             self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
             return
         job.handle = fut  # cancellable until a worker picks it up
-        fut.add_done_callback(lambda f: self._done(job, f))
+        fut.add_done_callback(lambda f: self._done(job, ex, f))
 
-    def _done(self, job: Job, fut: concurrent.futures.Future[Any]) -> None:
+    def _drop(self, ex: concurrent.futures.Executor) -> None:
+        """Forget a broken pool we own, only if it is still the current one: the manager
+        thread reporting the break may run after a new pool replaced it."""
+        if self._executor is ex:
+            self._executor = None
+
+    def _done(
+        self, job: Job, ex: concurrent.futures.Executor, fut: concurrent.futures.Future[Any]
+    ) -> None:
         if fut.cancelled():
             self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
             return
@@ -429,7 +467,7 @@ class PickledPool:
         if exc is not None:
             if isinstance(exc, BrokenProcessPool):
                 if self._owned:
-                    self._executor = None
+                    self._drop(ex)
                 exc = WorkerCrashed(job.name, None, None)
             self._sink(job, (Outcome.ERROR, None, job.shared, _error(exc), None))
             return
@@ -440,7 +478,10 @@ class PickledPool:
             self._sink(job, (Outcome.ERROR, None, shared, excinfo, worker))
 
     def shutdown(self) -> None:
+        """Shut down every pool this object built (a user's backend stays theirs)."""
         self._closed = True
-        if self._owned and self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._owned:
             self._executor = None
+        for ex in self._made:
+            ex.shutdown(wait=True, cancel_futures=True)
+        self._made.clear()

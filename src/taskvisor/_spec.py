@@ -8,6 +8,7 @@ checked by the call that submits it.
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 import itertools
@@ -308,13 +309,26 @@ def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
 
 
 def substitute(obj: Any, values: Mapping[str, Any]) -> Any:
-    """Replace every ResultRef in ``obj`` by its resolved value."""
+    """Replace every ResultRef in ``obj`` by its resolved value.
+
+    Containers that hold no reference come back as they are; those that do are rebuilt
+    with their own type (namedtuples through ``_make``, dict subclasses through a copy).
+    """
     if isinstance(obj, ResultRef):
         return obj.resolve(values[obj.task_name])
     if isinstance(obj, tuple | list | set | frozenset):
-        return type(obj)(substitute(x, values) for x in obj)
+        items = [substitute(x, values) for x in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        make = getattr(obj, "_make", None)
+        return make(items) if make is not None else type(obj)(items)
     if isinstance(obj, dict):
-        return {k: substitute(v, values) for k, v in obj.items()}
+        changed = {k: substitute(v, values) for k, v in obj.items()}
+        if all(changed[k] is v for k, v in obj.items()):
+            return obj
+        out = copy.copy(obj)
+        out.update(changed)
+        return out
     return obj
 
 

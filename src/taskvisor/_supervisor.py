@@ -176,7 +176,9 @@ class TaskHandle(Generic[T]):
         if rec.res is None:
             if rec.fut is None:
                 rec.fut = self._sup._loop_or_raise().create_future()
-            return (yield from rec.fut.__await__())
+            # shielded: one awaiter cancelled (wait_for, a cancel scope) must not cancel the
+            # shared future under every other awaiter
+            return (yield from asyncio.shield(rec.fut).__await__())
         return rec.res
 
     def __repr__(self) -> str:
@@ -187,23 +189,28 @@ class TaskHandle(Generic[T]):
 class _Stream:
     """Results of one ``run()`` batch, in completion order.
 
-    A deque and one future: the drain never blocks on a slow reader, and a reader that
-    stops early leaves nothing to clean up (no unclosed-stream warnings).
+    A deque and a future per waiting reader: the drain never blocks on a slow reader, a
+    reader that stops early leaves nothing to clean up (no unclosed-stream warnings), and
+    several readers may share one stream (each result goes to one of them).
     """
 
-    __slots__ = ("_items", "_left", "_loop", "_waiter")
+    __slots__ = ("_items", "_left", "_loop", "_waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self._items: deque[TaskRes[Any]] = deque()
-        self._left = count
-        self._waiter: asyncio.Future[None] | None = None
+        self._left = count  # results not yet handed to a reader
+        self._waiters: list[asyncio.Future[None]] = []
         self._loop = loop
 
     def push(self, res: TaskRes[Any]) -> None:
         self._items.append(res)
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
 
     def __aiter__(self) -> _Stream:
         return self
@@ -212,10 +219,16 @@ class _Stream:
         while not self._items:
             if self._left == 0:
                 raise StopAsyncIteration
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
+            w = self._loop.create_future()
+            self._waiters.append(w)
+            try:
+                await w
+            finally:
+                if w in self._waiters:
+                    self._waiters.remove(w)
         self._left -= 1
+        if self._left == 0:
+            self._wake()  # other readers waiting for more: there is no more
         return self._items.popleft()
 
 
@@ -362,6 +375,8 @@ class Supervisor:
         pending = [self._recs[n] for n in self._planner.live()]
         deadline: TimerHandle | None = None
         try:
+            if self._planner.paused:  # closing admits what pause() held back
+                self._execute(self._planner.set_paused(False))
             if cancel or wait is False:
                 self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
             elif wait is not True:
@@ -381,20 +396,46 @@ class Supervisor:
                 self._quiet.clear()
                 if self._idle_except_waiting():
                     self._execute(self._planner.settle_waiting(now=self._now()))
-        finally:
-            if deadline is not None:
-                deadline.cancel()
-            await self._shutdown_executors()
-            if self._timer is not None:
-                self._timer.cancel()
-            self.state = SupervisorState.CLOSED
-            _LIVE.discard(self)
-            self._closed_event.set()
+        except BaseException:
+            await self._close_down(deadline)
+            raise
+        if await self._close_down(deadline):
+            raise asyncio.CancelledError
         results = [r.res for r in pending if r.res is not None]
         return RunReport.build(results, started, self._clock.now() - t0)
 
-    async def _shutdown_executors(self) -> None:
-        """Join every worker thread and process, off the loop so it stays responsive."""
+    async def _close_down(self, deadline: TimerHandle | None) -> bool:
+        """Stop the executors and settle every task still open; True if cancelled meanwhile.
+
+        Runs to its end even when cancelled again and again (anyio cancel scopes re-deliver
+        cancellation at every await): a half-closed supervisor would leak its threads.
+        """
+        if deadline is not None:
+            deadline.cancel()
+        if self._planner.live():  # an abnormal exit: cancel what is still open
+            self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
+        cancelled = await self._shutdown_executors()
+        self._settle_leftovers()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.state = SupervisorState.CLOSED
+        _LIVE.discard(self)
+        assert self._closed_event is not None
+        self._closed_event.set()
+        return cancelled
+
+    def _settle_leftovers(self) -> None:
+        """Every worker is joined: take in the last completions, then end what is left."""
+        assert self._inbox is not None
+        self._inbox.flush()
+        self._execute(self._planner.cancel_all("supervisor closed", now=self._now()))
+        for name in self._planner.live():  # running, but its executor is gone
+            rec = self._recs[name]
+            err = TaskCancelled(name, "the supervisor closed before it reported")
+            self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
+
+    async def _shutdown_executors(self) -> bool:
+        """Join every worker thread and process off the loop; True if cancelled meanwhile."""
 
         def stop_all() -> None:
             for aloop in self._aloops.values():
@@ -403,6 +444,8 @@ class Supervisor:
                 self._thread_pool.shutdown()
             if self._process_pool is not None:
                 self._process_pool.shutdown()
+            for backend in self._backends.values():
+                backend.shutdown()
 
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -410,18 +453,22 @@ class Supervisor:
         def closer() -> None:
             try:
                 stop_all()
-            except BaseException as exc:
+            except BaseException as exc:  # reported to the awaiting loop
                 loop.call_soon_threadsafe(_set_exc, done, exc)
             else:
                 loop.call_soon_threadsafe(_set_result, done, None)
 
         t = threading.Thread(target=closer, name="taskvisor-closer")
         t.start()
-        try:
-            await asyncio.shield(done)
-        finally:
-            await done if not done.done() else None
-            t.join()
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                cancelled = True
+        t.join()
+        done.result()
+        return cancelled
 
     # ------------------------------------------------------------ submission
 
@@ -543,8 +590,9 @@ class Supervisor:
         self._execute(self._planner.provide(item, now=self._now()))
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
-        """Cancel a task: at once if it has not started; running coroutines are cancelled,
-        running thread and process tasks end CANCELLED when they return."""
+        """Cancel a task: at once if it has not started; a running coroutine is cancelled on
+        its loop. A running thread or process task cannot be interrupted in this version: it
+        ends as it really ends when it returns (DONE with its result, or FAILED)."""
         self._check_loop_thread()
         name = task.name if isinstance(task, TaskHandle) else task
         if name not in self._recs:
@@ -674,8 +722,14 @@ class Supervisor:
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
                 return
+        # each attempt gets its own copy: a failed attempt's writes must not reach a retry
         job = Job(
-            spec.name, spec.fn, args, kwargs, shared if spec.wants_shared else None, rec.target
+            spec.name,
+            spec.fn,
+            args,
+            kwargs,
+            dict(shared) if spec.wants_shared else None,
+            rec.target,
         )
         rec.job = job
         rec.started = now
@@ -737,27 +791,23 @@ class Supervisor:
         now = self._now()
         rec.run_time += now - job.started
         spec = rec.spec
-        if job.cancelled is not None:
+        if outcome is Outcome.OK:  # it finished: a cancel or timeout that came late loses
+            self._finish(rec, State.DONE, ret, shared, None, worker)
+            return
+        if outcome is Outcome.CANCELLED:
             if job.cancelled == "timeout":
                 assert spec.timeout is not None
                 err: BaseException = TaskTimeout(spec.name, spec.timeout)
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
-            else:
-                err = TaskCancelled(spec.name, job.cancelled)
-                self._finish(
-                    rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker
-                )
-            return
-        if outcome is Outcome.OK:
-            self._finish(rec, State.DONE, ret, shared, None, worker)
-            return
-        if outcome is Outcome.CANCELLED:  # cancelled from inside (not by us)
-            err = TaskCancelled(spec.name, "the task's coroutine was cancelled")
+                return
+            reason = job.cancelled or "its coroutine was cancelled from inside"
+            err = TaskCancelled(spec.name, reason)
             self._finish(rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker)
             return
         assert excinfo is not None
         exc = excinfo.val
-        if rec.attempts <= spec.retries and not isinstance(exc, TaskFailError):
+        retry = job.cancelled is None and not isinstance(exc, TaskFailError)
+        if retry and rec.attempts <= spec.retries:
             logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
             if spec.wants_shared:
                 job.shared = dict(rec.shared_in)
