@@ -182,3 +182,17 @@ async def test_a_cancel_that_comes_after_the_task_finished_keeps_its_result() ->
         sup.cancel(h)  # the completion is queued but not yet drained
         res = await h
     assert res.ok and res.ret == "precious"
+
+
+async def test_cancelling_gather_cancels_its_batch(gates: Gates) -> None:
+    async with tv.Supervisor(pool_size=1) as sup:
+        batch = [tv.Task(gates.task, (n,), name=n, runs_on="main") for n in ("a", "b")]
+        waiter = asyncio.ensure_future(sup.gather(batch))
+        await gates.wait_started("a")
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert sup.task_state("b") is State.CANCELLED  # queued: cancelled at once
+        gates.release("a")
+        other = await sup.submit(identity, 1)
+    assert other.ok

@@ -452,6 +452,16 @@ class Planner:
         self._admit()
         return self._flush()
 
+    def cancel_many(
+        self, names: Iterable[str], reason: str, *, now: float = 0.0
+    ) -> list[Instruction]:
+        """Cancel several tasks in one event (``gather`` cancelled)."""
+        self._clock(now)
+        for name in names:
+            self._cancel(self._tasks[name], reason)
+        self._admit()
+        return self._flush()
+
     def cancel_all(self, reason: str, *, now: float = 0.0) -> list[Instruction]:
         """Cancel every task that has not ended (``aclose(cancel=True)``)."""
         self._clock(now)

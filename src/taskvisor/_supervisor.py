@@ -503,7 +503,10 @@ class Supervisor:
         return stream
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
-        """Submit a sealed batch, wait for all of it, return its :class:`RunReport`."""
+        """Submit a sealed batch, wait for all of it, return its :class:`RunReport`.
+
+        Cancelling the ``await`` cancels the batch's tasks that have not ended.
+        """
         started, t0 = datetime.now(UTC), self._clock.now()
         recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
         left = sum(1 for r in recs if r.res is None)
@@ -519,7 +522,19 @@ class Supervisor:
             for r in recs:
                 if r.res is None:
                     r.listeners.append(one)
-            await done
+            try:
+                await done
+            except asyncio.CancelledError:
+                # like asyncio.gather and task groups: the caller gave up, so does the batch
+                if self.state is SupervisorState.RUNNING:
+                    self._execute(
+                        self._planner.cancel_many(
+                            [r.spec.name for r in recs if r.res is None],
+                            "gather() was cancelled",
+                            now=self._now(),
+                        )
+                    )
+                raise
         return RunReport.build(
             (cast(TaskRes[Any], r.res) for r in recs), started, self._clock.now() - t0
         )
