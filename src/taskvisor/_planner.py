@@ -255,7 +255,7 @@ class _Lock:
         self.granted: set[_T] = set()  # waiters cleared to take it at admission
         self.granted_excl = False  # the granted waiter is a claimant
         self.fifo: deque[tuple[_T, bool]] = deque()  # (waiter, exclusive)
-        self.stuck: _T | None = None  # a failed holder that never releases
+        self.stuck: list[_T] = []  # failed holders that never release (several if shared)
 
     def compatible(self, exclusive: bool) -> bool:
         """May a new waiter of this mode be granted now, ahead of nobody?"""
@@ -265,9 +265,9 @@ class _Lock:
 
     def conflicts_stuck(self, exclusive: bool) -> bool:
         """Can a waiter of this mode never be granted, because a failed task holds it?"""
-        if self.stuck is None:
+        if not self.stuck:
             return False
-        return exclusive or self.excl is self.stuck
+        return exclusive or self.excl is not None  # a stuck claimant blocks users too
 
 
 @dataclass(slots=True)
@@ -401,7 +401,7 @@ class Planner:
                 else:
                     lock.shared.discard(t)
             else:
-                lock.stuck = t
+                lock.stuck.append(t)
                 stuck.append(r)
         provided = ok or (state is State.FAILED and deps_ok)
         skipped_before = self.stats.by_state[State.SKIPPED]
@@ -417,7 +417,7 @@ class Planner:
             self._lose(OutputItem(name), t, root=t.name)
         for r, _excl in t.locks:
             lock = self._locks[r]
-            if lock.stuck is t:
+            if t in lock.stuck:
                 self._skip_stuck_waiters(r, lock)
             self._advance(r, lock)
         skipped = self.stats.by_state[State.SKIPPED] - skipped_before
@@ -629,8 +629,7 @@ class Planner:
         for r, excl in t.locks:
             lock = self._locks.get(r)
             if lock is not None and lock.conflicts_stuck(excl):
-                assert lock.stuck is not None
-                self._end(t, State.SKIPPED, LockError(t.name, r, lock.stuck.name))
+                self._end(t, State.SKIPPED, LockError(t.name, r, lock.stuck[0].name))
                 return
         self._move(t, State.LOCKED)
         t.lock_missing = len(spec.claims) + len(spec.uses)
@@ -767,8 +766,7 @@ class Planner:
                 self._end(w, State.SKIPPED, _dep_error(w, [], failed, root))
 
     def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
-        holder = lock.stuck
-        assert holder is not None
+        holder = lock.stuck[0]
         keep: deque[tuple[_T, bool]] = deque()
         for w, excl in lock.fifo:
             if w.state is State.LOCKED and lock.conflicts_stuck(excl):
@@ -861,12 +859,12 @@ class Planner:
             if lock.excl is not None:
                 _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")
                 _check(
-                    lock.excl.state is State.RUNNING or lock.excl is lock.stuck,
+                    lock.excl.state is State.RUNNING or lock.excl in lock.stuck,
                     f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
                 )
             for h in lock.shared:
                 _check(
-                    h.state is State.RUNNING or h is lock.stuck, f"lock {r!r}: shared holder {h}"
+                    h.state is State.RUNNING or h in lock.stuck, f"lock {r!r}: shared holder {h}"
                 )
             for g in lock.granted:
                 _check(g.state in (State.LOCKED, State.QUEUED), f"lock {r!r}: granted {g}")
