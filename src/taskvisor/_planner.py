@@ -766,7 +766,7 @@ class Planner:
                 self._end(w, State.SKIPPED, _dep_error(w, [], failed, root))
 
     def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
-        holder = lock.stuck[0]
+        holder = lock.stuck[-1]  # the failure that just made these waiters hopeless
         keep: deque[tuple[_T, bool]] = deque()
         for w, excl in lock.fifo:
             if w.state is State.LOCKED and lock.conflicts_stuck(excl):
