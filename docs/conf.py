@@ -10,13 +10,13 @@ from os.path import abspath
 
 sys.path.insert(0, abspath("../src"))
 
-import taskvisor  # noqa: E402  (needs the path above)
+import taskvisor
 
 # -- project ---------------------------------------------------------------------------
 
 project = "taskvisor"
 author = "the taskvisor authors"
-copyright = "the taskvisor authors"  # noqa: A001 - Sphinx's name for it
+copyright = "the taskvisor authors"
 release = taskvisor.__version__
 version = ".".join(release.split(".")[:2])
 

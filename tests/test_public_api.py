@@ -47,7 +47,7 @@ def test_error_hierarchy() -> None:
         tv.TaskCancelled,
     ):
         assert issubclass(cls, tv.NotRunError)
-    for cls in (
+    for base_cls in (
         tv.TaskFailError,
         tv.NotRunError,
         tv.TaskTimeout,
@@ -55,7 +55,7 @@ def test_error_hierarchy() -> None:
         tv.RemoteError,
         tv.ClosedError,
     ):
-        assert issubclass(cls, tv.TaskvisorError)
+        assert issubclass(base_cls, tv.TaskvisorError)
     assert issubclass(tv.TaskvisorWarning, UserWarning)
 
 

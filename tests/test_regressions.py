@@ -111,10 +111,13 @@ class Point(NamedTuple):
 async def test_references_inside_namedtuples_and_dict_subclasses() -> None:
     src = tv.Task(identity, (3,), name="src")
     od = collections.OrderedDict([("b", src.output), ("a", 1)])
-    user = tv.Task(identity, ((Point(src.output, 4), od, [1, 2]),), name="user")
+    point_ref = Point(src.output, 4)  # type: ignore[arg-type]
+    user = tv.Task(identity, ((point_ref, od, [1, 2]),), name="user")
     async with tv.Supervisor() as sup:
         report = await sup.gather([src, user])
-    point, got, plain = report["user"].ret
+    ret = report["user"].ret
+    assert ret is not None
+    point, got, plain = ret
     assert point == Point(3, 4) and isinstance(point, Point)
     assert isinstance(got, collections.OrderedDict) and list(got.items()) == [("b", 3), ("a", 1)]
     assert plain == [1, 2]
@@ -139,7 +142,7 @@ async def test_an_aloop_that_cannot_start_fails_the_supervisor_start(
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(_executors, "_new_uvloop", no_loop)
-    monkeypatch.setattr(_executors.asyncio, "new_event_loop", no_loop)
+    monkeypatch.setattr(asyncio, "new_event_loop", no_loop)
     sup = tv.Supervisor(aloops=("io",))
     with pytest.raises(OSError, match="Too many open files"):
         async with sup:
