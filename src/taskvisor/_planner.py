@@ -767,13 +767,13 @@ class Planner:
 
     def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
         holder = lock.stuck[-1]  # the failure that just made these waiters hopeless
-        keep: deque[tuple[_T, bool]] = deque()
-        for w, excl in lock.fifo:
-            if w.state is State.LOCKED and lock.conflicts_stuck(excl):
-                self._end(w, State.SKIPPED, LockError(w.name, r, holder.name))
-            elif w.state is State.LOCKED:
-                keep.append((w, excl))
-        lock.fifo = keep
+        live = [(w, excl) for w, excl in lock.fifo if w.state is State.LOCKED]
+        hopeless = [w for w, excl in live if lock.conflicts_stuck(excl)]
+        # settle them after the FIFO is rebuilt: settling advances the FIFOs they were in
+        gone = set(hopeless)
+        lock.fifo = deque((w, excl) for w, excl in live if w not in gone)
+        for w in hopeless:
+            self._end(w, State.SKIPPED, LockError(w.name, r, holder.name))
 
     def _end(self, t: _T, state: State, error: NotRunError) -> None:
         """Settle a task that is not running (SKIPPED/CANCELLED) and cascade."""
@@ -783,13 +783,15 @@ class Planner:
         if was is State.QUEUED:
             self.stats.queued_by_tier[t.spec.tier] -= 1
         if was in (State.LOCKED, State.QUEUED):
+            # granted or still in the FIFO, it may have held back later waiters: let them on
+            # (a FIFO drops settled entries lazily, so advancing is all it takes)
             for r, _excl in t.locks:
                 lock = self._locks[r]
                 if t in lock.granted:
                     lock.granted.discard(t)
                     if not lock.granted:
                         lock.granted_excl = False
-                    self._advance(r, lock)
+                self._advance(r, lock)
         self._out.append(Settle(t.name, state, error))
         root = t.root or t.name
         for item in self._provides(t):
