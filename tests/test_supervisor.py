@@ -314,7 +314,7 @@ async def test_aloop_run_from_another_thread() -> None:
         box: list[Any] = []
         t = threading.Thread(target=lambda: box.append(aloop.run(double(21))))
         t.start()
-        await asyncio.wrap_future(aloop.submit_coro(asyncio.sleep(0)))
+        assert await asyncio.wrap_future(aloop.submit_coro(double(4))) == 8  # async side
 
         def joined() -> Any:
             t.join()
