@@ -238,7 +238,7 @@ class Task(Generic[T]):
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
             raise SpecError(f"weight must be an int >= 0, got {weight!r}")
         s(self, "weight", weight)
-        s(self, "resources", _resources(opts["resources"]))
+        s(self, "resources", resource_map(opts["resources"]))
         timeout = opts["timeout"]
         if timeout is not None:
             timeout = _number("timeout", timeout, minimum=0.0)
@@ -384,11 +384,12 @@ def _runs_on(value: Any) -> str | None:
     return value
 
 
-def _resources(value: Any) -> dict[str, float]:
+def resource_map(value: Any, what: str = "amount") -> dict[str, float]:
+    """Validate ``{name: number >= 0}`` (task needs, or supervisor capacities)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError(f"resources must be a mapping of name to amount, got {value!r}")
+        raise SpecError(f"resources must be a mapping of name to {what}, got {value!r}")
     out = {}
     for k, v in value.items():
         if not isinstance(k, str):

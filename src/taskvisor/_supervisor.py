@@ -52,7 +52,7 @@ from ._errors import (
 from ._executors import Aloop, Inbox, Job, Outcome, PickledPool, Result, ThreadPool, run_inline
 from ._planner import Cancel, Dispatch, Instruction, Planner, Settle, State, WakeAt, Warn
 from ._result import ExceptionInfo, RunReport, TaskRes
-from ._spec import META_KEYS, Task, Tier, substitute
+from ._spec import META_KEYS, Task, Tier, resource_map, substitute
 
 __all__ = ["Statistics", "Supervisor", "SupervisorState", "TaskHandle", "run"]
 
@@ -263,7 +263,7 @@ class Supervisor:
                 pool_size=pool_size,
                 reserve_normal=reserve_normal,
                 reserve_high=reserve_high,
-                resources=_capacities(resources),
+                resources=resource_map(resources, "capacity"),
                 fail_fast=bool(fail_fast),
             )
         except ValueError as exc:
@@ -970,24 +970,6 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
-
-
-def _capacities(resources: Mapping[str, float] | None) -> dict[str, float]:
-    if resources is None:
-        return {}
-    if not isinstance(resources, Mapping):
-        raise SpecError(f"resources must be a mapping of name to capacity, got {resources!r}")
-    out = {}
-    for k, v in resources.items():
-        if (
-            not isinstance(k, str)
-            or isinstance(v, bool)
-            or not isinstance(v, int | float)
-            or (not v >= 0)
-        ):
-            raise SpecError(f"resource capacity {k!r}: {v!r} must be a number >= 0")
-        out[k] = float(v)
-    return out
 
 
 def _positive(label: str, v: Any) -> int:
