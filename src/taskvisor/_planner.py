@@ -504,16 +504,15 @@ class Planner:
 
     # ------------------------------------------------------------ submission
 
-    def _check_batch(self, specs: Sequence[Spec]) -> set[str]:
+    def _check_batch(self, specs: Sequence[Spec]) -> None:
         names: set[str] = set()
         for s in specs:
             if s.name in names or s.name in self._tasks:
                 raise DuplicateTaskError(s.name)
             names.add(s.name)
-        self._check_cycles(specs, names)
-        return names
+        self._check_cycles(specs)
 
-    def _check_cycles(self, specs: Sequence[Spec], names: set[str]) -> None:
+    def _check_cycles(self, specs: Sequence[Spec]) -> None:
         """Raise CycleError if the batch closes a cycle (never an assert: works under -O).
 
         A cycle through an older task needs an older task waiting on something the batch
