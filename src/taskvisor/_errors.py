@@ -212,11 +212,17 @@ class WorkerCrashed(TaskvisorError):
 
     def __init__(self, task: str, exitcode: int | None, pid: int | None) -> None:
         self.task = task
-        self.exitcode = exitcode
+        self.exitcode = exitcode  # negative: killed by signal -exitcode (multiprocessing's rule)
         self.pid = pid
+        self.signal = _signal_name(exitcode)
         who = "a worker process" if pid is None else f"worker process {pid}"
-        how = "" if exitcode is None else f" with exit code {exitcode}"
-        super().__init__(f"{who} died{how} while running {task!r}")
+        if self.signal is not None:
+            how = f"was killed by {self.signal}"
+        elif exitcode is not None:
+            how = f"exited with code {exitcode}"
+        else:
+            how = "died"
+        super().__init__(f"{who} {how} while running {task!r}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.exitcode, self.pid))
@@ -260,3 +266,14 @@ def _item(x: object) -> str:
     if isinstance(x, OutputItem):
         return f"the output of {x.name!r}"
     return repr(x)
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    import signal
+
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"

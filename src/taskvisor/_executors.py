@@ -67,6 +67,7 @@ class Job:
         "shared",
         "started",
         "target",
+        "watch",
     )
 
     def __init__(
@@ -88,12 +89,15 @@ class Job:
         self.cancelled: str | None = None  # why the supervisor asked it to stop
         self.handle: Any = None  # the asyncio.Task running it, for cancellation
         self.target = target
+        # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
+        self.watch = False
 
 
 class Outcome(enum.Enum):
     OK = "ok"
     ERROR = "error"
     CANCELLED = "cancelled"
+    STARTED = "started"  # not an ending: a watched job has reached a worker
 
 
 # (outcome, ret, shared, excinfo, worker, ended_at)
