@@ -27,8 +27,10 @@ from taskvisor._errors import (
     TaskCancelled,
 )
 from taskvisor._planner import (
+    Alarm,
     Cancel,
     Dispatch,
+    Forget,
     Instruction,
     Planner,
     Settle,
@@ -513,6 +515,74 @@ def test_delay_counts_from_submission() -> None:
     p = Planner()
     assert p.submit([T("p", provides={"x"}), T("c", requires={"x"}, delay=2)], now=0.0) == [D("p")]
     assert p.finish("p", DONE, now=3.0) == [D("c", "p")]  # due at 2, ready at 3: runs now
+    p.validate_state()
+
+
+def test_wait_alarms_fire_once_per_task_and_level() -> None:
+    p = Planner(pool_size=1, wait_warning=2, wait_critical=5)
+    out = p.submit([T("a"), T("b"), T("c", tier=CRITICAL)], now=0.0)
+    assert out == [D("c"), D("a"), WakeAt(2.0)]  # b queues behind a; c needs no slot
+    assert p.tick(2.5) == [Alarm("b", "warning", 2.5), WakeAt(5.0)]
+    assert p.tick(2.6) == [WakeAt(5.0)]  # once per task and level
+    assert p.finish("a", DONE, now=3.0) == [D("b")]
+    assert p.tick(5.0) == []  # b was admitted before its critical alarm was due
+    p.validate_state()
+
+
+def test_alarm_counts_from_entering_the_queue_not_from_submission() -> None:
+    p = Planner(pool_size=1, wait_warning=2)
+    assert p.submit([T("a", provides={"x"}), T("b", requires={"x"})], now=0.0) == [D("a")]
+    assert p.finish("a", DONE, now=10.0) == [D("b", "a")]
+    assert p.submit([T("c")], now=10.0) == [WakeAt(12.0)]
+    assert p.tick(12.0) == [Alarm("c", "warning", 2.0)]
+    p.validate_state()
+
+
+def test_keep_slot_holds_admission_until_release() -> None:
+    """An abandoned thread still runs: its slot stays busy after the task ended."""
+    p = Planner(pool_size=1, resources={"gpu": 1})
+    assert p.submit([T("a", resources={"gpu": 1}), T("b")]) == [D("a")]
+    assert p.finish("a", FAILED, keep_slot=True) == []
+    assert p.state("a") is FAILED and p.busy == 1 and p.used["gpu"] == 1
+    p.validate_state()
+    assert p.release("a") == [D("b")]
+    assert p.busy == 1 and p.used["gpu"] == 0
+    p.validate_state()
+
+
+def test_keep_ended_forgets_old_tasks_once_nothing_needs_them() -> None:
+    p = Planner(pool_size=1, keep_ended=1)
+    a = T("a")
+    out = p.submit([a, T("b", args=(a.output,)), T("c")])
+    assert out == [D("a")]
+    assert p.finish("a", DONE) == [D("b", "a")]
+    assert "a" in p  # the window still holds it
+    out = p.finish("b", DONE)  # a leaves the window; b consumed it already
+    assert out == [Forget(("a",)), D("c")] or out == [D("c"), Forget(("a",))]
+    assert "a" not in p and "b" in p
+    assert p.submit([T("a")]) == []  # a forgotten name may be reused
+    p.validate_state()
+
+
+def test_a_forgotten_task_waits_for_its_consumers() -> None:
+    p = Planner(pool_size=1, keep_ended=0)
+    a = T("a")
+    assert p.submit([a, T("blocker")]) == [D("a")]
+    assert p.submit([T("b", args=(a.output,))]) == []
+    assert p.finish("a", DONE) == [D("blocker")]
+    assert "a" in p  # ended and past the window, but b has not been dispatched yet
+    out = p.finish("blocker", DONE)
+    assert out == [D("b", "a"), Forget(("blocker", "a"))]
+    assert "a" not in p
+    p.validate_state()
+
+
+def test_tasks_that_provide_items_are_kept() -> None:
+    p = Planner(keep_ended=0)
+    assert p.submit([T("a", provides={"x"})]) == [D("a")]
+    assert p.finish("a", DONE) == []
+    assert "a" in p
+    assert p.submit([T("b", requires={"x"})]) == [D("b", "a")]
     p.validate_state()
 
 

@@ -63,8 +63,10 @@ from ._errors import (
 from ._spec import OutputItem, Tier
 
 __all__ = [
+    "Alarm",
     "Cancel",
     "Dispatch",
+    "Forget",
     "Instruction",
     "Planner",
     "PlannerBug",
@@ -102,6 +104,7 @@ class State(enum.Enum):
 _TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED, State.CANCELLED})
 _NOT_RUN = (State.SKIPPED, State.CANCELLED)
 _RAN = frozenset({State.QUEUED, State.RUNNING, State.DONE, State.FAILED})
+_LIVE_STATES = (State.NEW, State.WAITING, State.DELAYED, State.LOCKED, State.QUEUED, State.RUNNING)
 _S = State
 _MOVES: dict[State, frozenset[State]] = {
     _S.NEW: frozenset({_S.WAITING, _S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
@@ -184,7 +187,24 @@ class WakeAt:
     when: float
 
 
-Instruction = Dispatch | Settle | Cancel | Warn | WakeAt
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A task has waited in the admission queue ``waited`` seconds (``wait_warning`` /
+    ``wait_critical``); issued once per task and level."""
+
+    name: str
+    level: str  # "warning" or "critical"
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The planner forgot these ended tasks (``keep_ended``); their names may be reused."""
+
+    names: tuple[str, ...]
+
+
+Instruction = Dispatch | Settle | Cancel | Warn | WakeAt | Alarm | Forget
 
 
 # ---------------------------------------------------------------- internal records
@@ -194,13 +214,17 @@ class _T:
     """The planner's record of one task."""
 
     __slots__ = (
+        "consumers",
         "due",
         "finish_seq",
         "history",
+        "holds",
         "lock_missing",
         "missing",
         "name",
         "parents",
+        "queued_at",
+        "retired",
         "root",
         "seq",
         "spec",
@@ -219,6 +243,10 @@ class _T:
         self.due = 0.0
         self.finish_seq = -1
         self.root: str | None = None  # the failure that skipped it, for messages
+        self.consumers = 0  # tasks not yet dispatched that list it among their parents
+        self.holds = False  # ended, but its slot stays busy until release() (abandoned)
+        self.queued_at = 0.0
+        self.retired = False  # past the keep_ended window: forget once nothing needs it
 
     @property
     def locks(self) -> Iterable[tuple[Hashable, bool]]:
@@ -292,6 +320,9 @@ class Planner:
         reserve_high: int = 0,
         resources: Mapping[str, float] | None = None,
         fail_fast: bool = False,
+        wait_warning: float | None = None,
+        wait_critical: float | None = None,
+        keep_ended: int | None = None,
     ) -> None:
         for label, v in (
             ("pool_size", pool_size),
@@ -307,6 +338,17 @@ class Planner:
         self._limit = {Tier.LOW: low, Tier.NORMAL: normal, Tier.HIGH: high}
         self.capacity = dict(resources or {})
         self.fail_fast = fail_fast
+        self._alarm_after = tuple(
+            (level, float(v))
+            for level, v in (("warning", wait_warning), ("critical", wait_critical))
+            if v is not None
+        )
+        self._alarms: list[tuple[float, int, str, _T]] = []
+        self._just_queued: list[_T] = []
+        self.keep_ended = keep_ended
+        self._ended: deque[_T] = deque()
+        self._forgotten: list[str] = []
+        self._forgotten_by_state: dict[State, int] = dict.fromkeys(State, 0)
         self.busy = 0  # slots used by running non-critical tasks
         self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
         self.paused = False
@@ -332,9 +374,20 @@ class Planner:
         return name in self._tasks
 
     def live(self) -> list[str]:
-        """Names of tasks not yet in a terminal state, in submission order."""
+        """Names of tasks not yet in a terminal state, in submission order (O(n))."""
         live = [t for t in self._tasks.values() if not t.state.terminal]
         return [t.name for t in sorted(live, key=lambda t: t.seq)]
+
+    @property
+    def live_count(self) -> int:
+        """How many tasks have not ended (O(1))."""
+        by = self.stats.by_state
+        return sum(by[s] for s in _LIVE_STATES)
+
+    @property
+    def known(self) -> int:
+        """How many tasks the planner still keeps (ended ones not yet forgotten included)."""
+        return len(self._tasks)
 
     def tier_limit(self, tier: Tier) -> int | None:
         """Slots a tier may fill, or None for unlimited."""
@@ -372,12 +425,15 @@ class Planner:
         *,
         deps_ok: bool = False,
         locks_ok: bool = False,
+        keep_slot: bool = False,
         now: float = 0.0,
     ) -> list[Instruction]:
         """A running task ended: ``DONE``, ``FAILED`` or ``CANCELLED``.
 
         ``deps_ok``/``locks_ok`` (controlled failure) say a FAILED task still satisfies its
         provides / releases its locks. CANCELLED releases locks and provides nothing.
+        ``keep_slot``: its slots and resources stay in use until :meth:`release` (a thread
+        that was abandoned on timeout or cancel still runs).
         """
         self._clock(now)
         t = self._tasks[name]
@@ -386,10 +442,10 @@ class Planner:
         self._move(t, state)
         t.finish_seq = next(self._finish_seq)
         spec = t.spec
-        if spec.tier is not Tier.CRITICAL:
-            self.busy -= spec.weight
-        for k, v in spec.resources.items():
-            self.used[k] = self.used.get(k, 0.0) - v
+        if keep_slot:
+            t.holds = True
+        else:
+            self._free(t)
         ok = state is State.DONE
         release = ok or state is State.CANCELLED or locks_ok
         stuck = []
@@ -432,6 +488,19 @@ class Planner:
         if state is State.FAILED and self.fail_fast and not self._failed_once:
             self._failed_once = True
             self._cancel_all(f"fail_fast: {name!r} failed")
+        self._retire(t)
+        self._admit()
+        return self._flush()
+
+    def release(self, name: str, *, now: float = 0.0) -> list[Instruction]:
+        """An ended task that kept its slot (``finish(keep_slot=True)``) really stopped."""
+        self._clock(now)
+        t = self._tasks[name]
+        if not t.holds:
+            raise PlannerBug(f"release({name!r}): it holds no slot")
+        t.holds = False
+        self._free(t)
+        self._forget_if_free(t)
         self._admit()
         return self._flush()
 
@@ -470,14 +539,20 @@ class Planner:
         return self._flush()
 
     def tick(self, now: float) -> list[Instruction]:
-        """Time passed: release delayed tasks that are due."""
+        """Time passed: release delayed tasks that are due, raise due wait alarms."""
         self._clock(now)
         while self._delayed and self._delayed[0][0] <= now:
             _, _, t = heapq.heappop(self._delayed)
             if t.state is State.DELAYED:
                 self._to_locks(t)
-        if self._delayed:
-            self._out.append(WakeAt(self._delayed[0][0]))
+        alarms = self._alarms
+        while alarms and alarms[0][0] <= now:
+            _, _, level, t = heapq.heappop(alarms)
+            if t.state is State.QUEUED:  # it waited that long, even if admitted right now
+                self._out.append(Alarm(t.name, level, now - t.queued_at))
+        heads = [h[0][0] for h in (self._delayed, alarms) if h]
+        if heads:
+            self._out.append(WakeAt(min(heads)))
         self._admit()
         return self._flush()
 
@@ -571,6 +646,7 @@ class Planner:
             if rec.satisfied:
                 if rec.provider is not None:
                     t.parents.append(rec.provider)
+                    rec.provider.consumers += 1
             else:
                 unmet.append(item)
         if unmet:
@@ -667,10 +743,31 @@ class Planner:
         self._move(t, State.QUEUED)
         heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
         self.stats.queued_by_tier[t.spec.tier] += 1
+        if self._alarm_after:
+            t.queued_at = self._now
+            self._just_queued.append(t)
+
+    def _arm_alarms(self) -> None:
+        """Alarm deadlines for the tasks still queued after admission (not the others)."""
+        alarms, now = self._alarms, self._now
+        for t in self._just_queued:
+            if t.state is not State.QUEUED:
+                continue
+            for level, after in self._alarm_after:
+                when = t.queued_at + after
+                if not alarms or when < alarms[0][0]:
+                    self._out.append(WakeAt(max(when, now)))
+                heapq.heappush(alarms, (when, t.seq, level, t))
+        self._just_queued.clear()
 
     # ------------------------------------------------------------ admission
 
     def _admit(self) -> None:
+        self._admit_heads()
+        if self._just_queued:
+            self._arm_alarms()
+
+    def _admit_heads(self) -> None:
         if self.paused:
             return
         queues = self._queues
@@ -715,8 +812,47 @@ class Planner:
             else:
                 lock.shared.add(t)
         parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
-        t.parents = []
+        self._drop_parents(t)
         self._out.append(Dispatch(t.name, tuple(p.name for p in parents)))
+
+    def _free(self, t: _T) -> None:
+        spec = t.spec
+        if spec.tier is not Tier.CRITICAL:
+            self.busy -= spec.weight
+        for k, v in spec.resources.items():
+            self.used[k] = self.used.get(k, 0.0) - v
+
+    # ------------------------------------------------------------ forgetting ended tasks
+
+    def _drop_parents(self, t: _T) -> None:
+        parents, t.parents = t.parents, []
+        for p in parents:
+            p.consumers -= 1
+            if p.retired and p.consumers == 0:
+                self._forget_if_free(p)
+
+    def _retire(self, t: _T) -> None:
+        """``t`` ended: past the ``keep_ended`` window, the oldest ended task is forgotten
+        once no pending task still needs its result and its slot is free."""
+        if self.keep_ended is None:
+            return
+        ended = self._ended
+        ended.append(t)
+        while len(ended) > self.keep_ended:
+            old = ended.popleft()
+            old.retired = True
+            self._forget_if_free(old)
+
+    def _forget_if_free(self, t: _T) -> None:
+        # a task that provided items stays: a later task requiring them names it as parent
+        if not t.retired or t.consumers or t.holds or t.spec.provides:
+            return
+        if self._tasks.get(t.name) is not t:
+            return
+        del self._tasks[t.name]
+        self._forgotten_by_state[t.state] += 1
+        self._items.pop(OutputItem(t.name), None)
+        self._forgotten.append(t.name)
 
     # ------------------------------------------------------------ dependencies and failure
 
@@ -744,6 +880,7 @@ class Planner:
                 continue
             if provider is not None:
                 w.parents.append(provider)
+                provider.consumers += 1
             w.missing -= 1
             if w.missing == 0:
                 self._ready(w)
@@ -792,9 +929,11 @@ class Planner:
                         lock.granted_excl = False
                 self._advance(r, lock)
         self._out.append(Settle(t.name, state, error))
+        self._drop_parents(t)
         root = t.root or t.name
         for item in self._provides(t):
             self._lose(item, t, root)
+        self._retire(t)
 
     def _cancel(self, t: _T, reason: str) -> None:
         if t.state.terminal:
@@ -827,27 +966,47 @@ class Planner:
 
     def _flush(self) -> list[Instruction]:
         out, self._out = self._out, []
+        if self._forgotten:
+            out.append(Forget(tuple(self._forgotten)))
+            self._forgotten = []
         return out
 
     def validate_state(self) -> None:
         """Check every internal invariant; raises PlannerBug. Cheap enough for tests."""
-        counts = dict.fromkeys(State, 0)
+        counts = dict(self._forgotten_by_state)
+        consumers: dict[str, int] = {}
         busy = 0
         used = dict.fromkeys(self.capacity, 0.0)
         for t in self._tasks.values():
             counts[t.state] += 1
-            if t.state is State.RUNNING:
+            for p in t.parents:
+                consumers[p.name] = consumers.get(p.name, 0) + 1
+            if t.parents:
+                _check(not t.state.terminal and t.state is not State.RUNNING, f"{t.name} parents")
+            if t.state is State.RUNNING or t.holds:
+                _check(t.state is State.RUNNING or t.state.terminal, f"{t.name} holds a slot")
                 if t.spec.tier is not Tier.CRITICAL:
                     busy += t.spec.weight
                 for k, v in t.spec.resources.items():
                     used[k] = used.get(k, 0.0) + v
             if t.state is State.WAITING:
-                unmet = sum(not self._item(i).satisfied for i in t.spec.dependencies)
+                unmet = sum(
+                    not (i in self._items and self._items[i].satisfied)
+                    for i in t.spec.dependencies
+                )
                 _check(unmet == t.missing, f"{t.name}: missing {t.missing} != {unmet}")
                 _check(unmet > 0, f"{t.name}: WAITING with no unmet dependency")
             if t.state in _RAN:
                 for i in t.spec.dependencies:
-                    _check(self._item(i).satisfied, f"{t.name}: {t.state.name} before {i!r}")
+                    # (once dispatched, a parent's output item may be forgotten, its name
+                    # reused: only tasks not dispatched yet are checked strictly)
+                    rec = self._items.get(i)
+                    _check(
+                        (rec is not None and rec.satisfied) or t.state is not State.QUEUED,
+                        f"{t.name}: {t.state.name} before {i!r}",
+                    )
+        for t in self._tasks.values():
+            _check(t.consumers == consumers.get(t.name, 0), f"{t.name}: consumers {t.consumers}")
         stats = dict(self.stats.by_state)
         _check(counts == stats, f"state counts {counts} != stats {stats}")
         _check(busy == self.busy, f"busy {self.busy} != {busy}")
