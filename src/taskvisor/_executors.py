@@ -64,6 +64,8 @@ class Job:
         "handle",
         "kwargs",
         "name",
+        "returned",
+        "running",
         "shared",
         "started",
         "target",
@@ -88,6 +90,8 @@ class Job:
         self.started = 0.0
         self.cancelled: str | None = None  # why the supervisor asked it to stop
         self.handle: Any = None  # the asyncio.Task running it, for cancellation
+        self.running = False  # a pool thread has taken it (ThreadPool, under its lock)
+        self.returned = False  # its function returned; the report is on its way
         self.target = target
         # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
         self.watch = False
@@ -338,7 +342,13 @@ class Aloop:
 
 
 class ThreadPool:
-    """Worker threads fed from one queue; threads start on demand up to ``size``."""
+    """Worker threads fed from one queue; threads start on demand up to ``size``.
+
+    A thread cannot be interrupted: cancelling a job that a thread has taken *abandons* it
+    (the supervisor ends the task; the thread runs on and its late result is dropped).
+    ``withdraw`` tells the two cases apart under one lock, so a job is either withdrawn
+    before any thread takes it or taken and then only abandoned.
+    """
 
     def __init__(self, size: int, sink: Sink, prefix: str = "taskvisor-thread") -> None:
         self.size = size
@@ -347,6 +357,8 @@ class ThreadPool:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._threads: list[threading.Thread] = []
+        self._current: dict[threading.Thread, Job] = {}
+        self._lock = threading.Lock()
         self._closed = False
 
     @property
@@ -364,34 +376,67 @@ class ThreadPool:
             self._threads.append(t)
             t.start()
 
+    def withdraw(self, job: Job) -> bool:
+        """Take back a job no thread has started (True), or say it runs already (False).
+
+        Call after setting ``job.cancelled``: a withdrawn job is reported CANCELLED by the
+        caller and silently dropped by the thread that later dequeues it.
+        """
+        with self._lock:
+            if job.running:
+                return False
+            job.running = True  # no thread will start it now
+            return True
+
+    def _take(self, job: Job) -> bool:
+        with self._lock:
+            if job.running:
+                return False  # withdrawn
+            job.running = True
+            return True
+
     def _work(self) -> None:
         sink, q = self._sink, self._queue
-        worker = threading.current_thread().name
+        me = threading.current_thread()
+        worker = me.name
+        current = self._current
         while True:
             job = q.get()
             if job is None:
                 return
-            if job.cancelled is not None:
-                sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
-            else:
+            if self._take(job):
+                current[me] = job
+                if job.watch:
+                    sink(job, (Outcome.STARTED, None, None, None, worker))
                 try:
                     ret = _call(job)
                     if inspect.iscoroutine(ret):
                         ret = asyncio.run(ret)
                 except BaseException as exc:
+                    job.returned = True
                     sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
                 else:
+                    job.returned = True
                     sink(job, (Outcome.OK, ret, job.shared, None, worker))
+                current.pop(me, None)
             del job
             self._idle.release()
 
-    def shutdown(self) -> None:
-        """Stop every thread after the jobs already queued, and join them."""
+    def shutdown(self) -> list[str]:
+        """Stop every thread after the jobs already queued and join them, except threads
+        still running an abandoned job: those are left to finish (daemon threads) and their
+        job names returned, so closing never hangs on a function that never returns."""
         self._closed = True
         for _ in self._threads:
             self._queue.put(None)
+        left = []
         for t in self._threads:
+            job = self._current.get(t)
+            if job is not None and job.cancelled is not None:
+                left.append(job.name)
+                continue
             t.join()
+        return left
 
 
 class PickledPool:

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
+import psutil
+
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     ClosedError,
@@ -50,7 +52,18 @@ from ._errors import (
     TaskvisorWarning,
 )
 from ._executors import Aloop, Inbox, Job, Outcome, PickledPool, Result, ThreadPool, run_inline
-from ._planner import Cancel, Dispatch, Instruction, Planner, Settle, State, WakeAt, Warn
+from ._planner import (
+    Alarm,
+    Cancel,
+    Dispatch,
+    Forget,
+    Instruction,
+    Planner,
+    Settle,
+    State,
+    WakeAt,
+    Warn,
+)
 from ._result import ExceptionInfo, RunReport, TaskRes
 from ._spec import META_KEYS, Task, Tier, resource_map, substitute
 
@@ -61,14 +74,8 @@ _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed
 T = TypeVar("T")
 
 DEFAULT_THREADS = 40  # anyio's default thread limiter
-_UNSUPPORTED_YET = (
-    "cpu_limit",
-    "memory_limit",
-    "wait_warning",
-    "wait_critical",
-    "on_wait_warning",
-    "on_wait_critical",
-)
+WaitCallback = Callable[[str, float], object]
+Sampler = Callable[[], tuple[float, float]]  # () -> (cpu %, memory %)
 
 
 class SupervisorState(enum.Enum):
@@ -99,9 +106,11 @@ class _Rec:
     """The supervisor's record of one task."""
 
     __slots__ = (
+        "args",
         "attempts",
         "fut",
         "job",
+        "kwargs",
         "listeners",
         "res",
         "run_time",
@@ -126,6 +135,8 @@ class _Rec:
         self.shared_in: dict[str, Any] = {}
         self.job: Job | None = None
         self.timer: TimerHandle | None = None
+        self.args: tuple[Any, ...] = ()  # the call, references substituted, for every attempt
+        self.kwargs: dict[str, Any] = {}
 
 
 class TaskHandle(Generic[T]):
@@ -155,6 +166,8 @@ class TaskHandle(Generic[T]):
     @property
     def state(self) -> State:
         """Where the task is now."""
+        if self._rec.res is not None:
+            return self._rec.res.state
         return self._sup.task_state(self.name)
 
     def done(self) -> bool:
@@ -246,18 +259,30 @@ class Supervisor:
         aloops: Iterable[str] = ("default",),
         uvloop: bool = True,
         resources: Mapping[str, float] | None = None,
+        cpu_limit: float | str | None = None,
+        memory_limit: float | str | None = None,
         fail_fast: bool = False,
         shared: Mapping[str, Any] | None = None,
         result_buffer: int | None = None,
+        wait_warning: float | None = None,
+        wait_critical: float | None = None,
+        on_wait_warning: WaitCallback | None = None,
+        on_wait_critical: WaitCallback | None = None,
         backends: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         start_method: str = "spawn",
-        **unsupported: Any,
+        sampler: Sampler | None = None,
+        sample_interval: float = 0.5,
     ) -> None:
-        for key in unsupported:
-            if key in _UNSUPPORTED_YET:
-                raise SpecError(f"Supervisor({key}=...) is not supported in this version yet")
-            raise TypeError(f"Supervisor() got an unexpected keyword argument {key!r}")
+        if result_buffer is not None:
+            _positive("result_buffer", result_buffer)
+        warn_after = _seconds("wait_warning", wait_warning)
+        critical_after = _seconds("wait_critical", wait_critical)
+        callbacks = (("on_wait_warning", on_wait_warning), ("on_wait_critical", on_wait_critical))
+        for label, cb in callbacks:
+            if cb is not None and not callable(cb):
+                raise SpecError(f"{label} must be a callable (name, waited) or None, got {cb!r}")
+        self._on_alarm = {"warning": on_wait_warning, "critical": on_wait_critical}
         try:
             self._planner = Planner(
                 pool_size=pool_size,
@@ -265,9 +290,23 @@ class Supervisor:
                 reserve_high=reserve_high,
                 resources=resource_map(resources, "capacity"),
                 fail_fast=bool(fail_fast),
+                wait_warning=warn_after,
+                wait_critical=critical_after,
+                keep_ended=result_buffer,
             )
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+        self._limits = (_percent("cpu_limit", cpu_limit), _percent("memory_limit", memory_limit))
+        if sampler is not None and not callable(sampler):
+            raise SpecError(f"sampler must be a callable () -> (cpu %, memory %), got {sampler!r}")
+        self._sampler: Sampler = sampler if sampler is not None else _psutil_sample
+        interval = _seconds("sample_interval", sample_interval)
+        assert interval is not None
+        self._sample_interval = interval
+        self._sampled_at = -math.inf
+        self._sample_timer: TimerHandle | None = None
+        self._gates_on = any(v is not None for v in self._limits)
+        self._abandoned: dict[Job, _Rec] = {}
         self.threads = DEFAULT_THREADS if threads is None else _positive("threads", threads)
         self.processes = (
             (os.cpu_count() or 1) if processes is None else _positive("processes", processes)
@@ -285,8 +324,6 @@ class Supervisor:
         if shared is not None and not isinstance(shared, Mapping):
             raise SpecError(f"shared must be a mapping, got {type(shared).__name__}")
         self._shared = dict(shared or {})
-        if result_buffer is not None:
-            _positive("result_buffer", result_buffer)
         self._results: deque[TaskRes[Any]] = deque(maxlen=result_buffer)
         self._backend_execs: dict[str, Any] = {}
         for bname, ex in (backends or {}).items():
@@ -343,6 +380,8 @@ class Supervisor:
             n: PickledPool(self._sink, executor=ex, label=f"backend {n!r}")
             for n, ex in self._backend_execs.items()
         }
+        if self._gates_on and self._sampler is _psutil_sample:
+            psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
         self.state = SupervisorState.RUNNING
         _LIVE.add(self)
         self._started_wall = datetime.now(UTC)
@@ -390,7 +429,7 @@ class Supervisor:
                         )
                     ),
                 )
-            while self._planner.live():
+            while self._planner.live_count:
                 self._check_quiet()
                 await self._quiet.wait()
                 self._quiet.clear()
@@ -412,12 +451,13 @@ class Supervisor:
         """
         if deadline is not None:
             deadline.cancel()
-        if self._planner.live():  # an abnormal exit: cancel what is still open
+        if self._planner.live_count:  # an abnormal exit: cancel what is still open
             self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
         cancelled = await self._shutdown_executors()
         self._settle_leftovers()
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._sample_timer):
+            if timer is not None:
+                timer.cancel()
         self.state = SupervisorState.CLOSED
         _LIVE.discard(self)
         assert self._closed_event is not None
@@ -441,7 +481,12 @@ class Supervisor:
             for aloop in self._aloops.values():
                 aloop.stop()
             if self._thread_pool is not None:
-                self._thread_pool.shutdown()
+                left = self._thread_pool.shutdown()
+                if left:
+                    _warn(
+                        f"{len(left)} abandoned thread(s) still running at close, not joined: "
+                        + ", ".join(repr(n) for n in left)
+                    )
             if self._process_pool is not None:
                 self._process_pool.shutdown()
             for backend in self._backends.values():
@@ -543,6 +588,8 @@ class Supervisor:
         self._check_running("submit")
         targets = [self._target(s) for s in specs]
         now = self._now()
+        if self._gates_on:
+            self._sample(now)
         instrs = self._planner.submit(specs, sealed=sealed, now=now)  # raises graph errors
         recs = []
         for spec, target in zip(specs, targets, strict=True):
@@ -585,11 +632,6 @@ class Supervisor:
             ]
             raise SpecError(
                 f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})"
-            )
-        if spec.timeout is not None and not target.startswith("aloop:") and target != "main":
-            raise SpecError(
-                f"task {spec.name!r}: timeout= is supported for coroutine tasks on aloops and "
-                f"'main' in this version, not on {target!r}"
             )
         return target
 
@@ -696,6 +738,8 @@ class Supervisor:
             inbox.put((job, result))
 
     def _drain(self, batch: list[tuple[Job, Result]]) -> None:
+        if self._gates_on:
+            self._sample(self._now())
         for job, result in batch:
             try:
                 self._on_done(job, result)
@@ -715,6 +759,11 @@ class Supervisor:
                 _warn(ins.message)
             elif isinstance(ins, WakeAt):
                 self._wake_at(ins.when)
+            elif isinstance(ins, Alarm):
+                self._alarm(ins)
+            elif isinstance(ins, Forget):
+                for name in ins.names:
+                    self._recs.pop(name, None)
         self._check_quiet()
 
     def _dispatch(self, ins: Dispatch) -> None:
@@ -723,7 +772,8 @@ class Supervisor:
         now = self._now()
         shared = dict(self._shared) if self._shared else {}
         for p in ins.parents:
-            pres = self._recs[p].res
+            prec = self._recs.get(p)
+            pres = None if prec is None else prec.res
             if pres is not None and pres.shared:
                 shared.update(pres.shared)
         rec.shared_in = shared
@@ -737,29 +787,33 @@ class Supervisor:
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
                 return
-        # each attempt gets its own copy: a failed attempt's writes must not reach a retry
+        rec.args, rec.kwargs = args, kwargs
+        rec.started = now
+        self._running[rec.target] = self._running.get(rec.target, 0) + 1
+        self._launch(rec)
+
+    def _launch(self, rec: _Rec) -> None:
+        """Start one attempt. Each attempt is a new Job with its own copy of ``shared``: a
+        failed attempt's writes must not reach a retry, nor its late reports the next one."""
+        spec = rec.spec
         job = Job(
             spec.name,
             spec.fn,
-            args,
-            kwargs,
-            dict(shared) if spec.wants_shared else None,
+            rec.args,
+            rec.kwargs,
+            dict(rec.shared_in) if spec.wants_shared else None,
             rec.target,
         )
         rec.job = job
-        rec.started = now
-        self._running[rec.target] = self._running.get(rec.target, 0) + 1
-        if spec.timeout is not None:
-            rec.timer = self._clock.call_at(
-                self._loop_or_raise(), now + spec.timeout, lambda: self._on_timeout(rec, job)
-            )
-        self._launch(rec, job)
-
-    def _launch(self, rec: _Rec, job: Job) -> None:
         rec.attempts += 1
         job.attempt = rec.attempts
         job.started = self._now()
         target = rec.target
+        if spec.timeout is not None:
+            if target in ("thread", "process"):
+                job.watch = True  # the timeout runs from when a worker takes it
+            else:
+                self._arm_timeout(rec, job)
         try:
             if target == "thread":
                 assert self._thread_pool is not None
@@ -776,8 +830,19 @@ class Supervisor:
         except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
+    def _arm_timeout(self, rec: _Rec, job: Job) -> None:
+        assert rec.spec.timeout is not None
+        if rec.timer is not None:
+            rec.timer.cancel()
+        rec.timer = self._clock.call_at(
+            self._loop_or_raise(),
+            self._now() + rec.spec.timeout,
+            lambda: self._on_timeout(rec, job),
+        )
+
     def _on_timeout(self, rec: _Rec, job: Job) -> None:
         if rec.job is job and rec.res is None and job.cancelled is None:
+            rec.timer = None
             job.cancelled = "timeout"
             self._cancel_job(rec, job)
 
@@ -789,20 +854,67 @@ class Supervisor:
             self._cancel_job(rec, job)
 
     def _cancel_job(self, rec: _Rec, job: Job) -> None:
+        """Stop a running attempt (``job.cancelled`` says why): a coroutine is cancelled on
+        its loop, a process worker killed; a thread that has started is abandoned."""
         target = rec.target
         if target.startswith("aloop:"):
             self._aloops[target[6:]].cancel(job)
         elif target == "main":
             if job.handle is not None:
                 job.handle.cancel()
-        elif job.handle is not None and hasattr(job.handle, "cancel"):
-            job.handle.cancel()  # a pool future not started yet; else it ends when it returns
+        elif target == "thread":
+            assert self._thread_pool is not None
+            if self._thread_pool.withdraw(job):
+                self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
+            elif not job.returned:  # (returned: its real ending is on its way; it wins)
+                self._abandon(rec, job, "thread")
+        elif target == "process" and hasattr(self._process_pool, "cancel"):
+            cast(Any, self._process_pool).cancel(job)  # kills the worker if it runs
+        elif job.handle is not None and job.handle.cancel():
+            pass  # a backend future no worker took yet: its callback reports CANCELLED
+        else:
+            self._abandon(rec, job, "worker")
+
+    def _abandon(self, rec: _Rec, job: Job, what: str) -> None:
+        """End a task whose attempt cannot be interrupted; its slot stays busy until the
+        attempt really returns (then ``_on_done`` releases it)."""
+        spec = rec.spec
+        self._abandoned[job] = rec
+        err: BaseException
+        if job.cancelled == "timeout":
+            assert spec.timeout is not None
+            err = TaskTimeout(spec.name, spec.timeout, abandoned=True)
+            state = State.FAILED
+        else:
+            reason = f"{job.cancelled}; its {what} was abandoned and still runs"
+            err = TaskCancelled(spec.name, reason)
+            state = State.CANCELLED
+        _warn(
+            f"task {spec.name!r}: its {what} could not be interrupted and still runs; "
+            "its slot stays busy until it returns"
+        )
+        rec.run_time += self._now() - job.started
+        self._finish(rec, state, None, None, ExceptionInfo.from_exc(err), None, keep_slot=True)
 
     def _on_done(self, job: Job, result: Result) -> None:
-        rec = self._recs[job.name]
-        if rec.job is not job or rec.res is not None:
-            return
         outcome, ret, shared, excinfo, worker = result
+        if outcome is Outcome.STARTED:
+            rec = self._recs.get(job.name)
+            if rec is not None and rec.job is job and rec.res is None and job.cancelled is None:
+                self._arm_timeout(rec, job)
+            return
+        rec = self._abandoned.pop(job, None)
+        if rec is not None:  # an abandoned attempt really returned: its slot is free now
+            self._running[rec.target] -= 1
+            logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
+            self._execute(self._planner.release(rec.spec.name, now=self._now()))
+            return
+        rec = self._recs.get(job.name)
+        if rec is None or rec.job is not job or rec.res is not None:
+            return
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
         now = self._now()
         rec.run_time += now - job.started
         spec = rec.spec
@@ -812,6 +924,10 @@ class Supervisor:
         if outcome is Outcome.CANCELLED:
             if job.cancelled == "timeout":
                 assert spec.timeout is not None
+                if rec.attempts <= spec.retries:  # the attempt really stopped: try again
+                    logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
+                    self._launch(rec)
+                    return
                 err: BaseException = TaskTimeout(spec.name, spec.timeout)
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
                 return
@@ -824,9 +940,7 @@ class Supervisor:
         retry = job.cancelled is None and not isinstance(exc, TaskFailError)
         if retry and rec.attempts <= spec.retries:
             logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
-            if spec.wants_shared:
-                job.shared = dict(rec.shared_in)
-            self._launch(rec, job)
+            self._launch(rec)
             return
         self._finish(rec, State.FAILED, None, shared, excinfo, worker)
 
@@ -838,12 +952,14 @@ class Supervisor:
         shared: dict[str, Any] | None,
         excinfo: ExceptionInfo | None,
         worker: str | None,
+        *,
+        keep_slot: bool = False,
     ) -> None:
         spec = rec.spec
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
-        if rec.job is not None:
+        if rec.job is not None and not keep_slot:
             self._running[rec.target] -= 1
         deps_ok = locks_ok = False
         if excinfo is not None and isinstance(excinfo.val, TaskFailError):
@@ -852,7 +968,9 @@ class Supervisor:
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
         self._execute(
-            self._planner.finish(spec.name, state, deps_ok=deps_ok, locks_ok=locks_ok, now=now)
+            self._planner.finish(
+                spec.name, state, deps_ok=deps_ok, locks_ok=locks_ok, keep_slot=keep_slot, now=now
+            )
         )
 
     def _settle(self, name: str, state: State, error: NotRunError) -> None:
@@ -906,6 +1024,46 @@ class Supervisor:
         for cb in listeners:
             cb(res)
         _log(res)
+
+    def _alarm(self, ins: Alarm) -> None:
+        cb = self._on_alarm[ins.level]
+        if cb is None:
+            log = logger.error if ins.level == "critical" else logger.warning
+            log("%r has waited %.3g s for admission (wait_%s)", ins.name, ins.waited, ins.level)
+            return
+        try:
+            cb(ins.name, ins.waited)
+        except Exception:
+            logger.exception("on_wait_%s callback failed for %r", ins.level, ins.name)
+
+    def _sample(self, now: float) -> None:
+        """Live gates: sample cpu/memory at most once per ``sample_interval``; while the
+        machine is above a limit, admission holds and one timer samples again."""
+        if now - self._sampled_at < self._sample_interval:
+            return
+        self._sampled_at = now
+        try:
+            cpu, mem = self._sampler()
+        except Exception:
+            logger.exception("the system sampler failed; gates stay as they were")
+            return
+        cpu_limit, mem_limit = self._limits
+        closed = (cpu_limit is not None and cpu > cpu_limit) or (
+            mem_limit is not None and mem > mem_limit
+        )
+        if closed != self._planner.gate_closed:
+            if closed:
+                logger.info("admission held: cpu %.0f%%, memory %.0f%%", cpu, mem)
+            self._execute(self._planner.set_gate(closed))
+        if closed and self._sample_timer is None:
+            self._sample_timer = self._clock.call_at(
+                self._loop_or_raise(), now + self._sample_interval, self._on_sample_timer
+            )
+
+    def _on_sample_timer(self) -> None:
+        self._sample_timer = None
+        if self.state in (SupervisorState.RUNNING, SupervisorState.CLOSING):
+            self._sample(self._now())
 
     def _wake_at(self, when: float) -> None:
         if when >= self._timer_at:
@@ -970,6 +1128,34 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _seconds(label: str, v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
+        raise SpecError(f"{label} must be a number of seconds > 0, got {v!r}")
+    return float(v)
+
+
+def _percent(label: str, v: Any) -> float | None:
+    """``90``, ``90.0`` or ``"90%"`` → 90.0 (a percentage in (0, 100])."""
+    if v is None:
+        return None
+    raw = v
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            v = float(text[:-1] if text.endswith("%") else text)
+        except ValueError:
+            raise SpecError(f"{label} must be a percentage like '90%', got {raw!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v <= 100):
+        raise SpecError(f"{label} must be a percentage in (0, 100] like '90%', got {raw!r}")
+    return float(v)
+
+
+def _psutil_sample() -> tuple[float, float]:
+    return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
 
 
 def _positive(label: str, v: Any) -> int:
