@@ -991,8 +991,7 @@ class Planner:
                     used[k] = used.get(k, 0.0) + v
             if t.state is State.WAITING:
                 unmet = sum(
-                    not (i in self._items and self._items[i].satisfied)
-                    for i in t.spec.dependencies
+                    not (i in self._items and self._items[i].satisfied) for i in t.spec.dependencies
                 )
                 _check(unmet == t.missing, f"{t.name}: missing {t.missing} != {unmet}")
                 _check(unmet > 0, f"{t.name}: WAITING with no unmet dependency")
