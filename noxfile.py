@@ -15,7 +15,16 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     # exit code 5 = no test collected: a selection that matched nothing is not a failure
     session.run("pytest", *session.posargs, success_codes=[0, 5])
-    session.run("python", "-m", "benchmarks", "--smoke")
+    # a smoke check that every benchmark runs (about a minute); never an assertion on speed
+    session.run("python", "-m", "benchmarks", "--quick")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The full benchmarks beside their baselines (Dask's among them); a table and JSON."""
+    session.install("-e", ".[bench]")
+    out = "benchmarks/results/bench.json"
+    session.run("python", "-m", "benchmarks", "--json", out, *session.posargs)
 
 
 @nox.session

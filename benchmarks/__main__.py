@@ -1,99 +1,52 @@
-"""Per-task overhead of taskvisor beside raw asyncio baselines, measured in one process.
+"""taskvisor beside its baselines, measured in one process: µs per task and the ratio.
 
-    python -m benchmarks            # full sizes: 10,000 thread tasks, 100,000 coroutines
-    python -m benchmarks --smoke    # tiny sizes: checks that everything runs (CI)
+    python -m benchmarks                   # full sizes (nox -s bench): 15-25 minutes
+    python -m benchmarks --quick           # smaller sizes, about a minute (CI smoke check)
+    python -m benchmarks --only W1,W3      # some workloads: W1-W6, PLANNER, SOAK
+    python -m benchmarks --json out.json   # also write every sample as JSON
+    python -m benchmarks --only W3 --quick --profile   # top functions on taskvisor's side
 
-Each workload alternates taskvisor and its baseline for several repetitions and reports
+Each workload alternates taskvisor and its baselines for several repetitions and reports
 the median µs per task and the ratio taskvisor / baseline. Absolute times mean little on
 their own; the ratio against a baseline measured in the same run is the number to read.
+The targets of issue 4 are printed beside the ratios and never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import datetime
 import json
+import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable
 
-import taskvisor as tv
+from . import planner, soak, w1_threads, w2_processes, w3_coroutines, w4_dag, w5_memory
+from ._common import Config, Row, format_table, optional_import
 
-THREADS = 8
-
-
-def noop() -> None:
-    return None
-
-
-async def anoop() -> None:
-    return None
-
-
-async def _tv_gather(tasks: list[tv.Task[Any]], **options: Any) -> float:
-    """Seconds for one ``sup.gather`` of ``tasks`` (the supervisor's start/stop excluded)."""
-    async with tv.Supervisor(**options) as sup:
-        t0 = time.perf_counter()
-        report = await sup.gather(tasks)
-        dt = time.perf_counter() - t0
-    assert report.ok
-    return dt
+WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
+    "W1": w1_threads.run,
+    "W2": w2_processes.run,
+    "W3": w3_coroutines.run,
+    "W4": w4_dag.run_w4,
+    "W5": w5_memory.run,
+    "W6": w4_dag.run_scaling,
+    "PLANNER": planner.run,
+    "SOAK": soak.run,
+}
 
 
-async def tv_threads(n: int) -> float:
-    tasks = [tv.Task(noop, name=f"t{i}") for i in range(n)]
-    return await _tv_gather(tasks, threads=THREADS, aloops=())
-
-
-async def raw_run_in_executor(n: int) -> float:
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(THREADS) as pool:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop.run_in_executor(pool, noop) for _ in range(n)))
-        return time.perf_counter() - t0
-
-
-async def tv_coroutines(n: int, runs_on: str) -> float:
-    tasks = [tv.Task(anoop, name=f"c{i}", runs_on=runs_on) for i in range(n)]
-    return await _tv_gather(tasks, aloops=("default",))
-
-
-async def raw_gather(n: int) -> float:
-    t0 = time.perf_counter()
-    await asyncio.gather(*(anoop() for _ in range(n)))
-    return time.perf_counter() - t0
-
-
-def measure(fn: Callable[[int], Awaitable[float]], n: int) -> float:
-    return asyncio.run(fn(n))  # type: ignore[arg-type]
-
-
-def workload(
-    label: str,
-    n: int,
-    reps: int,
-    ours: Callable[[int], Awaitable[float]],
-    base_label: str,
-    base: Callable[[int], Awaitable[float]],
-) -> dict[str, object]:
-    mine: list[float] = []
-    theirs: list[float] = []
-    for _ in range(reps):  # alternate, so drift in machine load hits both alike
-        mine.append(measure(ours, n) / n * 1e6)
-        theirs.append(measure(base, n) / n * 1e6)
-    m, b = statistics.median(mine), statistics.median(theirs)
-    return {
-        "workload": label,
-        "tasks": n,
-        "taskvisor_us": m,
-        "baseline": base_label,
-        "baseline_us": b,
-        "ratio": m / b,
-    }
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,54 +55,71 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # old name
+    ap.add_argument("--reps", type=int, help="repetitions (default 5, quick 3)")
+    ap.add_argument("--json", metavar="PATH", help="write every row and sample to PATH")
+    ap.add_argument("--only", metavar="W1,W3", help=f"some of: {','.join(WORKLOADS)}")
+    ap.add_argument(
+        "--profile",
+        nargs="?",
+        const="cprofile",
+        choices=["cprofile", "pyinstrument"],
+        help="after measuring, profile one taskvisor run of each workload and print the "
+        "top functions by own time (default cprofile)",
+    )
     args = ap.parse_args(argv)
-    scale, reps = (100, 1) if args.smoke else (1, args.reps)
-    n_threads, n_coros = 10_000 // scale, 100_000 // scale
-    rows = [
-        workload(
-            "no-op functions on threads",
-            n_threads,
-            reps,
-            tv_threads,
-            "loop.run_in_executor",
-            raw_run_in_executor,
-        ),
-        workload(
-            "no-op coroutines on the default aloop",
-            n_coros,
-            reps,
-            lambda n: tv_coroutines(n, "aloop"),
-            "asyncio.gather",
-            raw_gather,
-        ),
-        workload(
-            "no-op coroutines on the main loop",
-            n_coros,
-            reps,
-            lambda n: tv_coroutines(n, "main"),
-            "asyncio.gather",
-            raw_gather,
-        ),
-    ]
+    quick = args.quick or args.smoke
+    reps = args.reps if args.reps is not None else (3 if quick else 5)
+    if reps < 1:
+        ap.error("--reps must be >= 1")
+    chosen = list(WORKLOADS)
+    if args.only:
+        chosen = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+        unknown = [w for w in chosen if w not in WORKLOADS]
+        if unknown:
+            ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    cfg = Config(quick=quick, reps=reps, profile=args.profile)
+    dask = optional_import("dask")
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "quick": quick,
+        "reps": reps,
+        "dask": None if dask is None else dask.__version__,
+    }
     print(
-        f"python {platform.python_version()} on {platform.processor() or platform.machine()}"
-        f", {reps} repetition(s), medians"
+        f"python {meta['python']} on {meta['cpu']} ({meta['cores']} cores), "
+        f"{'quick' if quick else 'full'} run, {reps} repetition(s), medians",
+        flush=True,
     )
-    print(
-        f"{'workload':<40} {'tasks':>7} {'taskvisor µs':>13} {'baseline':<22} "
-        f"{'baseline µs':>11} {'ratio':>6}"
-    )
-    for r in rows:
-        print(
-            f"{r['workload']:<40} {r['tasks']:>7} {r['taskvisor_us']:>13.2f} "
-            f"{r['baseline']:<22} {r['baseline_us']:>11.2f} {r['ratio']:>6.2f}"
-        )
+    rows: list[Row] = []
+    durations: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for name in chosen:
+        t0 = time.perf_counter()
+        print(f"{name} ...", end=" ", flush=True)
+        rows += WORKLOADS[name](cfg)
+        durations[name] = time.perf_counter() - t0
+        print(f"{durations[name]:.1f} s", flush=True)
+    total = time.perf_counter() - t_all
+    print()
+    print(format_table(rows))
+    print(f"\n{len(chosen)} workload(s) in {total:.0f} s")
     if args.json:
+        parent = os.path.dirname(args.json)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        doc = {
+            "meta": {**meta, "seconds": total, "durations": durations},
+            "rows": [r.as_json() for r in rows],
+        }
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}")
     return 0
 
 
