@@ -14,7 +14,7 @@ A task's life
 ``NEW → WAITING → DELAYED → LOCKED → QUEUED → RUNNING → DONE | FAILED | CANCELLED``, where
 each middle stage is skipped when there is nothing to wait for, and any stage before
 RUNNING may end in ``SKIPPED`` or ``CANCELLED``. ``_MOVES`` is the table of legal moves; an
-illegal one raises ``PlannerBug`` naming the task and its recent history.
+illegal one raises ``PlannerBug`` naming the task and the move.
 
 - WAITING: ``missing`` counts unsatisfied dependency items. Each item keeps its waiters;
   when it is satisfied each waiter's count drops by one (no rescans).
@@ -217,11 +217,11 @@ class _T:
         "consumers",
         "due",
         "finish_seq",
-        "history",
         "holds",
         "lock_missing",
         "missing",
         "name",
+        "out_item",
         "parents",
         "queued_at",
         "retired",
@@ -236,7 +236,6 @@ class _T:
         self.name = spec.name
         self.seq = seq
         self.state = State.NEW
-        self.history: list[State] = [State.NEW]
         self.missing = 0
         self.lock_missing = 0
         self.parents: list[_T] = []
@@ -244,6 +243,7 @@ class _T:
         self.finish_seq = -1
         self.root: str | None = None  # the failure that skipped it, for messages
         self.consumers = 0  # tasks not yet dispatched that list it among their parents
+        self.out_item = False  # an OutputItem(name) entry exists: someone refers to its output
         self.holds = False  # ended, but its slot stays busy until release() (abandoned)
         self.queued_at = 0.0
         self.retired = False  # past the keep_ended window: forget once nothing needs it
@@ -348,6 +348,9 @@ class Planner:
         self.keep_ended = keep_ended
         self._ended: deque[_T] = deque()
         self._forgotten: list[str] = []
+        # output items are created only when a task refers to one; these refer to a task
+        # not submitted yet
+        self._awaited_outputs: set[str] = set()
         self._forgotten_by_state: dict[State, int] = dict.fromkeys(State, 0)
         self.busy = 0  # slots used by running non-critical tasks
         self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
@@ -409,10 +412,15 @@ class Planner:
         self._check_batch(specs)
         new = [_T(s, next(self._seq)) for s in specs]
         self.stats.by_state[State.NEW] += len(new)
+        awaited = self._awaited_outputs
         for t in new:
             self._tasks[t.name] = t
-            for item in self._provides(t):
+            for item in t.spec.provides:
                 self._item(item).providers.add(t)
+            if awaited and t.name in awaited:  # someone referred to its output before
+                awaited.discard(t.name)
+                self._items[OutputItem(t.name)].providers.add(t)
+                t.out_item = True
         for t in new:
             self._enter(t, sealed)
         self._admit()
@@ -467,10 +475,11 @@ class Planner:
         else:
             for item in spec.provides:
                 self._lose(item, t, root=t.name)
-        if ok:
-            self._satisfy(OutputItem(name), t)
-        else:
-            self._lose(OutputItem(name), t, root=t.name)
+        if t.out_item:
+            if ok:
+                self._satisfy(OutputItem(name), t)
+            else:
+                self._lose(OutputItem(name), t, root=t.name)
         for r, _excl in t.locks:
             lock = self._locks[r]
             if t in lock.stuck:
@@ -593,19 +602,21 @@ class Planner:
         A cycle through an older task needs an older task waiting on something the batch
         provides; only then is the search widened beyond the batch.
         """
+        # a task without dependencies cannot be on a cycle: start from the others only
+        todo = [s.name for s in specs if s.dependencies]
+        if not todo:
+            return
         by_name = {s.name: s for s in specs}
         batch_providers: dict[Hashable, list[str]] = {}
         for s in specs:
-            for item in (*s.provides, OutputItem(s.name)):
+            for item in s.provides:
                 batch_providers.setdefault(item, []).append(s.name)
         widen = any(
             any(w.state is State.WAITING for w in self._items[i].waiters)
             for i in batch_providers
             if i in self._items
-        )
+        ) or any(s.name in self._awaited_outputs for s in specs)
         graph: dict[str, set[str]] = {}
-        # a task without dependencies cannot be on a cycle: start from the others only
-        todo = [s.name for s in specs if s.dependencies]
         while todo:
             n = todo.pop()
             if n in graph:
@@ -615,6 +626,14 @@ class Planner:
             for item in spec.dependencies:
                 rec = self._items.get(item)
                 if rec is not None and rec.satisfied:
+                    continue
+                if type(item) is OutputItem:
+                    if item.name in by_name:
+                        deps.add(item.name)
+                    elif widen:
+                        p = self._tasks.get(item.name)
+                        if p is not None and not p.state.terminal:
+                            deps.add(item.name)
                     continue
                 deps.update(batch_providers.get(item, ()))
                 if widen and rec is not None:
@@ -642,7 +661,7 @@ class Planner:
             return
         unmet: list[Hashable] = []
         for item in spec.dependencies:
-            rec = self._item(item)
+            rec = self._dep_item(item)
             if rec.satisfied:
                 if rec.provider is not None:
                     t.parents.append(rec.provider)
@@ -670,9 +689,12 @@ class Planner:
 
     def _never_fits(self, t: _T) -> NotRunError | None:
         spec = t.spec
-        limit = self.tier_limit(spec.tier)
-        if limit is not None and spec.weight > limit:
-            return CapacityError(t.name, spec.weight, limit)
+        if self.pool_size:
+            limit = self.tier_limit(spec.tier)
+            if limit is not None and spec.weight > limit:
+                return CapacityError(t.name, spec.weight, limit)
+        if not spec.resources:
+            return None
         short = {
             k: v - self.capacity.get(k, 0.0)
             for k, v in spec.resources.items()
@@ -791,6 +813,8 @@ class Planner:
             limit = self.tier_limit(spec.tier)
             if limit is not None and self.busy + spec.weight > limit:
                 return False
+        if not spec.resources:
+            return True
         used, cap = self.used, self.capacity
         return all(used.get(k, 0.0) + v <= cap.get(k, 0.0) for k, v in spec.resources.items() if v)
 
@@ -800,27 +824,33 @@ class Planner:
         self._move(t, State.RUNNING)
         if spec.tier is not Tier.CRITICAL:
             self.busy += spec.weight
-        for k, v in spec.resources.items():
-            self.used[k] = self.used.get(k, 0.0) + v
-        for r, excl in t.locks:
-            lock = self._locks[r]
-            lock.granted.discard(t)
-            if not lock.granted:
-                lock.granted_excl = False
-            if excl:
-                lock.excl = t
-            else:
-                lock.shared.add(t)
-        parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
-        self._drop_parents(t)
-        self._out.append(Dispatch(t.name, tuple(p.name for p in parents)))
+        if spec.resources:
+            for k, v in spec.resources.items():
+                self.used[k] = self.used.get(k, 0.0) + v
+        if spec.claims or spec.uses:
+            for r, excl in t.locks:
+                lock = self._locks[r]
+                lock.granted.discard(t)
+                if not lock.granted:
+                    lock.granted_excl = False
+                if excl:
+                    lock.excl = t
+                else:
+                    lock.shared.add(t)
+        if t.parents:
+            parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
+            self._drop_parents(t)
+            self._out.append(Dispatch(t.name, tuple(p.name for p in parents)))
+        else:
+            self._out.append(Dispatch(t.name, ()))
 
     def _free(self, t: _T) -> None:
         spec = t.spec
         if spec.tier is not Tier.CRITICAL:
             self.busy -= spec.weight
-        for k, v in spec.resources.items():
-            self.used[k] = self.used.get(k, 0.0) - v
+        if spec.resources:
+            for k, v in spec.resources.items():
+                self.used[k] = self.used.get(k, 0.0) - v
 
     # ------------------------------------------------------------ forgetting ended tasks
 
@@ -851,14 +881,37 @@ class Planner:
             return
         del self._tasks[t.name]
         self._forgotten_by_state[t.state] += 1
-        self._items.pop(OutputItem(t.name), None)
+        if t.out_item:
+            self._items.pop(OutputItem(t.name), None)
         self._forgotten.append(t.name)
 
     # ------------------------------------------------------------ dependencies and failure
 
     def _provides(self, t: _T) -> Iterable[Hashable]:
         yield from t.spec.provides
-        yield OutputItem(t.name)
+        if t.out_item:
+            yield OutputItem(t.name)
+
+    def _dep_item(self, item: Hashable) -> _Item:
+        """The entry of a dependency; an output item is made on first reference, from the
+        state of the task it names."""
+        rec = self._items.get(item)
+        if rec is None:
+            rec = self._items[item] = _Item()
+            if type(item) is OutputItem:
+                p = self._tasks.get(item.name)
+                if p is None:
+                    self._awaited_outputs.add(item.name)
+                    return rec
+                p.out_item = True
+                if p.state is State.DONE:
+                    rec.satisfied = True
+                    rec.provider = p
+                elif p.state.terminal:
+                    rec.failed.append(p)
+                else:
+                    rec.providers.add(p)
+        return rec
 
     def _item(self, item: Hashable) -> _Item:
         rec = self._items.get(item)
@@ -951,18 +1004,11 @@ class Planner:
 
     def _move(self, t: _T, to: State) -> None:
         if to not in _MOVES.get(t.state, ()):
-            trail = " -> ".join(s.name for s in t.history[-6:])
-            raise PlannerBug(
-                f"illegal move of task {t.name!r}: {t.state.name} -> {to.name} (history: {trail})"
-            )
+            raise PlannerBug(f"illegal move of task {t.name!r}: {t.state.name} -> {to.name}")
         stats = self.stats.by_state
         stats[t.state] -= 1
         stats[to] += 1
         t.state = to
-        hist = t.history
-        hist.append(to)
-        if len(hist) > 8:
-            del hist[0]
 
     def _flush(self) -> list[Instruction]:
         out, self._out = self._out, []
