@@ -171,39 +171,43 @@ def _error(exc: BaseException) -> ExceptionInfo:
     return ExceptionInfo.from_exc(exc)
 
 
-async def _run_coro(job: Job, sink: Sink, worker: str) -> None:
-    """Run a job on the current loop and report it."""
-    try:
-        ret = _call(job)
-        if inspect.isawaitable(ret):
-            ret = await ret
-    except asyncio.CancelledError:
-        sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
-        return
-    except BaseException as exc:
-        sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
-        return
-    sink(job, (Outcome.OK, ret, job.shared, None, worker))
-
-
 def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: str) -> None:
-    """Start a job as an asyncio Task on ``loop`` (from ``loop``'s own thread).
+    """Start a job on ``loop`` (from ``loop``'s own thread) and report its end.
 
-    ``_run_coro`` reports every ending it sees, but a Task cancelled before its first step
-    never enters it: the done-callback reports that case (``t.cancelled()`` is true only
-    then, since ``_run_coro`` swallows CancelledError).
+    A coroutine function's coroutine becomes the asyncio Task itself (no wrapper
+    coroutine): its done-callback reads the outcome, including a cancellation before its
+    first step. A plain function runs inline, here; an awaitable it returns is awaited.
     """
     if job.cancelled is not None:
         sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
         return
-    task = loop.create_task(_run_coro(job, sink, worker), name=f"taskvisor:{job.name}")
+    try:
+        ret = _call(job)
+    except BaseException as exc:
+        sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+        return
+    if not inspect.isawaitable(ret):
+        sink(job, (Outcome.OK, ret, job.shared, None, worker))
+        return
+    coro = ret if inspect.iscoroutine(ret) else _await(ret)
+    task = loop.create_task(coro, name=job.name)
 
-    def never_ran(t: asyncio.Task[None]) -> None:
+    def done(t: asyncio.Task[Any]) -> None:
         if t.cancelled():
             sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
+            return
+        exc = t.exception()
+        if exc is not None:
+            sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+        else:
+            sink(job, (Outcome.OK, t.result(), job.shared, None, worker))
 
-    task.add_done_callback(never_ran)
+    task.add_done_callback(done)
     job.handle = task
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def run_inline(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
