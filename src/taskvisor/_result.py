@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
 from ._planner import State
 from ._spec import Task
@@ -67,9 +67,12 @@ class ExceptionInfo:
         return (ExceptionInfo.from_exc, (self.val, self.text))
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRes(Generic[T]):
-    """The one result every submitted task ends with."""
+class TaskRes(NamedTuple, Generic[T]):
+    """The one result every submitted task ends with.
+
+    A named tuple (as pexen's was): immutable, cheap to build, and ``task, shared, ret,
+    excinfo = res[:4]`` reads the first four fields.
+    """
 
     task: Task[T]
     shared: dict[str, Any]
