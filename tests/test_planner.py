@@ -692,3 +692,15 @@ def test_pure_modules_import_no_runtime_or_clock(module: str) -> None:
     banned = ("asyncio", "threading", "psutil", "uvloop", "time", "datetime")
     bad = sorted(m for m in imported if m in banned or m.split(".")[0] in banned)
     assert not bad, f"{module} imports {bad}"
+
+
+def test_an_abandoned_cancelled_task_keeps_its_locks_until_release() -> None:
+    """A cancelled thread that still runs must not share its claimed resource."""
+    p = Planner()
+    assert p.submit([T("a", claims={"db"}), T("b", claims={"db"})]) == [D("a")]
+    assert shape(p.cancel("a")) == [("cancel", "a")]
+    assert p.finish("a", CANCELLED, keep_slot=True) == []
+    assert p.state("b") is State.LOCKED
+    p.validate_state()
+    assert p.release("a") == [D("b")]
+    p.validate_state()

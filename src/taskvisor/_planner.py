@@ -219,6 +219,7 @@ class _T:
         "finish_seq",
         "holds",
         "lock_missing",
+        "locks_later",
         "missing",
         "name",
         "out_item",
@@ -245,6 +246,7 @@ class _T:
         self.consumers = 0  # tasks not yet dispatched that list it among their parents
         self.out_item = False  # an OutputItem(name) entry exists: someone refers to its output
         self.holds = False  # ended, but its slot stays busy until release() (abandoned)
+        self.locks_later = False  # ... and so do the locks it gives back
         self.queued_at = 0.0
         self.retired = False  # past the keep_ended window: forget once nothing needs it
 
@@ -452,13 +454,18 @@ class Planner:
         spec = t.spec
         if keep_slot:
             t.holds = True
+            t.locks_later = state is not State.FAILED or locks_ok
         else:
             self._free(t)
         ok = state is State.DONE
         release = ok or state is State.CANCELLED or locks_ok
+        # an abandoned attempt still runs: the locks it would give back stay held until then
+        held_on = keep_slot and release
         stuck = []
         for r, _excl in t.locks:
             lock = self._locks[r]
+            if held_on:
+                continue
             if release:
                 if lock.excl is t:
                     lock.excl = None
@@ -509,6 +516,15 @@ class Planner:
             raise PlannerBug(f"release({name!r}): it holds no slot")
         t.holds = False
         self._free(t)
+        if t.locks_later:
+            t.locks_later = False
+            for r, _excl in t.locks:
+                lock = self._locks[r]
+                if lock.excl is t:
+                    lock.excl = None
+                else:
+                    lock.shared.discard(t)
+                self._advance(r, lock)
         self._forget_if_free(t)
         self._admit()
         return self._flush()
@@ -1064,12 +1080,13 @@ class Planner:
             if lock.excl is not None:
                 _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")
                 _check(
-                    lock.excl.state is State.RUNNING or lock.excl in lock.stuck,
+                    lock.excl.state is State.RUNNING or lock.excl in lock.stuck or lock.excl.holds,
                     f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
                 )
             for h in lock.shared:
                 _check(
-                    h.state is State.RUNNING or h in lock.stuck, f"lock {r!r}: shared holder {h}"
+                    h.state is State.RUNNING or h in lock.stuck or h.holds,
+                    f"lock {r!r}: shared holder {h}",
                 )
             for g in lock.granted:
                 _check(g.state in (State.LOCKED, State.QUEUED), f"lock {r!r}: granted {g}")

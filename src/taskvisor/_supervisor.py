@@ -647,9 +647,13 @@ class Supervisor:
         self._execute(self._planner.provide(item, now=self._now()))
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
-        """Cancel a task: at once if it has not started; a running coroutine is cancelled on
-        its loop. A running thread or process task cannot be interrupted in this version: it
-        ends as it really ends when it returns (DONE with its result, or FAILED)."""
+        """Cancel a task; it ends CANCELLED (dependents SKIPPED naming it).
+
+        Not started yet: at once. Running: a coroutine is cancelled on its own loop, a
+        process task's worker is killed (and replaced); a thread cannot be interrupted, so it
+        is *abandoned* — the task ends now, the thread runs on, and its slot, resources and
+        locks stay taken until it returns. An ended task is left as it is.
+        """
         self._check_loop_thread()
         name = task.name if isinstance(task, TaskHandle) else task
         if name not in self._recs:
@@ -937,7 +941,8 @@ class Supervisor:
             return
         assert excinfo is not None
         exc = excinfo.val
-        retry = job.cancelled is None and not isinstance(exc, TaskFailError)
+        # a controlled failure, or a call that cannot even be sent (SpecError), is final
+        retry = job.cancelled is None and not isinstance(exc, TaskFailError | SpecError)
         if retry and rec.attempts <= spec.retries:
             logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
             self._launch(rec)
@@ -964,6 +969,8 @@ class Supervisor:
         deps_ok = locks_ok = False
         if excinfo is not None and isinstance(excinfo.val, TaskFailError):
             deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
+        elif excinfo is not None and isinstance(excinfo.val, SpecError):
+            locks_ok = True  # its call could not be made: it never touched the resources
         out_shared = shared if spec.wants_shared and shared is not None else rec.shared_in
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)

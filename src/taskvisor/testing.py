@@ -2,10 +2,11 @@
 
 ``MockClock`` replaces the supervisor's real clock (``Supervisor(clock=MockClock())``).
 Time stands still until it is moved: ``advance(seconds)`` or ``jump()`` (to the next
-deadline), or by itself with ``autojump`` (the default): once the supervisor has been idle
-for one turn of its event loop — it read no time, so no event reached it — the clock jumps
-to the next deadline and runs what is due. Delays, timeouts, wait alarms, gate sampling
-and ``aclose(wait=seconds)`` then take microseconds of real time and never sleep.
+deadline), or by itself with ``autojump`` (the default): once the supervisor is idle — it
+read no time (so no event reached it) and nothing else was ready to run, for two turns of
+asyncio's loop in a row (twenty on uvloop, whose run queue cannot be seen) — the clock
+jumps to the next deadline and runs what is due. Delays, timeouts, wait alarms, gate
+sampling and ``aclose(wait=seconds)`` then take microseconds of real time and never sleep.
 
 Autojump assumes what trio's ``MockClock(autojump_threshold=0)`` assumes: every running task
 in the test is *blocked* on something the test controls (an event, a gate) rather than
@@ -119,19 +120,34 @@ class MockClock:
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.autojump and self._watch is None and not loop.is_closed():
-            self._watch = loop.call_soon(self._check, loop, self._reads)
+            self._watch = loop.call_soon(self._check, loop, self._reads, 0)
 
-    def _check(self, loop: asyncio.AbstractEventLoop, reads: int) -> None:
-        """One loop turn later: if nobody read the time meanwhile, the supervisor is idle."""
+    def _check(self, loop: asyncio.AbstractEventLoop, reads: int, quiet: int) -> None:
+        """One loop turn later: the supervisor is idle if nobody read the time meanwhile and
+        nothing else is ready to run, for ``IDLE_TURNS`` turns in a row."""
         self._watch = None
         if self.next_deadline is None or loop.is_closed():
             return
-        if self._reads == reads:
+        ready = getattr(loop, "_ready", None)  # asyncio's run queue; uvloop hides its own
+        if self._reads != reads or ready:
+            quiet = 0
+        else:
+            quiet += 1
+        needed = IDLE_TURNS if ready is not None else IDLE_TURNS_OPAQUE
+        if quiet >= needed:
             self.jumps += 1
             self.jump()
-        # wait one more turn: a real (not mock) zero delay, so I/O and threads get a turn
+            quiet = 0
         if self.autojump and self._watch is None and self.next_deadline is not None:
-            self._watch = loop.call_later(0, self._check, loop, self._reads)
+            # a real zero delay: each turn polls I/O, so threads' reports get in first
+            self._watch = loop.call_later(0, self._check, loop, self._reads, quiet)
+
+
+#: loop turns with nothing ready and no supervisor event before autojump moves the time
+IDLE_TURNS = 2
+#: the same on loops whose run queue cannot be seen (uvloop): a coroutine taking up to this
+#: many steps in a row without awaiting anything external still finishes before a jump
+IDLE_TURNS_OPAQUE = 20
 
 
 class FakeSampler:
