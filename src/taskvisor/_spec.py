@@ -13,6 +13,7 @@ import enum
 import inspect
 import itertools
 import math
+import reprlib
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
@@ -67,7 +68,9 @@ class ResultRef(Generic[T]):
     __slots__ = ("_name", "_steps")
 
     def __init__(self, name: str, steps: tuple[tuple[str, Any], ...] = ()) -> None:
-        self._name = name
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"ResultRef needs a task name, got {safe_repr(name)}")
+        self._name = str.__str__(name)
         self._steps = steps
 
     @property
@@ -126,7 +129,32 @@ META_KEYS = frozenset(_META_DEFAULTS)
 
 
 class Task(Generic[T]):
-    """An immutable description of one unit of work; see the design for every field."""
+    """An immutable description of one unit of work; see the design for every field.
+
+    Every argument is checked here and a bad one raises :class:`SpecError` naming the task,
+    the argument and the value. What is accepted, and how it is normalised:
+
+    - ``fn``: any callable (not a coroutine object: pass the function and its ``args``).
+    - ``args``: a tuple or list; ``kwargs``: ``None`` or a mapping with string keys.
+    - ``name``: a non-empty string (default: ``fn``'s qualified name and a counter).
+    - ``requires``/``provides``/``claims``/``uses``: an iterable of hashable items, stored as a
+      frozenset. A single string (or bytes, or any other non-iterable hashable) is *one*
+      item: ``requires="db"`` is ``{"db"}``. An item whose ``__hash__``/``__eq__`` raises is a
+      ``SpecError``. The same resource in ``claims`` and ``uses`` is a ``SpecError``.
+    - ``tier``: a :class:`Tier`, its name (any case) or its int value.
+    - ``priority``: an int or float (not a bool, not NaN), stored as a float; negative values
+      and ``±math.inf`` are fine (lower first), NaN would break the queue order.
+    - ``weight``, ``retries``: an int >= 0 (not a bool).
+    - ``resources``: ``None`` or ``{name: finite number >= 0}``, stored as floats.
+    - ``timeout``: ``None`` or a number > 0; ``math.inf`` means no timeout (as in anyio) and
+      is stored as ``None``.
+    - ``delay``: a finite number >= 0 (an infinite delay would never run).
+    - ``runs_on``: ``None`` or a non-empty string; whether it names a known target is checked
+      by the supervisor at submission.
+
+    Numbers are ints or floats (``int``/``float`` subclasses included, bools excluded); an int
+    too large for a float is a ``SpecError``.
+    """
 
     __slots__ = (
         "args",
@@ -202,59 +230,68 @@ class Task(Generic[T]):
                 "e.g. Task(fetch, (url,)) rather than Task(fetch(url))"
             )
         if not callable(fn):
-            raise SpecError(f"task function must be callable, got {type(fn).__name__} {fn!r}")
+            raise SpecError(
+                f"task function must be callable, got {type(fn).__name__} {safe_repr(fn)}"
+            )
         unknown = set(meta) - META_KEYS
         if unknown:
             raise SpecError(f"unknown Task option(s): {', '.join(sorted(unknown))}")
-        preset: dict[str, Any] = getattr(fn, "__taskvisor__", {})
-        opts = {**_META_DEFAULTS, **preset, **meta}
-        s = object.__setattr__
-        s(self, "fn", fn)
-        if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
-            raise SpecError(f"args must be a tuple or list, got {type(args).__name__}")
-        s(self, "args", tuple(args))
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise SpecError(f"kwargs must be a mapping, got {type(kwargs).__name__}")
-        kw = dict(kwargs or {})
-        if not all(isinstance(k, str) for k in kw):
-            raise SpecError("kwargs keys must be strings")
-        s(self, "kwargs", kw)
+        opts = {**_META_DEFAULTS, **_preset(fn), **meta}
         name = opts["name"]
         if name is None:
-            qual = getattr(fn, "__qualname__", None) or type(fn).__name__
-            name = f"{qual}-{next(_counter)}"
+            name = f"{_qualname(fn)}-{next(_counter)}"
         elif not isinstance(name, str) or not name:
-            raise SpecError(f"name must be a non-empty string, got {name!r}")
+            raise SpecError(f"task name must be a non-empty string, got {safe_repr(name)}")
+        name = str.__str__(name)  # a str subclass becomes a plain str: names are dict keys
+
+        def bad(message: str) -> SpecError:
+            return SpecError(f"task {name!r}: {message}")
+
+        s = object.__setattr__
+        s(self, "fn", fn)
         s(self, "name", name)
+        if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
+            raise bad(f"args must be a tuple or list, got {type(args).__name__} {safe_repr(args)}")
+        s(self, "args", tuple(args))
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise bad(f"kwargs must be a mapping, got {type(kwargs).__name__} {safe_repr(kwargs)}")
+        kw = dict(kwargs) if kwargs is not None else {}
+        for k in kw:
+            if not isinstance(k, str):
+                raise bad(f"kwargs keys must be strings, got {safe_repr(k)}")
+        s(self, "kwargs", kw)
         for field in ("requires", "provides", "claims", "uses"):
-            s(self, field, _items(field, opts[field]))
-        both = self.claims & self.uses
+            s(self, field, _items(name, field, opts[field]))
+        try:
+            both = self.claims & self.uses
+        except Exception as exc:  # an item whose __eq__ raises
+            raise bad(f"claims and uses items cannot be compared: {exc!r}") from exc
         if both:
-            raise SpecError(f"task {name!r}: {', '.join(map(repr, both))} in both claims and uses")
-        s(self, "tier", _tier(opts["tier"]))
-        s(self, "priority", _number("priority", opts["priority"], minimum=None))
-        s(self, "runs_on", _runs_on(opts["runs_on"]))
-        weight = opts["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise SpecError(f"weight must be an int >= 0, got {weight!r}")
-        s(self, "weight", weight)
-        s(self, "resources", resource_map(opts["resources"]))
+            raise bad(f"{', '.join(map(safe_repr, both))} in both claims and uses")
+        s(self, "tier", _tier(name, opts["tier"]))
+        priority = _float(name, "priority", opts["priority"])
+        s(self, "priority", priority)
+        s(self, "runs_on", _runs_on(name, opts["runs_on"]))
+        s(self, "weight", _count(name, "weight", opts["weight"]))
+        s(self, "resources", resource_map(opts["resources"], prefix=f"task {name!r}: "))
         timeout = opts["timeout"]
         if timeout is not None:
-            timeout = _number("timeout", timeout, minimum=0.0)
-            if timeout == 0:
-                raise SpecError("timeout must be > 0 (or None)")
+            timeout = _float(name, "timeout", timeout)
+            if not timeout > 0:
+                raise bad(f"timeout must be a number > 0 or None, got {safe_repr(opts['timeout'])}")
+            if math.isinf(timeout):
+                timeout = None  # as in anyio: an infinite deadline is no deadline
         s(self, "timeout", timeout)
-        retries = opts["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise SpecError(f"retries must be an int >= 0, got {retries!r}")
-        s(self, "retries", retries)
-        s(self, "delay", _number("delay", opts["delay"], minimum=0.0))
+        s(self, "retries", _count(name, "retries", opts["retries"]))
+        delay = _float(name, "delay", opts["delay"])
+        if not 0 <= delay < math.inf:
+            raise bad(f"delay must be a finite number >= 0, got {safe_repr(opts['delay'])}")
+        s(self, "delay", delay)
         s(self, "is_coroutine", _is_coroutine_fn(fn))
         s(self, "wants_shared", _wants_shared(fn))
         refs = frozenset(r.task_name for r in iter_refs((self.args, self.kw_values())))
         if name in refs:
-            raise SpecError(f"task {name!r} takes its own output as an argument")
+            raise bad("takes its own output as an argument")
         s(self, "refs", refs)
 
     def kw_values(self) -> tuple[Any, ...]:
@@ -297,33 +334,45 @@ def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
-    """Every ResultRef inside nested tuples, lists, sets and dict values."""
-    if isinstance(obj, ResultRef):
-        yield obj
-    elif isinstance(obj, tuple | list | set | frozenset):
-        for x in obj:
-            yield from iter_refs(x)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            yield from iter_refs(x)
+    """Every ResultRef inside nested tuples, lists, sets and dict values.
+
+    Iterative, and each container is visited once: self-referencing or deeply nested
+    arguments are fine.
+    """
+    stack = [obj]
+    seen: set[int] = set()
+    while stack:
+        x = stack.pop()
+        if isinstance(x, ResultRef):
+            yield x
+        elif isinstance(x, tuple | list | set | frozenset | dict):
+            if id(x) in seen:
+                continue
+            seen.add(id(x))  # x stays alive inside obj, so its id is not reused meanwhile
+            stack.extend(x.values() if isinstance(x, dict) else x)
 
 
-def substitute(obj: Any, values: Mapping[str, Any]) -> Any:
+def substitute(obj: Any, values: Mapping[str, Any], _active: frozenset[int] = frozenset()) -> Any:
     """Replace every ResultRef in ``obj`` by its resolved value.
 
     Containers that hold no reference come back as they are; those that do are rebuilt
     with their own type (namedtuples through ``_make``, dict subclasses through a copy).
+    A container met again inside itself is left as it is (no endless recursion).
     """
     if isinstance(obj, ResultRef):
         return obj.resolve(values[obj.task_name])
+    if isinstance(obj, tuple | list | set | frozenset | dict):
+        if id(obj) in _active:
+            return obj
+        active = _active | {id(obj)}
     if isinstance(obj, tuple | list | set | frozenset):
-        items = [substitute(x, values) for x in obj]
+        items = [substitute(x, values, active) for x in obj]
         if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
         make = getattr(obj, "_make", None)
         return make(items) if make is not None else type(obj)(items)
     if isinstance(obj, dict):
-        changed = {k: substitute(v, values) for k, v in obj.items()}
+        changed = {k: substitute(v, values, active) for k, v in obj.items()}
         if all(changed[k] is v for k, v in obj.items()):
             return obj
         out = copy.copy(obj)
@@ -332,22 +381,76 @@ def substitute(obj: Any, values: Mapping[str, Any]) -> Any:
     return obj
 
 
-def _items(field: str, value: Any) -> frozenset[Hashable]:
+_reprs = reprlib.Repr()
+_reprs.maxstring = _reprs.maxother = 80
+_reprs.maxlevel = 3
+
+
+def safe_repr(value: Any) -> str:
+    """A short repr for error messages that never raises (huge, recursive, hostile values)."""
+    try:
+        return _reprs.repr(value)
+    except Exception:
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<{type(value).__name__} object>"
+
+
+def _preset(fn: Any) -> dict[str, Any]:
+    """The options ``@task`` attached to ``fn`` (only well-formed ones count)."""
+    try:
+        preset = getattr(fn, "__taskvisor__", None)
+    except Exception:  # a callable with a hostile __getattr__
+        return {}
+    if not isinstance(preset, dict):
+        return {}  # e.g. a mock that answers every attribute
+    return {k: v for k, v in preset.items() if k in META_KEYS and k != "name"}
+
+
+def _qualname(fn: Any) -> str:
+    try:
+        qual = getattr(fn, "__qualname__", None)
+    except Exception:
+        qual = None
+    return qual if isinstance(qual, str) and qual else type(fn).__name__
+
+
+def _items(task: str, field: str, value: Any) -> frozenset[Hashable]:
+    """``requires``/``provides``/``claims``/``uses``: an iterable of hashable items.
+
+    ``None`` is no item; a string, bytes or any other non-iterable value is one item
+    (``requires="db"`` means ``{"db"}``).
+    """
     if value is None:
         return frozenset()
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         value = (value,)
-    out = []
-    for item in value:
+    try:
+        items = list(value)
+    except Exception as exc:
+        raise SpecError(
+            f"task {task!r}: {field} must be an iterable of hashable items, "
+            f"iterating {safe_repr(value)} raised {exc!r}"
+        ) from exc
+    for item in items:
         try:
             hash(item)
         except TypeError:
-            raise SpecError(f"{field} items must be hashable, got {item!r}") from None
-        out.append(item)
-    return frozenset(out)
+            raise SpecError(
+                f"task {task!r}: {field} items must be hashable, got "
+                f"{type(item).__name__} {safe_repr(item)}"
+            ) from None
+        except Exception as exc:
+            raise SpecError(
+                f"task {task!r}: {field} item {safe_repr(item)} cannot be hashed: {exc!r}"
+            ) from exc
+    try:
+        return frozenset(items)
+    except Exception as exc:  # equal hashes and an __eq__ that raises
+        raise SpecError(f"task {task!r}: {field} items cannot be compared: {exc!r}") from exc
 
 
-def _tier(value: Any) -> Tier:
+def _tier(task: str, value: Any) -> Tier:
     if isinstance(value, Tier):
         return value
     if isinstance(value, str):
@@ -361,51 +464,91 @@ def _tier(value: Any) -> Tier:
         except ValueError:
             pass
     names = ", ".join(t.name for t in Tier)
-    raise SpecError(f"tier must be one of {names}, got {value!r}")
+    raise SpecError(f"task {task!r}: tier must be one of {names}, got {safe_repr(value)}")
 
 
-def _number(field: str, value: Any, *, minimum: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise SpecError(f"{field} must be a number, got {value!r}")
-    if minimum is not None and (value < minimum or math.isinf(value)):
-        raise SpecError(f"{field} must be a finite number >= {minimum:g}, got {value!r}")
-    return value
+def real_number(label: str, value: Any) -> float:
+    """An int or float (not a bool, not NaN, within float range), as a float.
+
+    Otherwise ``SpecError`` starting with ``label`` (``"task 'x': delay"``, ``"wait_warning"``)
+    and showing the value. The supervisor checks its own numbers with it too.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{label} must be a number, got {type(value).__name__} {safe_repr(value)}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise SpecError(f"{label} is too large, got {safe_repr(value)}") from None
+    if math.isnan(out):
+        raise SpecError(f"{label} must be a number, got nan")
+    return out
 
 
-def _runs_on(value: Any) -> str | None:
+def whole_number(label: str, value: Any, minimum: int = 0) -> int:
+    """An int >= ``minimum`` (not a bool), as a plain int; otherwise ``SpecError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{label} must be an int >= {minimum}, got {safe_repr(value)}")
+    return int(value)
+
+
+def _float(task: str, field: str, value: Any) -> float:
+    return real_number(f"task {task!r}: {field}", value)
+
+
+def _count(task: str, field: str, value: Any) -> int:
+    """``weight``/``retries``: an int >= 0 (not a bool), as a plain int."""
+    return whole_number(f"task {task!r}: {field}", value)
+
+
+def _runs_on(task: str, value: Any) -> str | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, str)
-        or not value
-        or (value.startswith("aloop:") and value == "aloop:")
-    ):
-        raise SpecError(f"runs_on must be a non-empty string or None, got {value!r}")
-    return value
+    if not isinstance(value, str) or not value or value == "aloop:":
+        raise SpecError(
+            f"task {task!r}: runs_on must be a non-empty string or None, got {safe_repr(value)}"
+        )
+    return str.__str__(value)
 
 
-def resource_map(value: Any, what: str = "amount") -> dict[str, float]:
-    """Validate ``{name: number >= 0}`` (task needs, or supervisor capacities)."""
+def resource_map(value: Any, what: str = "amount", *, prefix: str = "") -> dict[str, float]:
+    """Validate ``{name: finite number >= 0}`` (task needs, or supervisor capacities).
+
+    ``prefix`` starts every message (``"task 'x': "`` for a task's needs).
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError(f"resources must be a mapping of name to {what}, got {value!r}")
+        raise SpecError(
+            f"{prefix}resources must be a mapping of name to {what}, "
+            f"got {type(value).__name__} {safe_repr(value)}"
+        )
     out = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            raise SpecError(f"resource names must be strings, got {k!r}")
-        out[k] = _number(f"resources[{k!r}]", v, minimum=0.0)
+            raise SpecError(f"{prefix}resource names must be strings, got {safe_repr(k)}")
+        label = f"{prefix}resources[{str.__repr__(k)}]"
+        amount = real_number(label, v)
+        if not 0 <= amount < math.inf:
+            raise SpecError(f"{label} must be a finite number >= 0, got {safe_repr(v)}")
+        out[str.__str__(k)] = amount
     return out
 
 
 def _is_coroutine_fn(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or (
-        not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
-    )
+    # inspect reads attributes of fn; a callable whose __getattr__ raises is just not async
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return True
+    except Exception:
+        pass
+    try:
+        return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+    except Exception:
+        return False
 
 
 def _wants_shared(fn: Callable[..., Any]) -> bool:
     try:
         return "shared" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
+    except Exception:  # no signature (builtins, hostile attributes): no shared parameter
         return False
