@@ -22,6 +22,7 @@ import enum
 import logging
 import math
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -65,7 +66,16 @@ from ._planner import (
     Warn,
 )
 from ._result import ExceptionInfo, RunReport, TaskRes
-from ._spec import META_KEYS, Task, Tier, resource_map, substitute
+from ._spec import (
+    META_KEYS,
+    Task,
+    Tier,
+    real_number,
+    resource_map,
+    safe_repr,
+    substitute,
+    whole_number,
+)
 
 __all__ = ["Statistics", "Supervisor", "SupervisorState", "TaskHandle", "run"]
 
@@ -274,14 +284,34 @@ class Supervisor:
         sampler: Sampler | None = None,
         sample_interval: float = 0.5,
     ) -> None:
+        pool_size = whole_number("pool_size", pool_size)
+        reserve_normal = whole_number("reserve_normal", reserve_normal)
+        reserve_high = whole_number("reserve_high", reserve_high)
         if result_buffer is not None:
-            _positive("result_buffer", result_buffer)
+            result_buffer = _positive("result_buffer", result_buffer)
+            if result_buffer > sys.maxsize:
+                raise SpecError(f"result_buffer is too large, got {safe_repr(result_buffer)}")
+        for label, flag in (("fail_fast", fail_fast), ("uvloop", uvloop)):
+            if not isinstance(flag, bool):
+                raise SpecError(f"{label} must be a bool, got {safe_repr(flag)}")
+        if clock is not None:
+            try:
+                ok = all(callable(getattr(clock, m, None)) for m in ("now", "to_wall", "call_at"))
+            except Exception:
+                ok = False
+            if not ok:
+                raise SpecError(
+                    f"clock must have now(), to_wall() and call_at() (a taskvisor Clock), "
+                    f"got {safe_repr(clock)}"
+                )
         warn_after = _seconds("wait_warning", wait_warning)
         critical_after = _seconds("wait_critical", wait_critical)
         callbacks = (("on_wait_warning", on_wait_warning), ("on_wait_critical", on_wait_critical))
         for label, cb in callbacks:
             if cb is not None and not callable(cb):
-                raise SpecError(f"{label} must be a callable (name, waited) or None, got {cb!r}")
+                raise SpecError(
+                    f"{label} must be a callable (name, waited) or None, got {safe_repr(cb)}"
+                )
         self._on_alarm = {"warning": on_wait_warning, "critical": on_wait_critical}
         try:
             self._planner = Planner(
@@ -289,7 +319,7 @@ class Supervisor:
                 reserve_normal=reserve_normal,
                 reserve_high=reserve_high,
                 resources=resource_map(resources, "capacity"),
-                fail_fast=bool(fail_fast),
+                fail_fast=fail_fast,
                 wait_warning=warn_after,
                 wait_critical=critical_after,
                 keep_ended=result_buffer,
@@ -298,7 +328,9 @@ class Supervisor:
             raise SpecError(str(exc)) from None
         self._limits = (_percent("cpu_limit", cpu_limit), _percent("memory_limit", memory_limit))
         if sampler is not None and not callable(sampler):
-            raise SpecError(f"sampler must be a callable () -> (cpu %, memory %), got {sampler!r}")
+            raise SpecError(
+                f"sampler must be a callable () -> (cpu %, memory %), got {safe_repr(sampler)}"
+            )
         self._sampler: Sampler = sampler if sampler is not None else _psutil_sample
         interval = _seconds("sample_interval", sample_interval)
         assert interval is not None
@@ -313,27 +345,47 @@ class Supervisor:
         )
         if isinstance(aloops, str):
             aloops = (aloops,)
-        names = tuple(aloops)
+        try:
+            names = tuple(aloops)
+        except Exception as exc:
+            raise SpecError(
+                f"aloops must be an iterable of names, got {type(aloops).__name__} "
+                f"{safe_repr(aloops)}"
+            ) from exc
         for n in names:
             if not isinstance(n, str) or not n or ":" in n:
-                raise SpecError(f"aloop names must be non-empty strings without ':', got {n!r}")
+                raise SpecError(
+                    f"aloop names must be non-empty strings without ':', got {safe_repr(n)}"
+                )
         if len(set(names)) != len(names):
             raise SpecError(f"duplicate aloop names in {names!r}")
-        self._aloops = {n: Aloop(n, use_uvloop=bool(uvloop)) for n in names}
+        self._aloops = {n: Aloop(n, use_uvloop=uvloop) for n in names}
         self._default_aloop = names[0] if names else None
         if shared is not None and not isinstance(shared, Mapping):
             raise SpecError(f"shared must be a mapping, got {type(shared).__name__}")
         self._shared = dict(shared or {})
         self._results: deque[TaskRes[Any]] = deque(maxlen=result_buffer)
         self._backend_execs: dict[str, Any] = {}
-        for bname, ex in (backends or {}).items():
+        if backends is not None and not isinstance(backends, Mapping):
+            raise SpecError(
+                f"backends must be a mapping of name to Executor, got {type(backends).__name__} "
+                f"{safe_repr(backends)}"
+            )
+        for bname, ex in backends.items() if backends is not None else ():
             if (
                 not isinstance(bname, str)
+                or not bname
                 or bname in ("thread", "process", "main", "aloop")
                 or (bname.startswith("aloop:"))
             ):
-                raise SpecError(f"backend name {bname!r} is reserved or not a string")
-            if not callable(getattr(ex, "submit", None)):
+                raise SpecError(
+                    f"backend name {safe_repr(bname)} is empty, reserved or not a string"
+                )
+            try:
+                submit = getattr(ex, "submit", None)
+            except Exception:
+                submit = None
+            if not callable(submit):
                 raise SpecError(f"backend {bname!r} has no submit(): give an Executor")
             self._backend_execs[bname] = ex
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -642,8 +694,11 @@ class Supervisor:
         self._check_running("provide")
         try:
             hash(item)
-        except TypeError:
-            raise SpecError(f"provided items must be hashable, got {item!r}") from None
+        except Exception as exc:
+            raise SpecError(
+                f"cannot provide {type(item).__name__} {safe_repr(item)}: items must be "
+                f"hashable ({exc!r})"
+            ) from None
         self._execute(self._planner.provide(item, now=self._now()))
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
@@ -1140,9 +1195,10 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
 def _seconds(label: str, v: Any) -> float | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
-        raise SpecError(f"{label} must be a number of seconds > 0, got {v!r}")
-    return float(v)
+    seconds = real_number(label, v)
+    if not 0 < seconds < math.inf:
+        raise SpecError(f"{label} must be a number of seconds > 0, got {safe_repr(v)}")
+    return seconds
 
 
 def _percent(label: str, v: Any) -> float | None:
@@ -1155,9 +1211,13 @@ def _percent(label: str, v: Any) -> float | None:
         try:
             v = float(text[:-1] if text.endswith("%") else text)
         except ValueError:
-            raise SpecError(f"{label} must be a percentage like '90%', got {raw!r}") from None
+            raise SpecError(
+                f"{label} must be a percentage like '90%', got {safe_repr(raw)}"
+            ) from None
     if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v <= 100):
-        raise SpecError(f"{label} must be a percentage in (0, 100] like '90%', got {raw!r}")
+        raise SpecError(
+            f"{label} must be a percentage in (0, 100] like '90%', got {safe_repr(raw)}"
+        )
     return float(v)
 
 
@@ -1166,9 +1226,7 @@ def _psutil_sample() -> tuple[float, float]:
 
 
 def _positive(label: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise SpecError(f"{label} must be an int >= 1, got {v!r}")
-    return v
+    return whole_number(label, v, 1)
 
 
 def _warn(message: str) -> None:
