@@ -16,7 +16,8 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
     assert len(tv.__all__) == len(set(tv.__all__))
     for name in tv.__all__:
         assert hasattr(tv, name), name
-    public = {n for n in vars(tv) if not n.startswith("_")} - {"annotations", "logging"}
+    # taskvisor.testing is a public submodule: an attribute once anything imported it
+    public = {n for n in vars(tv) if not n.startswith("_")} - {"annotations", "logging", "testing"}
     assert public == set(tv.__all__)
 
 

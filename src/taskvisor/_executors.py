@@ -21,7 +21,6 @@ import concurrent.futures
 import enum
 import inspect
 import logging
-import multiprocessing
 import queue
 import threading
 from collections import deque
@@ -181,6 +180,8 @@ def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: s
     if job.cancelled is not None:
         sink(job, (Outcome.CANCELLED, None, job.shared, None, worker))
         return
+    if job.watch:  # its timeout runs from now (an aloop's thread may start it late)
+        sink(job, (Outcome.STARTED, None, None, None, worker))
     try:
         ret = _call(job)
     except BaseException as exc:
@@ -446,11 +447,12 @@ class ThreadPool:
 class PickledPool:
     """Runs jobs through any ``concurrent.futures.Executor`` whose payloads are pickled.
 
-    The process pool (``spawn`` by default) and user backends (a Dask client's
-    ``get_executor()``, a ``ProcessPoolExecutor`` of your own …) both come through here.
+    User backends (a Dask client's ``get_executor()``, a ``ProcessPoolExecutor`` of your
+    own …) come through here; ``runs_on="process"`` uses the crash-tolerant
+    :class:`~taskvisor._procpool.ProcessPool` instead.
     The callable runs inside :func:`run_pickled`, so every payload problem becomes that
     task's ``RemoteError``. A dead worker breaks a stdlib process pool as a whole: the
-    tasks it ran end with ``WorkerCrashed`` and the next submission builds a new pool.
+    tasks it ran end with ``WorkerCrashed``.
     """
 
     def __init__(
@@ -468,14 +470,6 @@ class PickledPool:
         self._made: list[concurrent.futures.Executor] = []  # every pool we built, to shut down
         self.label = label
         self._closed = False
-
-    @classmethod
-    def processes(cls, sink: Sink, size: int, start_method: str = "spawn") -> PickledPool:
-        ctx = multiprocessing.get_context(start_method)
-        return cls(
-            sink,
-            factory=lambda: concurrent.futures.ProcessPoolExecutor(size, mp_context=ctx),
-        )
 
     @property
     def started(self) -> bool:

@@ -65,6 +65,7 @@ from ._planner import (
     WakeAt,
     Warn,
 )
+from ._procpool import ProcessPool
 from ._result import ExceptionInfo, RunReport, TaskRes
 from ._spec import (
     META_KEYS,
@@ -398,7 +399,7 @@ class Supervisor:
         self._recs: dict[str, _Rec] = {}
         self._inbox: Inbox | None = None
         self._thread_pool: ThreadPool | None = None
-        self._process_pool: PickledPool | None = None
+        self._process_pool: ProcessPool | None = None
         self._backends: dict[str, PickledPool] = {}
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
@@ -427,7 +428,9 @@ class Supervisor:
         self._quiet = asyncio.Event()
         self._closed_event = asyncio.Event()
         self._thread_pool = ThreadPool(self.threads, self._sink)
-        self._process_pool = PickledPool.processes(self._sink, self.processes, self._start_method)
+        self._process_pool = ProcessPool(
+            self.processes, self._sink, start_method=self._start_method
+        )
         self._backends = {
             n: PickledPool(self._sink, executor=ex, label=f"backend {n!r}")
             for n, ex in self._backend_execs.items()
@@ -869,8 +872,8 @@ class Supervisor:
         job.started = self._now()
         target = rec.target
         if spec.timeout is not None:
-            if target in ("thread", "process"):
-                job.watch = True  # the timeout runs from when a worker takes it
+            if target in ("thread", "process") or target.startswith("aloop:"):
+                job.watch = True  # the timeout runs from when a worker really starts it
             else:
                 self._arm_timeout(rec, job)
         try:
@@ -924,13 +927,15 @@ class Supervisor:
         elif target == "thread":
             assert self._thread_pool is not None
             if self._thread_pool.withdraw(job):
+                rec.attempts -= 1  # it never ran
                 self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
             elif not job.returned:  # (returned: its real ending is on its way; it wins)
                 self._abandon(rec, job, "thread")
-        elif target == "process" and hasattr(self._process_pool, "cancel"):
-            cast(Any, self._process_pool).cancel(job)  # kills the worker if it runs
+        elif target == "process":
+            assert self._process_pool is not None
+            self._process_pool.cancel(job)  # kills the worker if it runs
         elif job.handle is not None and job.handle.cancel():
-            pass  # a backend future no worker took yet: its callback reports CANCELLED
+            rec.attempts -= 1  # a backend future no worker took yet: its callback reports it
         else:
             self._abandon(rec, job, "worker")
 
