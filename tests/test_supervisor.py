@@ -552,4 +552,3 @@ async def test_zero_need_of_an_undeclared_resource_is_no_need() -> None:
         short = await sup.submit(noop, resources={"gpu": 0.5})
     assert res.ok
     assert isinstance(short.error, tv.ResourceError) and short.error.shortfall == {"gpu": 0.5}
-

@@ -392,20 +392,24 @@ class ProcessPool:
         exc = RuntimeError(f"the {self.label} pool's manager failed: {broken!r}")
         self._call_sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
-    def cancel(self, job: Job) -> None:
-        """Stop a job (thread-safe): queued → ``CANCELLED`` now; running → kill its worker."""
+    def cancel(self, job: Job) -> bool:
+        """Stop a job (thread-safe): queued → ``CANCELLED`` now; running → kill its worker.
+
+        True if the job never reached a worker (it was reported CANCELLED here, now).
+        """
         with self._lock:
             where = self._pending.get(job, _MISSING)
             if where is _MISSING:
-                return
+                return False
             if where is not None:  # on a worker: the manager settles it
                 self._cancels.append(job)
                 if not self._woken:
                     self._woken = True
                     self._wake()
-                return
+                return False
             del self._pending[job]  # not on a worker: ours to report
         self._call_sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
+        return True
 
     def shutdown(self) -> None:
         """Cancel what is queued or running, stop every worker and join everything.

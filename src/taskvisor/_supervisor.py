@@ -933,7 +933,8 @@ class Supervisor:
                 self._abandon(rec, job, "thread")
         elif target == "process":
             assert self._process_pool is not None
-            self._process_pool.cancel(job)  # kills the worker if it runs
+            if self._process_pool.cancel(job):  # (a running one's worker is killed)
+                rec.attempts -= 1  # it never reached a worker
         elif job.handle is not None and job.handle.cancel():
             rec.attempts -= 1  # a backend future no worker took yet: its callback reports it
         else:
