@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # old name
-    ap.add_argument("--reps", type=int, help="repetitions (default 5, quick 3)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3)")
     ap.add_argument("--json", metavar="PATH", help="write every row and sample to PATH")
     ap.add_argument("--only", metavar="W1,W3", help=f"some of: {','.join(WORKLOADS)}")
     ap.add_argument(
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     quick = args.quick or args.smoke
-    reps = args.reps if args.reps is not None else (3 if quick else 5)
+    reps = 3 if args.reps is None else args.reps
     if reps < 1:
         ap.error("--reps must be >= 1")
     chosen = list(WORKLOADS)
