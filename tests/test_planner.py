@@ -67,8 +67,10 @@ def shape(out: Sequence[Instruction]) -> list[tuple[object, ...]]:
             rows.append(("cancel", i.name))
         elif isinstance(i, Warn):
             rows.append(("warn",))
-        else:
+        elif isinstance(i, WakeAt):
             rows.append(("wake", i.when))
+        else:
+            rows.append((type(i).__name__.lower(),))
     return rows
 
 
