@@ -210,6 +210,9 @@ Instruction = Dispatch | Settle | Cancel | Warn | WakeAt | Alarm | Forget
 # ---------------------------------------------------------------- internal records
 
 
+_NO_PARENTS: list[_T] = []  # shared and never appended to (fewer objects per task)
+
+
 class _T:
     """The planner's record of one task."""
 
@@ -239,7 +242,7 @@ class _T:
         self.state = State.NEW
         self.missing = 0
         self.lock_missing = 0
-        self.parents: list[_T] = []
+        self.parents: list[_T] = _NO_PARENTS  # a list of its own from the first parent on
         self.due = 0.0
         self.finish_seq = -1
         self.root: str | None = None  # the failure that skipped it, for messages
@@ -680,6 +683,8 @@ class Planner:
             rec = self._dep_item(item)
             if rec.satisfied:
                 if rec.provider is not None:
+                    if not t.parents:
+                        t.parents = []
                     t.parents.append(rec.provider)
                     rec.provider.consumers += 1
             else:
@@ -871,7 +876,7 @@ class Planner:
     # ------------------------------------------------------------ forgetting ended tasks
 
     def _drop_parents(self, t: _T) -> None:
-        parents, t.parents = t.parents, []
+        parents, t.parents = t.parents, _NO_PARENTS
         for p in parents:
             p.consumers -= 1
             if p.retired and p.consumers == 0:
@@ -948,6 +953,8 @@ class Planner:
             if w.state is not State.WAITING:
                 continue
             if provider is not None:
+                if not w.parents:
+                    w.parents = []
                 w.parents.append(provider)
                 provider.consumers += 1
             w.missing -= 1

@@ -142,12 +142,18 @@ class _Rec:
         self.attempts = 0
         self.res: TaskRes[Any] | None = None
         self.fut: asyncio.Future[TaskRes[Any]] | None = None
-        self.listeners: list[Callable[[TaskRes[Any]], None]] = []
+        self.listeners: list[Callable[[TaskRes[Any]], None]] | None = None
         self.shared_in: dict[str, Any] = {}
         self.job: Job | None = None
         self.timer: TimerHandle | None = None
         self.args: tuple[Any, ...] = ()  # the call, references substituted, for every attempt
         self.kwargs: dict[str, Any] = {}
+
+
+    def add_listener(self, cb: Callable[[TaskRes[Any]], None]) -> None:
+        if self.listeners is None:
+            self.listeners = []
+        self.listeners.append(cb)
 
 
 class TaskHandle(Generic[T]):
@@ -599,7 +605,7 @@ class Supervisor:
             if rec.res is not None:
                 stream.push(rec.res)
             else:
-                rec.listeners.append(stream.push)
+                rec.add_listener(stream.push)
         return stream
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
@@ -621,7 +627,7 @@ class Supervisor:
 
             for r in recs:
                 if r.res is None:
-                    r.listeners.append(one)
+                    r.add_listener(one)
             try:
                 await done
             except asyncio.CancelledError:
@@ -1088,8 +1094,8 @@ class Supervisor:
         self._results.append(res)
         if rec.fut is not None and not rec.fut.done():
             rec.fut.set_result(res)
-        listeners, rec.listeners = rec.listeners, []
-        for cb in listeners:
+        listeners, rec.listeners = rec.listeners, None
+        for cb in listeners or ():
             cb(res)
         _log(res)
 
