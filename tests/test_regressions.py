@@ -199,3 +199,19 @@ async def test_cancelling_gather_cancels_its_batch(gates: Gates) -> None:
         gates.release("a")
         other = await sup.submit(identity, 1)
     assert other.ok
+
+
+async def test_a_timeout_while_queued_in_a_backend_counts_as_an_attempt() -> None:
+    """A backend future cancelled by its timeout before it started is not retried forever."""
+    import concurrent.futures
+
+    from taskvisor.testing import MockClock
+
+    busy = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        ex.submit(busy.wait)  # the backend's only worker is taken
+        async with tv.Supervisor(aloops=(), backends={"b": ex}, clock=MockClock()) as sup:
+            res = await sup.submit(identity, 1, runs_on="b", timeout=5, retries=1)
+            busy.set()
+    assert res.state is State.FAILED and isinstance(res.error, tv.TaskTimeout)
+    assert res.attempts == 2 and res.error.abandoned is False

@@ -149,7 +149,6 @@ class _Rec:
         self.args: tuple[Any, ...] = ()  # the call, references substituted, for every attempt
         self.kwargs: dict[str, Any] = {}
 
-
     def add_listener(self, cb: Callable[[TaskRes[Any]], None]) -> None:
         if self.listeners is None:
             self.listeners = []
@@ -933,18 +932,25 @@ class Supervisor:
         elif target == "thread":
             assert self._thread_pool is not None
             if self._thread_pool.withdraw(job):
-                rec.attempts -= 1  # it never ran
+                self._never_ran(rec, job)
                 self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
             elif not job.returned:  # (returned: its real ending is on its way; it wins)
                 self._abandon(rec, job, "thread")
         elif target == "process":
             assert self._process_pool is not None
             if self._process_pool.cancel(job):  # (a running one's worker is killed)
-                rec.attempts -= 1  # it never reached a worker
+                self._never_ran(rec, job)  # it never reached a worker
         elif job.handle is not None and job.handle.cancel():
-            rec.attempts -= 1  # a backend future no worker took yet: its callback reports it
+            self._never_ran(rec, job)  # a backend future no worker took: its callback reports
         else:
             self._abandon(rec, job, "worker")
+
+    @staticmethod
+    def _never_ran(rec: _Rec, job: Job) -> None:
+        """A cancelled attempt that never started is not counted; a timed-out one is (else
+        a timeout while queued in a backend would retry without end)."""
+        if job.cancelled != "timeout":
+            rec.attempts -= 1
 
     def _abandon(self, rec: _Rec, job: Job, what: str) -> None:
         """End a task whose attempt cannot be interrupted; its slot stays busy until the
