@@ -15,6 +15,7 @@ W6 runs W4's layered shape (width 100, each task 2 random parents) at 1k, 10k, 1
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import statistics
 import time
@@ -135,6 +136,9 @@ def run_scaling(cfg: Config) -> list[Row]:
             for size in sizes:
                 if rep < reps_for(size):
                     graph = layered(WIDTH, size // WIDTH)
+                    # a closed supervisor's records are freed by the cyclic GC: collect the
+                    # last run's now, not inside this one's timing
+                    gc.collect()
                     samples[size].append(runner.run(tv_graph(graph)) / size * 1e6)
                     del graph
         if cfg.profile:
