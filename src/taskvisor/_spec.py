@@ -14,6 +14,7 @@ import inspect
 import itertools
 import math
 import reprlib
+import types
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
@@ -109,6 +110,24 @@ class _Unset(enum.Enum):
 UNSET = _Unset.UNSET
 _counter = itertools.count(1)
 
+
+class _ReadOnlyEmpty(dict[str, Any]):
+    """The one empty ``resources`` every task without them shares (a dict per task was
+    64 bytes of every pending task). It refuses to be filled, so no task can change
+    another's."""
+
+    __slots__ = ()
+
+    def _read_only(self, *_: Any, **__: Any) -> Any:
+        raise TypeError("a Task's resources are read-only")
+
+    __setitem__ = __delitem__ = update = setdefault = _read_only  # type: ignore[assignment]
+    pop = popitem = clear = __ior__ = _read_only  # type: ignore[assignment]
+
+
+_NO_RESOURCES: dict[str, float] = _ReadOnlyEmpty()
+_NO_ITEMS: frozenset[Any] = frozenset()  # shared: an empty frozenset is 216 bytes each
+
 # Task fields a @task decorator may preset, with their defaults.
 _META_DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -160,6 +179,7 @@ class Task(Generic[T]):
         "args",
         "claims",
         "delay",
+        "dependencies",
         "fn",
         "is_coroutine",
         "kwargs",
@@ -197,6 +217,7 @@ class Task(Generic[T]):
     is_coroutine: bool
     wants_shared: bool
     refs: frozenset[str]
+    dependencies: frozenset[Hashable]
 
     @overload
     def __init__(
@@ -233,10 +254,12 @@ class Task(Generic[T]):
             raise SpecError(
                 f"task function must be callable, got {type(fn).__name__} {safe_repr(fn)}"
             )
-        unknown = set(meta) - META_KEYS
-        if unknown:
-            raise SpecError(f"unknown Task option(s): {', '.join(sorted(unknown))}")
-        opts = {**_META_DEFAULTS, **_preset(fn), **meta}
+        if meta:
+            unknown = meta.keys() - META_KEYS
+            if unknown:
+                raise SpecError(f"unknown Task option(s): {', '.join(sorted(unknown))}")
+        preset = _preset(fn)
+        opts = {**_META_DEFAULTS, **preset, **meta} if preset or meta else _META_DEFAULTS
         name = opts["name"]
         if name is None:
             name = f"{_qualname(fn)}-{next(_counter)}"
@@ -250,30 +273,45 @@ class Task(Generic[T]):
         s = object.__setattr__
         s(self, "fn", fn)
         s(self, "name", name)
-        if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
-            raise bad(f"args must be a tuple or list, got {type(args).__name__} {safe_repr(args)}")
-        s(self, "args", tuple(args))
-        if kwargs is not None and not isinstance(kwargs, Mapping):
+        if type(args) is not tuple:
+            if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
+                raise bad(
+                    f"args must be a tuple or list, got {type(args).__name__} {safe_repr(args)}"
+                )
+            args = tuple(args)
+        s(self, "args", args)
+        if kwargs is None:
+            kw = {}
+        elif not isinstance(kwargs, Mapping):
             raise bad(f"kwargs must be a mapping, got {type(kwargs).__name__} {safe_repr(kwargs)}")
-        kw = dict(kwargs) if kwargs is not None else {}
-        for k in kw:
-            if not isinstance(k, str):
-                raise bad(f"kwargs keys must be strings, got {safe_repr(k)}")
+        else:
+            kw = dict(kwargs)
+            for k in kw:
+                if not isinstance(k, str):
+                    raise bad(f"kwargs keys must be strings, got {safe_repr(k)}")
         s(self, "kwargs", kw)
         for field in ("requires", "provides", "claims", "uses"):
             s(self, field, _items(name, field, opts[field]))
-        try:
-            both = self.claims & self.uses
-        except Exception as exc:  # an item whose __eq__ raises
-            raise bad(f"claims and uses items cannot be compared: {exc!r}") from exc
-        if both:
-            raise bad(f"{', '.join(map(safe_repr, both))} in both claims and uses")
+        if self.claims and self.uses:
+            try:
+                both = self.claims & self.uses
+            except Exception as exc:  # an item whose __eq__ raises
+                raise bad(f"claims and uses items cannot be compared: {exc!r}") from exc
+            if both:
+                raise bad(f"{', '.join(map(safe_repr, both))} in both claims and uses")
         s(self, "tier", _tier(name, opts["tier"]))
         priority = _float(name, "priority", opts["priority"])
         s(self, "priority", priority)
         s(self, "runs_on", _runs_on(name, opts["runs_on"]))
         s(self, "weight", _count(name, "weight", opts["weight"]))
-        s(self, "resources", resource_map(opts["resources"], prefix=f"task {name!r}: "))
+        resources = opts["resources"]
+        s(
+            self,
+            "resources",
+            _NO_RESOURCES
+            if resources is None
+            else resource_map(resources, prefix=f"task {name!r}: ") or _NO_RESOURCES,
+        )
         timeout = opts["timeout"]
         if timeout is not None:
             timeout = _float(name, "timeout", timeout)
@@ -287,12 +325,15 @@ class Task(Generic[T]):
         if not 0 <= delay < math.inf:
             raise bad(f"delay must be a finite number >= 0, got {safe_repr(opts['delay'])}")
         s(self, "delay", delay)
-        s(self, "is_coroutine", _is_coroutine_fn(fn))
-        s(self, "wants_shared", _wants_shared(fn))
-        refs = frozenset(r.task_name for r in iter_refs((self.args, self.kw_values())))
+        is_coroutine, wants_shared = _fn_traits(fn)
+        s(self, "is_coroutine", is_coroutine)
+        s(self, "wants_shared", wants_shared)
+        refs = _refs_in(args, kw)
         if name in refs:
             raise bad("takes its own output as an argument")
         s(self, "refs", refs)
+        requires = self.requires
+        s(self, "dependencies", requires | {OutputItem(r) for r in refs} if refs else requires)
 
     def kw_values(self) -> tuple[Any, ...]:
         return tuple(self.kwargs.values())
@@ -304,11 +345,6 @@ class Task(Generic[T]):
     def output(self) -> ResultRef[T]:
         """This task's return value, for use as another task's argument."""
         return ResultRef(self.name)
-
-    @property
-    def dependencies(self) -> frozenset[Hashable]:
-        """The items the task waits for, ``requires`` plus the outputs it references."""
-        return self.requires | {OutputItem(r) for r in self.refs}
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} tier={self.tier.name}>"
@@ -331,6 +367,21 @@ def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return fn
 
     return attach
+
+
+_CONTAINERS = (tuple, list, set, frozenset, dict)
+
+
+def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
+    """The names of the tasks whose outputs the arguments refer to.
+
+    Most arguments are plain values: only a container or a reference at the top level
+    needs the full walk of :func:`iter_refs`.
+    """
+    for x in (*args, *kwargs.values()) if kwargs else args:
+        if isinstance(x, ResultRef) or isinstance(x, _CONTAINERS):
+            return frozenset(r.task_name for r in iter_refs((args, tuple(kwargs.values()))))
+    return _NO_ITEMS
 
 
 def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
@@ -421,8 +472,10 @@ def _items(task: str, field: str, value: Any) -> frozenset[Hashable]:
     ``None`` is no item; a string, bytes or any other non-iterable value is one item
     (``requires="db"`` means ``{"db"}``).
     """
-    if value is None:
-        return frozenset()
+    if value is None or (type(value) is tuple and not value):
+        return _NO_ITEMS
+    if type(value) is str:  # the common single item: a str always hashes
+        return frozenset((value,))
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         value = (value,)
     try:
@@ -444,6 +497,8 @@ def _items(task: str, field: str, value: Any) -> frozenset[Hashable]:
             raise SpecError(
                 f"task {task!r}: {field} item {safe_repr(item)} cannot be hashed: {exc!r}"
             ) from exc
+    if not items:
+        return _NO_ITEMS
     try:
         return frozenset(items)
     except Exception as exc:  # equal hashes and an __eq__ that raises
@@ -467,12 +522,21 @@ def _tier(task: str, value: Any) -> Tier:
     raise SpecError(f"task {task!r}: tier must be one of {names}, got {safe_repr(value)}")
 
 
+_EXACT = 2**53  # ints below this convert to float without overflow (the fast path)
+
+
 def real_number(label: str, value: Any) -> float:
     """An int or float (not a bool, not NaN, within float range), as a float.
 
     Otherwise ``SpecError`` starting with ``label`` (``"task 'x': delay"``, ``"wait_warning"``)
     and showing the value. The supervisor checks its own numbers with it too.
     """
+    kind = type(value)
+    if kind is float:
+        if value == value:  # not NaN
+            return cast(float, value)
+    elif kind is int and -_EXACT < value < _EXACT:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{label} must be a number, got {type(value).__name__} {safe_repr(value)}")
     try:
@@ -486,6 +550,8 @@ def real_number(label: str, value: Any) -> float:
 
 def whole_number(label: str, value: Any, minimum: int = 0) -> int:
     """An int >= ``minimum`` (not a bool), as a plain int; otherwise ``SpecError``."""
+    if type(value) is int and value >= minimum:
+        return cast(int, value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"{label} must be an int >= {minimum}, got {safe_repr(value)}")
     return int(value)
@@ -532,6 +598,33 @@ def resource_map(value: Any, what: str = "amount", *, prefix: str = "") -> dict[
             raise SpecError(f"{label} must be a finite number >= 0, got {safe_repr(v)}")
         out[str.__str__(k)] = amount
     return out
+
+
+_CO_COROUTINE = inspect.CO_COROUTINE
+_CO_VARARGS = inspect.CO_VARARGS
+_CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
+# attributes through which inspect may see another signature or a coroutine marker
+_INSPECT_ATTRS = frozenset({"__wrapped__", "__signature__", "_is_coroutine_marker"})
+
+
+def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """(is a coroutine function, has a ``shared`` parameter), as ``inspect`` would say.
+
+    A plain Python function whose ``__dict__`` holds nothing inspect looks at is read off
+    its code object (sub-microsecond); ``inspect.signature`` costs ~10 µs and was the
+    largest part of building a Task. Anything else goes through ``inspect``.
+    """
+    if type(fn) is types.FunctionType and not (fn.__dict__.keys() & _INSPECT_ATTRS):
+        code = fn.__code__
+        flags = code.co_flags
+        n = (
+            code.co_argcount
+            + code.co_kwonlyargcount
+            + bool(flags & _CO_VARARGS)
+            + bool(flags & _CO_VARKEYWORDS)
+        )
+        return bool(flags & _CO_COROUTINE), "shared" in code.co_varnames[:n]
+    return _is_coroutine_fn(fn), _wants_shared(fn)
 
 
 def _is_coroutine_fn(fn: Callable[..., Any]) -> bool:
