@@ -437,6 +437,31 @@ def test_self_cycle() -> None:
     p.validate_state()
 
 
+def test_cycle_found_whatever_the_batch_order() -> None:
+    # a batch written parents-first takes the one-pass order check; any other order, and
+    # a cycle hidden behind an acyclic prefix, go through the full search
+    chain = [Task(noop, name="c0")]
+    for i in range(1, 4):
+        chain.append(Task(noop, (chain[-1].output,), name=f"c{i}"))
+    p = Planner()
+    assert p.submit(list(reversed(chain))) == [D("c0")]
+    p.validate_state()
+    p = Planner()
+    batch = [
+        T("ok0", provides={"a"}),
+        T("ok1", requires={"a"}),
+        T("x", requires={"q"}, provides={"p"}),
+        T("y", requires={"p"}, provides={"q"}),
+    ]
+    with pytest.raises(CycleError) as info:
+        p.submit(batch)
+    assert set(info.value.cycle) == {"x", "y"}
+    assert p.live() == []
+    p = Planner()
+    assert p.submit(batch[:2]) == [D("ok0")]
+    p.validate_state()
+
+
 def test_sealed_batch_settles_what_nobody_provides_at_once() -> None:
     p = Planner()
     out = p.submit([T("c", requires={"nope"}), T("ok")], sealed=True)

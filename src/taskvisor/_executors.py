@@ -23,6 +23,7 @@ import inspect
 import logging
 import queue
 import threading
+import types
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -160,6 +161,9 @@ class Inbox:
             self._drain(batch)
 
 
+_Coroutine = types.CoroutineType
+
+
 def _call(job: Job) -> Any:
     if job.shared is not None:
         return job.fn(*job.args, **job.kwargs, shared=job.shared)
@@ -187,10 +191,13 @@ def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: s
     except BaseException as exc:
         sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
         return
-    if not inspect.isawaitable(ret):
+    if type(ret) is _Coroutine:
+        coro = ret
+    elif not inspect.isawaitable(ret):
         sink(job, (Outcome.OK, ret, job.shared, None, worker))
         return
-    coro = ret if inspect.iscoroutine(ret) else _await(ret)
+    else:
+        coro = ret if inspect.iscoroutine(ret) else _await(ret)
     task = loop.create_task(coro, name=job.name)
 
     def done(t: asyncio.Task[Any]) -> None:

@@ -372,6 +372,7 @@ class Planner:
         self._failed_once = False
         self._now = 0.0  # the latest time any event carried
         self.stats = Stats()
+        self._by_state = self.stats.by_state
 
     # ------------------------------------------------------------ queries
 
@@ -461,40 +462,44 @@ class Planner:
         else:
             self._free(t)
         ok = state is State.DONE
-        release = ok or state is State.CANCELLED or locks_ok
-        # an abandoned attempt still runs: the locks it would give back stay held until then
-        held_on = keep_slot and release
+        has_locks = bool(spec.claims or spec.uses)
         stuck = []
-        for r, _excl in t.locks:
-            lock = self._locks[r]
-            if held_on:
-                continue
-            if release:
-                if lock.excl is t:
-                    lock.excl = None
+        if has_locks:
+            release = ok or state is State.CANCELLED or locks_ok
+            # an abandoned attempt still runs: the locks it would give back stay held till then
+            held_on = keep_slot and release
+            for r, _excl in t.locks:
+                lock = self._locks[r]
+                if held_on:
+                    continue
+                if release:
+                    if lock.excl is t:
+                        lock.excl = None
+                    else:
+                        lock.shared.discard(t)
                 else:
-                    lock.shared.discard(t)
-            else:
-                lock.stuck.append(t)
-                stuck.append(r)
+                    lock.stuck.append(t)
+                    stuck.append(r)
         provided = ok or (state is State.FAILED and deps_ok)
         skipped_before = self.stats.by_state[State.SKIPPED]
-        if provided:
-            for item in spec.provides:
-                self._satisfy(item, t)
-        else:
-            for item in spec.provides:
-                self._lose(item, t, root=t.name)
+        if spec.provides:
+            if provided:
+                for item in spec.provides:
+                    self._satisfy(item, t)
+            else:
+                for item in spec.provides:
+                    self._lose(item, t, root=t.name)
         if t.out_item:
             if ok:
                 self._satisfy(OutputItem(name), t)
             else:
                 self._lose(OutputItem(name), t, root=t.name)
-        for r, _excl in t.locks:
-            lock = self._locks[r]
-            if t in lock.stuck:
-                self._skip_stuck_waiters(r, lock)
-            self._advance(r, lock)
+        if has_locks:
+            for r, _excl in t.locks:
+                lock = self._locks[r]
+                if t in lock.stuck:
+                    self._skip_stuck_waiters(r, lock)
+                self._advance(r, lock)
         skipped = self.stats.by_state[State.SKIPPED] - skipped_before
         if state is State.FAILED and (skipped or stuck):
             msg = f"task {name!r} failed"
@@ -635,6 +640,8 @@ class Planner:
             for i in batch_providers
             if i in self._items
         ) or any(s.name in self._awaited_outputs for s in specs)
+        if not widen and _in_dependency_order(specs, by_name, batch_providers):
+            return  # every edge points back to an earlier task of the batch: no cycle
         graph: dict[str, set[str]] = {}
         while todo:
             n = todo.pop()
@@ -994,7 +1001,7 @@ class Planner:
         t.finish_seq = next(self._finish_seq)
         if was is State.QUEUED:
             self.stats.queued_by_tier[t.spec.tier] -= 1
-        if was in (State.LOCKED, State.QUEUED):
+        if was in (State.LOCKED, State.QUEUED) and (t.spec.claims or t.spec.uses):
             # granted or still in the FIFO, it may have held back later waiters: let them on
             # (a FIFO drops settled entries lazily, so advancing is all it takes)
             for r, _excl in t.locks:
@@ -1026,10 +1033,11 @@ class Planner:
     # ------------------------------------------------------------ bookkeeping
 
     def _move(self, t: _T, to: State) -> None:
-        if to not in _MOVES.get(t.state, ()):
-            raise PlannerBug(f"illegal move of task {t.name!r}: {t.state.name} -> {to.name}")
-        stats = self.stats.by_state
-        stats[t.state] -= 1
+        was = t.state
+        if to not in _MOVES.get(was, ()):
+            raise PlannerBug(f"illegal move of task {t.name!r}: {was.name} -> {to.name}")
+        stats = self._by_state
+        stats[was] -= 1
         stats[to] += 1
         t.state = to
 
@@ -1108,6 +1116,30 @@ class Planner:
                 heads = [t for *_, t in sorted(q) if t.state is State.QUEUED][:1]
                 for t in heads:
                     _check(not self._fits(t), f"tier {tier.name}: head {t.name} fits but waits")
+
+
+def _in_dependency_order(
+    specs: Sequence[Spec], by_name: Mapping[str, Spec], providers: Mapping[Hashable, list[str]]
+) -> bool:
+    """Does every task of the batch come after every batch task it may wait for?
+
+    Then the batch's order is a topological order and it holds no cycle: one pass over
+    the edges instead of ``graphlib`` (most batches are written parents first). A task
+    that provides what it requires, or any edge to a later task, answers False and the
+    full check decides.
+    """
+    seen: set[str] = set()
+    for s in specs:
+        for item in s.dependencies:
+            if type(item) is OutputItem:
+                if item.name in by_name and item.name not in seen:
+                    return False
+            else:
+                for p in providers.get(item, ()):
+                    if p not in seen:
+                        return False
+        seen.add(s.name)
+    return True
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -378,10 +378,15 @@ def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
     Most arguments are plain values: only a container or a reference at the top level
     needs the full walk of :func:`iter_refs`.
     """
+    names: list[str] | None = None
     for x in (*args, *kwargs.values()) if kwargs else args:
-        if isinstance(x, ResultRef) or isinstance(x, _CONTAINERS):
+        if type(x) is ResultRef:
+            if names is None:
+                names = []
+            names.append(x._name)
+        elif isinstance(x, _CONTAINERS) or isinstance(x, ResultRef):
             return frozenset(r.task_name for r in iter_refs((args, tuple(kwargs.values()))))
-    return _NO_ITEMS
+    return _NO_ITEMS if names is None else frozenset(names)
 
 
 def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
@@ -401,6 +406,24 @@ def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
                 continue
             seen.add(id(x))  # x stays alive inside obj, so its id is not reused meanwhile
             stack.extend(x.values() if isinstance(x, dict) else x)
+
+
+def substitute_call(
+    args: tuple[Any, ...], kwargs: dict[str, Any], values: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwargs`` with every ResultRef replaced by its resolved value.
+
+    The common case, references as plain top-level arguments and no containers, is
+    resolved in one pass; anything nested goes through :func:`substitute`.
+    """
+    out = []
+    for x in args:
+        if type(x) is ResultRef:
+            x = x.resolve(values[x._name])
+        elif isinstance(x, _CONTAINERS) or isinstance(x, ResultRef):
+            return substitute(args, values), substitute(kwargs, values)
+        out.append(x)
+    return (tuple(out) if args else args), (substitute(kwargs, values) if kwargs else kwargs)
 
 
 def substitute(obj: Any, values: Mapping[str, Any], _active: frozenset[int] = frozenset()) -> Any:

@@ -74,7 +74,7 @@ from ._spec import (
     real_number,
     resource_map,
     safe_repr,
-    substitute,
+    substitute_call,
     whole_number,
 )
 
@@ -395,6 +395,7 @@ class Supervisor:
                 raise SpecError(f"backend {bname!r} has no submit(): give an Executor")
             self._backend_execs[bname] = ex
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._now: Callable[[], float] = self._clock.now  # read on every event
         if start_method not in ("spawn", "forkserver", "fork"):
             raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
         self._start_method = start_method
@@ -773,9 +774,6 @@ class Supervisor:
 
     # ------------------------------------------------------------ the engine
 
-    def _now(self) -> float:
-        return self._clock.now()
-
     def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             raise ClosedError(self.state.value, "use the supervisor")
@@ -848,8 +846,7 @@ class Supervisor:
         if spec.refs:
             values = {r: cast(TaskRes[Any], self._recs[r].res).ret for r in spec.refs}
             try:
-                args = substitute(args, values)
-                kwargs = substitute(kwargs, values)
+                args, kwargs = substitute_call(args, kwargs, values)
             except Exception as exc:
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
