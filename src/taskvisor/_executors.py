@@ -367,7 +367,9 @@ class ThreadPool:
         self._sink = sink
         self._prefix = prefix
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # threads back at the queue that no submitted job has counted on yet (a counter
+        # under the pool's lock: threading.Semaphore is Python code, ~2 µs a job)
+        self._idle = 0
         self._threads: list[threading.Thread] = []
         self._current: dict[threading.Thread, Job] = {}
         self._lock = threading.Lock()
@@ -381,7 +383,11 @@ class ThreadPool:
         if self._closed:
             raise ClosedError("closed", "submit to the thread pool")
         self._queue.put(job)
-        if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                return
+        if len(self._threads) < self.size:
             t = threading.Thread(
                 target=self._work, name=f"{self._prefix}-{len(self._threads)}", daemon=True
             )
@@ -432,7 +438,8 @@ class ThreadPool:
                     sink(job, (Outcome.OK, ret, job.shared, None, worker))
                 current.pop(me, None)
             del job
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self) -> list[str]:
         """Stop every thread after the jobs already queued and join them, except threads
