@@ -25,7 +25,7 @@ import queue
 import threading
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
@@ -191,6 +191,7 @@ def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: s
     except BaseException as exc:
         sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
         return
+    coro: Coroutine[Any, Any, Any]
     if type(ret) is _Coroutine:
         coro = ret
     elif not inspect.isawaitable(ret):

@@ -121,8 +121,8 @@ class _ReadOnlyEmpty(dict[str, Any]):
     def _read_only(self, *_: Any, **__: Any) -> Any:
         raise TypeError("a Task's resources are read-only")
 
-    __setitem__ = __delitem__ = update = setdefault = _read_only  # type: ignore[assignment]
-    pop = popitem = clear = __ior__ = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = update = setdefault = _read_only
+    pop = popitem = clear = __ior__ = _read_only
 
 
 _NO_RESOURCES: dict[str, float] = _ReadOnlyEmpty()
@@ -370,6 +370,7 @@ def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 _CONTAINERS = (tuple, list, set, frozenset, dict)
+_NESTED = (*_CONTAINERS, ResultRef)  # a ResultRef subclass takes the generic walk too
 
 
 def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
@@ -384,7 +385,7 @@ def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
             if names is None:
                 names = []
             names.append(x._name)
-        elif isinstance(x, _CONTAINERS) or isinstance(x, ResultRef):
+        elif isinstance(x, _NESTED):
             return frozenset(r.task_name for r in iter_refs((args, tuple(kwargs.values()))))
     return _NO_ITEMS if names is None else frozenset(names)
 
@@ -420,7 +421,7 @@ def substitute_call(
     for x in args:
         if type(x) is ResultRef:
             x = x.resolve(values[x._name])
-        elif isinstance(x, _CONTAINERS) or isinstance(x, ResultRef):
+        elif isinstance(x, _NESTED):
             return substitute(args, values), substitute(kwargs, values)
         out.append(x)
     return (tuple(out) if args else args), (substitute(kwargs, values) if kwargs else kwargs)
@@ -574,7 +575,7 @@ def real_number(label: str, value: Any) -> float:
 def whole_number(label: str, value: Any, minimum: int = 0) -> int:
     """An int >= ``minimum`` (not a bool), as a plain int; otherwise ``SpecError``."""
     if type(value) is int and value >= minimum:
-        return cast(int, value)
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"{label} must be an int >= {minimum}, got {safe_repr(value)}")
     return int(value)

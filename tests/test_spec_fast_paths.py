@@ -1,0 +1,202 @@
+"""The fast paths of ``Task(...)`` agree with the slow, general ones they stand in for.
+
+Building a Task reads a plain function's traits off its code object, shares one empty
+``resources`` mapping and empty item sets, finds top-level output references without the
+generic walk, and substitutes them at dispatch in one pass. Each test compares a fast
+path with what ``inspect`` or the generic helper says, over the shapes that matter.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import pickle
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pytest
+
+import taskvisor as tv
+from taskvisor._spec import _fn_traits, iter_refs, substitute, substitute_call
+
+
+def positional(a: int, shared: dict[str, Any]) -> None:
+    pass
+
+
+def keyword_only(a: int, *rest: int, shared: dict[str, Any]) -> None:
+    pass
+
+
+def star_shared(*shared: int) -> None:
+    pass
+
+
+def starstar_shared(**shared: int) -> None:
+    pass
+
+
+def local_named_shared(a: int) -> int:
+    shared = a + 1  # a local, not a parameter: no shared dict for it
+    return shared
+
+
+async def coro_shared(shared: dict[str, Any]) -> None:
+    pass
+
+
+async def coro_plain() -> None:
+    pass
+
+
+async def agen() -> Any:
+    yield 1
+
+
+def gen() -> Any:
+    yield 1
+
+
+@functools.wraps(coro_shared)
+def wrapper_of_coro(*args: Any, **kwargs: Any) -> Any:
+    return coro_shared(*args, **kwargs)
+
+
+def with_signature(*args: Any) -> None:
+    pass
+
+
+with_signature.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("shared", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+)
+
+
+class Callable_:
+    def __call__(self, shared: dict[str, Any]) -> None:
+        pass
+
+
+class AsyncCallable:
+    async def __call__(self) -> None:
+        pass
+
+
+class Methods:
+    def method(self, shared: dict[str, Any]) -> None:
+        pass
+
+    async def amethod(self) -> None:
+        pass
+
+
+CALLABLES: list[Callable[..., Any]] = [
+    positional,
+    keyword_only,
+    star_shared,
+    starstar_shared,
+    local_named_shared,
+    coro_shared,
+    coro_plain,
+    agen,
+    gen,
+    wrapper_of_coro,
+    with_signature,
+    lambda shared: None,
+    lambda: None,
+    Callable_(),
+    AsyncCallable(),
+    Methods().method,
+    Methods().amethod,
+    functools.partial(positional, 1),
+    functools.partial(coro_plain),
+    print,
+    len,
+]
+
+
+def _slow_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    is_coro = inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+    )
+    try:
+        shared = "shared" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        shared = False
+    return is_coro, shared
+
+
+@pytest.mark.parametrize("fn", CALLABLES, ids=lambda f: getattr(f, "__name__", type(f).__name__))
+def test_traits_read_off_the_code_agree_with_inspect(fn: Callable[..., Any]) -> None:
+    assert _fn_traits(fn) == _slow_traits(fn)
+    spec = tv.Task(fn)
+    assert (spec.is_coroutine, spec.wants_shared) == _slow_traits(fn)
+
+
+def test_a_decorated_function_is_read_through_inspect() -> None:
+    # functools.wraps copies __wrapped__: inspect follows it to the wrapped signature
+    assert _fn_traits(wrapper_of_coro) == (False, True)
+    assert _fn_traits(with_signature) == (False, True)
+
+
+def test_empty_resources_are_shared_read_only_and_pickle() -> None:
+    a, b = tv.Task(positional), tv.Task(positional, resources={})
+    assert a.resources == {} and a.resources is b.resources
+    with pytest.raises(TypeError, match="read-only"):
+        a.resources["gpu"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        a.resources.update(gpu=1)
+    assert a.resources == {} and tv.Task(positional).resources == {}
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(a.resources, proto)) == {}
+    own = tv.Task(positional, resources={"gpu": 1})
+    assert own.resources == {"gpu": 1.0} and own.resources is not a.resources
+
+
+def test_empty_item_sets_are_shared_and_single_strings_are_one_item() -> None:
+    a, b = tv.Task(positional), tv.Task(positional, requires=[], provides=None)
+    assert a.requires is b.requires is b.provides is a.claims is a.uses
+    assert a.requires == frozenset() and a.dependencies is a.requires
+    assert tv.Task(positional, requires="db").requires == frozenset({"db"})
+    assert tv.Task(positional, claims=("db", "db")).claims == frozenset({"db"})
+
+
+class Pair(NamedTuple):
+    left: Any
+    right: Any
+
+
+def test_references_found_at_the_top_level_and_nested() -> None:
+    p, q = tv.Task(positional, name="p"), tv.Task(positional, name="q")
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((p.output, 1, q.output["k"]), {}),
+        ((1, "x"), {"k": p.output.map(str)}),
+        (([p.output], {"a": q.output}), {}),
+        ((Pair(p.output, 2),), {"n": (q.output,)}),
+        ((), {}),
+    ]
+    for args, kwargs in cases:
+        spec = tv.Task(positional, args, kwargs)
+        assert spec.refs == {r.task_name for r in iter_refs((args, tuple(kwargs.values())))}
+        assert spec.dependencies == spec.requires | {tv.ResultRef(r).item for r in spec.refs}
+
+
+def a_list() -> list[int]:
+    return [7, 8]
+
+
+def test_one_pass_substitution_agrees_with_the_generic_walk() -> None:
+    p, q = tv.Task(positional, name="p"), tv.Task(a_list, name="q")
+    values = {"p": {"k": 5}, "q": [7, 8]}
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((p.output, 1, q.output[1]), {}),
+        ((p.output["k"],), {"k": q.output.map(len)}),
+        ((Pair(p.output, [q.output]),), {}),
+        ((1, 2), {}),
+        ((), {"only": p.output}),
+    ]
+    for args, kwargs in cases:
+        fast = substitute_call(args, kwargs, values)
+        assert fast == (substitute(args, values), substitute(kwargs, values))
+        assert type(fast[0]) is tuple
+    plain = (1, 2)
+    assert substitute_call(plain, {}, values)[0] == plain
