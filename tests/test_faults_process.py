@@ -34,6 +34,9 @@ async def announced(tmp_path: Path, name: str) -> AsyncIterator[tuple[str, async
     path = tmp_path / f"{name}.fifo"
     os.mkfifo(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    # our own write end: once the child closes its end the FIFO has a writer still, so it
+    # never reports end-of-file (which would wake the reader in a spin)
+    wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
     started = asyncio.Event()
 
@@ -48,6 +51,7 @@ async def announced(tmp_path: Path, name: str) -> AsyncIterator[tuple[str, async
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+        os.close(wfd)
 
 
 class ArmedClock(MockClock):
