@@ -200,3 +200,16 @@ def test_one_pass_substitution_agrees_with_the_generic_walk() -> None:
         assert type(fast[0]) is tuple
     plain = (1, 2)
     assert substitute_call(plain, {}, values)[0] == plain
+
+
+def test_output_items_equal_only_each_other_and_pickle() -> None:
+    from taskvisor._spec import OutputItem
+
+    a = OutputItem("x")
+    assert a == OutputItem("x") and hash(a) == hash(OutputItem("x")) and a.name == "x"
+    assert a != OutputItem("y") and a != ("x",) and a != "x"
+    assert len({a, ("x",), "x", OutputItem("x")}) == 3
+    assert repr(a) == "OutputItem(name='x')"
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(a, proto))
+        assert back == a and type(back) is OutputItem

@@ -16,7 +16,6 @@ import math
 import reprlib
 import types
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._errors import SpecError
@@ -52,11 +51,44 @@ LOW, NORMAL, HIGH, CRITICAL = Tier.LOW, Tier.NORMAL, Tier.HIGH, Tier.CRITICAL
 BUILTIN_TARGETS = ("thread", "process", "main", "aloop")
 
 
-@dataclass(frozen=True, slots=True)
-class OutputItem:
-    """The dependency item a task provides when it succeeds: its return value."""
+class _OutputMark:
+    """Tags the tuples that are output items: no user item can equal one by accident."""
 
-    name: str
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<output>"
+
+    def __reduce__(self) -> str:
+        return "_OUTPUT"  # pickles as the one module-level mark
+
+
+_OUTPUT = _OutputMark()
+
+
+class OutputItem(tuple[_OutputMark, str]):
+    """The dependency item a task provides when it succeeds: its return value.
+
+    A tuple ``(mark, name)`` with a private mark, so hashing and comparing it, which the
+    planner does on every dependency edge, run in C (a frozen dataclass's ``__hash__``
+    is Python code). Only another ``OutputItem`` of the same name equals it.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> OutputItem:
+        return tuple.__new__(cls, (_OUTPUT, name))
+
+    @property
+    def name(self) -> str:
+        """The name of the task whose output this is."""
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"OutputItem(name={self[1]!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OutputItem, (self[1],))
 
 
 class ResultRef(Generic[T]):
