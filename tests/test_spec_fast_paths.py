@@ -206,8 +206,9 @@ def test_output_items_equal_only_each_other_and_pickle() -> None:
     from taskvisor._spec import OutputItem
 
     a = OutputItem("x")
+    others: list[object] = [OutputItem("y"), ("x",), "x"]
+    assert all(a != o for o in others)
     assert a == OutputItem("x") and hash(a) == hash(OutputItem("x")) and a.name == "x"
-    assert a != OutputItem("y") and a != ("x",) and a != "x"
     assert len({a, ("x",), "x", OutputItem("x")}) == 3
     assert repr(a) == "OutputItem(name='x')"
     for proto in range(pickle.HIGHEST_PROTOCOL + 1):
