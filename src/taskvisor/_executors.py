@@ -429,7 +429,7 @@ class ThreadPool:
                     sink(job, (Outcome.STARTED, None, None, None, worker))
                 try:
                     ret = _call(job)
-                    if inspect.iscoroutine(ret):
+                    if type(ret) is _Coroutine or inspect.iscoroutine(ret):
                         ret = asyncio.run(ret)
                 except BaseException as exc:
                     job.returned = True
