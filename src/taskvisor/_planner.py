@@ -678,7 +678,8 @@ class Planner:
 
     def _enter(self, t: _T, sealed: bool) -> None:
         spec = t.spec
-        t.due = self._now + spec.delay  # delay counts from submission
+        # the delay counts from submission (no new float when there is none)
+        t.due = self._now + spec.delay if spec.delay else self._now
         if t.state is not State.NEW:  # skipped already by a cascade within the batch
             return
         err = self._never_fits(t)

@@ -168,7 +168,7 @@ _META_DEFAULTS: dict[str, Any] = {
     "claims": (),
     "uses": (),
     "tier": Tier.NORMAL,
-    "priority": 0,
+    "priority": 0.0,
     "runs_on": None,
     "weight": 1,
     "resources": None,

@@ -113,6 +113,9 @@ class Statistics:
     paused: bool
 
 
+_NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call
+
+
 class _Rec:
     """The supervisor's record of one task."""
 
@@ -143,11 +146,13 @@ class _Rec:
         self.res: TaskRes[Any] | None = None
         self.fut: asyncio.Future[TaskRes[Any]] | None = None
         self.listeners: list[Callable[[TaskRes[Any]], None]] | None = None
-        self.shared_in: dict[str, Any] = {}
+        # what it received (set at dispatch; None before: no dict per pending task)
+        self.shared_in: dict[str, Any] | None = None
         self.job: Job | None = None
         self.timer: TimerHandle | None = None
-        self.args: tuple[Any, ...] = ()  # the call, references substituted, for every attempt
-        self.kwargs: dict[str, Any] = {}
+        # the call, references substituted, for every attempt (set at dispatch)
+        self.args: tuple[Any, ...] = ()
+        self.kwargs: dict[str, Any] = _NO_KWARGS
 
     def add_listener(self, cb: Callable[[TaskRes[Any]], None]) -> None:
         if self.listeners is None:
@@ -865,7 +870,7 @@ class Supervisor:
             spec.fn,
             rec.args,
             rec.kwargs,
-            dict(rec.shared_in) if spec.wants_shared else None,
+            dict(rec.shared_in or ()) if spec.wants_shared else None,
             rec.target,
         )
         rec.job = job
@@ -1041,7 +1046,10 @@ class Supervisor:
             deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
         elif excinfo is not None and isinstance(excinfo.val, SpecError):
             locks_ok = True  # its call could not be made: it never touched the resources
-        out_shared = shared if spec.wants_shared and shared is not None else rec.shared_in
+        if spec.wants_shared and shared is not None:
+            out_shared = shared
+        else:
+            out_shared = rec.shared_in if rec.shared_in is not None else {}
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
         self._execute(
@@ -1056,7 +1064,7 @@ class Supervisor:
             rec,
             state,
             None,
-            rec.shared_in,
+            rec.shared_in if rec.shared_in is not None else {},
             ExceptionInfo(type(error), error, None),
             None,
             self._now(),
