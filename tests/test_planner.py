@@ -462,6 +462,21 @@ def test_cycle_found_whatever_the_batch_order() -> None:
     p.validate_state()
 
 
+def test_failed_parents_are_named_in_the_order_they_failed() -> None:
+    # the dependency items of a task iterate in hash order; the error must not
+    parents = [Task(noop, name=f"f{i}") for i in range(6)]
+    p = Planner()
+    p.submit(parents)
+    order = ["f3", "f0", "f5", "f1", "f4", "f2"]
+    for name in order:
+        p.finish(name, FAILED)
+    child = Task(noop, tuple(t.output for t in parents), name="child")
+    err = error(p.submit([child]), "child")
+    assert isinstance(err, DependencyError)
+    assert list(err.failed) == order
+    p.validate_state()
+
+
 def test_sealed_batch_settles_what_nobody_provides_at_once() -> None:
     p = Planner()
     out = p.submit([T("c", requires={"nope"}), T("ok")], sealed=True)

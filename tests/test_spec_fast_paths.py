@@ -89,6 +89,36 @@ class Methods:
         pass
 
 
+class WithPartialMethod:
+    def both(self, x: int, shared: dict[str, Any]) -> None:
+        pass
+
+    async def abo(self, x: int) -> None:
+        pass
+
+    pm = functools.partialmethod(both, 1)
+    apm = functools.partialmethod(abo, 1)
+
+
+def with_text_signature(*args: Any) -> None:
+    pass
+
+
+with_text_signature.__text_signature__ = "(shared)"  # type: ignore[attr-defined]
+
+
+class OddDict(dict[str, Any]):
+    def keys(self) -> Any:
+        return set()
+
+
+def with_odd_dict(*args: Any) -> Any:
+    return coro_shared(*args)
+
+
+with_odd_dict.__dict__ = OddDict(__wrapped__=coro_shared)
+
+
 CALLABLES: list[Callable[..., Any]] = [
     positional,
     keyword_only,
@@ -109,6 +139,11 @@ CALLABLES: list[Callable[..., Any]] = [
     Methods().amethod,
     functools.partial(positional, 1),
     functools.partial(coro_plain),
+    WithPartialMethod.pm,
+    WithPartialMethod.apm,
+    WithPartialMethod().pm,
+    with_text_signature,
+    with_odd_dict,
     print,
     len,
 ]
@@ -214,3 +249,33 @@ def test_output_items_equal_only_each_other_and_pickle() -> None:
     for proto in range(pickle.HIGHEST_PROTOCOL + 1):
         back = pickle.loads(pickle.dumps(a, proto))
         assert back == a and type(back) is OutputItem
+
+
+def test_a_projection_runs_once_when_a_container_follows() -> None:
+    calls: list[int] = []
+
+    def count(v: list[int]) -> int:
+        calls.append(1)
+        return len(v)
+
+    q = tv.Task(a_list, name="q")
+    args, kwargs = substitute_call((q.output.map(count), {"k": 1}), {}, {"q": [7, 8]})
+    assert args == (2, {"k": 1}) and kwargs == {} and len(calls) == 1
+
+
+def test_a_single_output_item_is_one_item() -> None:
+    a = tv.Task(a_list, name="a")
+    spec = tv.Task(positional, requires=a.output.item)
+    assert spec.requires == {a.output.item}
+
+
+def test_copies_and_pickles_of_the_empty_resources_are_plain_dicts() -> None:
+    import copy
+
+    shared = tv.Task(positional).resources
+    for other in (copy.copy(shared), copy.deepcopy(shared), pickle.loads(pickle.dumps(shared))):
+        assert type(other) is dict and other == {}
+        other["gpu"] = 1.0  # an ordinary dict
+    with pytest.raises(TypeError, match="read-only"):
+        shared.__init__(gpu=1)  # type: ignore[misc]
+    assert tv.Task(positional).resources == {}

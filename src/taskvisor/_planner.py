@@ -703,7 +703,10 @@ class Planner:
                 i for i in unmet if not self._items[i].providers and not self._items[i].failed
             ]
             if dead or (sealed and orphan):
-                parents = [p for i in dead for p in self._items[i].failed]
+                # in the order they failed: item order follows hashes, which vary by run
+                parents = sorted(
+                    {p for i in dead for p in self._items[i].failed}, key=lambda p: p.finish_seq
+                )
                 root = parents[0].root or parents[0].name if parents else None
                 t.root = root
                 failed = _unique(p.name for p in parents)

@@ -146,7 +146,7 @@ _counter = itertools.count(1)
 class _ReadOnlyEmpty(dict[str, Any]):
     """The one empty ``resources`` every task without them shares (a dict per task was
     64 bytes of every pending task). It refuses to be filled, so no task can change
-    another's."""
+    another's; a copy or a pickle of it is an ordinary empty dict."""
 
     __slots__ = ()
 
@@ -155,6 +155,13 @@ class _ReadOnlyEmpty(dict[str, Any]):
 
     __setitem__ = __delitem__ = update = setdefault = _read_only
     pop = popitem = clear = __ior__ = _read_only
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            self._read_only()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, ())  # a copy or a pickle is an ordinary (writable) empty dict
 
 
 _NO_RESOURCES: dict[str, float] = _ReadOnlyEmpty()
@@ -449,14 +456,12 @@ def substitute_call(
     The common case, references as plain top-level arguments and no containers, is
     resolved in one pass; anything nested goes through :func:`substitute`.
     """
-    out = []
     for x in args:
-        if type(x) is ResultRef:
-            x = x.resolve(values[x._name])
-        elif isinstance(x, _NESTED):
+        if type(x) is not ResultRef and isinstance(x, _NESTED):
             return substitute(args, values), substitute(kwargs, values)
-        out.append(x)
-    return (tuple(out) if args else args), (substitute(kwargs, values) if kwargs else kwargs)
+    # (each projection runs once: nothing is resolved before the scan has decided)
+    out = tuple(x.resolve(values[x._name]) if type(x) is ResultRef else x for x in args)
+    return out, (substitute(kwargs, values) if kwargs else kwargs)
 
 
 def substitute(obj: Any, values: Mapping[str, Any], _active: frozenset[int] = frozenset()) -> Any:
@@ -532,7 +537,7 @@ def _items(task: str, field: str, value: Any) -> frozenset[Hashable]:
         return _NO_ITEMS
     if type(value) is str:  # the common single item: a str always hashes
         return frozenset((value,))
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+    if isinstance(value, str | bytes | OutputItem) or not isinstance(value, Iterable):
         value = (value,)
     try:
         items = list(value)
@@ -660,7 +665,21 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 _CO_VARARGS = inspect.CO_VARARGS
 _CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
 # attributes through which inspect may see another signature or a coroutine marker
-_INSPECT_ATTRS = frozenset({"__wrapped__", "__signature__", "_is_coroutine_marker"})
+_INSPECT_ATTRS = frozenset(
+    {
+        "__wrapped__",
+        "__signature__",
+        "__text_signature__",
+        "_is_coroutine_marker",  # inspect.markcoroutinefunction (3.12)
+        "_partialmethod",  # functools.partialmethod read off the class (3.11, 3.12)
+        "__partialmethod__",  # the same, 3.13
+    }
+)
+
+
+def _plain_dict(d: Any) -> bool:
+    """A function ``__dict__`` holding nothing that changes what inspect would say."""
+    return not d or (type(d) is dict and d.keys().isdisjoint(_INSPECT_ATTRS))
 
 
 def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
@@ -670,7 +689,7 @@ def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
     its code object (sub-microsecond); ``inspect.signature`` costs ~10 µs and was the
     largest part of building a Task. Anything else goes through ``inspect``.
     """
-    if type(fn) is types.FunctionType and not (fn.__dict__.keys() & _INSPECT_ATTRS):
+    if type(fn) is types.FunctionType and _plain_dict(fn.__dict__):
         code = fn.__code__
         flags = code.co_flags
         n = (
