@@ -271,6 +271,53 @@ def trigger(kit: Kit, gate: str, pid: int, how: str) -> None:
 HOW = pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
 
 
+class Scene:
+    """A sibling provably running on one worker, a victim running on the other (about to
+    die as ``how`` says), and five tasks waiting behind them."""
+
+    sibling: tv.TaskHandle[int]
+    sib_pid: int
+    victim: tv.TaskHandle[int]
+    vic_pid: int
+    queued: list[tv.TaskHandle[tuple[str, int]]]
+
+    def __init__(self, kit: Kit, how: str) -> None:
+        self.kit, self.how = kit, how
+        self.sib_gate, self.vic_gate = kit.gate("sibling"), kit.gate("victim")
+
+    @classmethod
+    async def start(cls, kit: Kit, sup: tv.Supervisor, how: str, *, retries: int = 0) -> Scene:
+        self = cls(kit, how)
+        self.sibling = sup.submit(
+            job, kit.fifo, self.sib_gate, "return", name="sibling", runs_on="process"
+        )
+        self.sib_pid = await kit.started()
+        then = "hang" if how == "sigkill" else how
+        marker = kit.path("marker") if retries else None
+        self.victim = sup.submit(
+            job, kit.fifo, self.vic_gate, then, marker, name="victim", runs_on="process",
+            retries=retries,
+        )  # fmt: skip
+        self.vic_pid = await kit.started()
+        assert self.vic_pid != self.sib_pid
+        self.queued = [
+            sup.submit(whoami, f"q{i}", name=f"q{i}", runs_on="process") for i in range(5)
+        ]
+        return self
+
+    def trigger(self) -> None:
+        trigger(self.kit, self.vic_gate, self.vic_pid, self.how)
+
+    async def sibling_ends_well(self) -> None:
+        """The sibling still runs through all of it; released, it ends DONE."""
+        assert self.sibling.state is State.RUNNING and not self.sibling.done()
+        self.kit.open(self.sib_gate)
+        expect(
+            await self.sibling, State.DONE, name="sibling", attempts=1,
+            worker=f"pid {self.sib_pid}", ret=self.sib_pid,
+        )  # fmt: skip
+
+
 # ------------------------------------------------------------------ worker deaths
 
 
@@ -285,18 +332,12 @@ async def test_worker_dies_mid_task_while_a_sibling_runs_and_five_wait(
         tv.Supervisor(processes=2, aloops=(), pool_size=16, clock=MockClock(autojump=False))
         as sup,
     ):  # fmt: skip
-        sib_gate, vic_gate = kit.gate("sibling"), kit.gate("victim")
-        sibling = sup.submit(job, kit.fifo, sib_gate, "return", name="sibling", runs_on="process")
-        sib_pid = await kit.started()
-        then = "hang" if how == "sigkill" else how
-        victim = sup.submit(job, kit.fifo, vic_gate, then, name="victim", runs_on="process")
-        vic_pid = await kit.started()
-        assert vic_pid != sib_pid
-        queued = [sup.submit(whoami, f"q{i}", name=f"q{i}", runs_on="process") for i in range(5)]
-        every: list[tv.TaskHandle[Any]] = [sibling, victim, *queued]
-        assert not any(h.done() for h in every)
+        scene = await Scene.start(kit, sup, how)
+        victim, vic_pid, sib_pid, queued = scene.victim, scene.vic_pid, scene.sib_pid, scene.queued
+        assert not scene.sibling.done() and not victim.done()
+        assert not any(h.done() for h in queued)
 
-        trigger(kit, vic_gate, vic_pid, how)
+        scene.trigger()
         res = await victim
         expect_crash(res, vic_pid, how)
         pids = set()
@@ -306,13 +347,8 @@ async def test_worker_dies_mid_task_while_a_sibling_runs_and_five_wait(
             pid = q.ret[1]
             expect(q, State.DONE, name=f"q{i}", attempts=1, worker=f"pid {pid}", ret=(f"q{i}", pid))
             pids.add(pid)
-        assert sibling.state is State.RUNNING and not sibling.done()
         assert not pids & {vic_pid, sib_pid}  # the replacement ran them
-        kit.open(sib_gate)
-        expect(
-            await sibling, State.DONE, name="sibling", attempts=1, worker=f"pid {sib_pid}",
-            ret=sib_pid,
-        )  # fmt: skip
+        await scene.sibling_ends_well()
         assert await fresh(sup) != vic_pid
 
 
@@ -327,18 +363,10 @@ async def test_worker_death_retried_succeeds_on_the_second_attempt(
         tv.Supervisor(processes=2, aloops=(), pool_size=16, clock=MockClock(autojump=False))
         as sup,
     ):  # fmt: skip
-        sib_gate, vic_gate = kit.gate("sibling"), kit.gate("victim")
-        sibling = sup.submit(job, kit.fifo, sib_gate, "return", name="sibling", runs_on="process")
-        sib_pid = await kit.started()
-        then = "hang" if how == "sigkill" else how
-        marker = kit.path("marker")
-        victim = sup.submit(
-            job, kit.fifo, vic_gate, then, marker, name="victim", runs_on="process", retries=1
-        )
-        vic_pid = await kit.started()
-        queued = [sup.submit(whoami, f"q{i}", name=f"q{i}", runs_on="process") for i in range(5)]
-        trigger(kit, vic_gate, vic_pid, how)
-        res = await victim
+        scene = await Scene.start(kit, sup, how, retries=1)
+        vic_pid, sib_pid, queued = scene.vic_pid, scene.sib_pid, scene.queued
+        scene.trigger()
+        res = await scene.victim
         assert isinstance(res.ret, int) and res.ret not in (vic_pid, sib_pid)
         expect(res, State.DONE, name="victim", attempts=2, worker=f"pid {res.ret}", ret=res.ret)
         for i, h in enumerate(queued):
@@ -348,12 +376,7 @@ async def test_worker_death_retried_succeeds_on_the_second_attempt(
                 q, State.DONE, name=f"q{i}", attempts=1, worker=f"pid {q.ret[1]}",
                 ret=(f"q{i}", q.ret[1]),
             )  # fmt: skip
-        assert sibling.state is State.RUNNING
-        kit.open(sib_gate)
-        expect(
-            await sibling, State.DONE, name="sibling", attempts=1, worker=f"pid {sib_pid}",
-            ret=sib_pid,
-        )  # fmt: skip
+        await scene.sibling_ends_well()
         await fresh(sup)
 
 
