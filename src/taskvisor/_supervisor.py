@@ -52,7 +52,17 @@ from ._errors import (
     TaskTimeout,
     TaskvisorWarning,
 )
-from ._executors import Aloop, Inbox, Job, Outcome, PickledPool, Result, ThreadPool, run_inline
+from ._executors import (
+    Aloop,
+    Inbox,
+    Job,
+    Outcome,
+    PickledPool,
+    Result,
+    Sink,
+    ThreadPool,
+    run_inline,
+)
 from ._planner import (
     Alarm,
     Cancel,
@@ -116,6 +126,9 @@ class Statistics:
 _NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call
 
 
+Listener = Callable[[TaskRes[Any]], None]
+
+
 class _Rec:
     """The supervisor's record of one task."""
 
@@ -145,7 +158,8 @@ class _Rec:
         self.attempts = 0
         self.res: TaskRes[Any] | None = None
         self.fut: asyncio.Future[TaskRes[Any]] | None = None
-        self.listeners: list[Callable[[TaskRes[Any]], None]] | None = None
+        # who wants the TaskRes: None, one callable, or a list of them (one is the usual)
+        self.listeners: Listener | list[Listener] | None = None
         # what it received (set at dispatch; None before: no dict per pending task)
         self.shared_in: dict[str, Any] | None = None
         self.job: Job | None = None
@@ -154,10 +168,14 @@ class _Rec:
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = _NO_KWARGS
 
-    def add_listener(self, cb: Callable[[TaskRes[Any]], None]) -> None:
-        if self.listeners is None:
-            self.listeners = []
-        self.listeners.append(cb)
+    def add_listener(self, cb: Listener) -> None:
+        listeners = self.listeners
+        if listeners is None:
+            self.listeners = cb
+        elif isinstance(listeners, list):
+            listeners.append(cb)
+        else:
+            self.listeners = [listeners, cb]
 
 
 class TaskHandle(Generic[T]):
@@ -401,6 +419,7 @@ class Supervisor:
             self._backend_execs[bname] = ex
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._now: Callable[[], float] = self._clock.now  # read on every event
+        self._report: Sink = self._sink  # bound once: every main-loop job carries it
         if start_method not in ("spawn", "forkserver", "fork"):
             raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
         self._start_method = start_method
@@ -606,11 +625,12 @@ class Supervisor:
         """Submit a sealed batch; iterate its results in completion order."""
         recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
         stream = _Stream(self._loop_or_raise(), len(recs))
+        push = stream.push
         for rec in recs:
             if rec.res is not None:
-                stream.push(rec.res)
+                push(rec.res)
             else:
-                rec.add_listener(stream.push)
+                rec.add_listener(push)
         return stream
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
@@ -890,7 +910,7 @@ class Supervisor:
             elif target.startswith("aloop:"):
                 self._aloops[target[6:]].submit(job)
             elif target == "main":
-                run_inline(job, self._loop_or_raise(), self._sink)
+                run_inline(job, self._loop_or_raise(), self._report)
             elif target == "process":
                 assert self._process_pool is not None
                 self._process_pool.submit(job)
@@ -1106,8 +1126,12 @@ class Supervisor:
         if rec.fut is not None and not rec.fut.done():
             rec.fut.set_result(res)
         listeners, rec.listeners = rec.listeners, None
-        for cb in listeners or ():
-            cb(res)
+        if listeners is not None:
+            if isinstance(listeners, list):
+                for cb in listeners:
+                    cb(res)
+            else:
+                listeners(res)
         _log(res)
 
     def _alarm(self, ins: Alarm) -> None:
