@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from taskvisor import _supervisor
+from taskvisor.testing import MockClock
 
 
 def pytest_asyncio_loop_factories(
@@ -97,3 +98,23 @@ def gates() -> Gates:
 
 def noop(*_: Any, **__: Any) -> None:
     return None
+
+
+class DeadlineClock(MockClock):
+    """A hand-moved mock clock the test can wait on until a given deadline is armed."""
+
+    def __init__(self) -> None:
+        super().__init__(autojump=False)
+        self._changed = asyncio.Event()
+
+    def call_at(
+        self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
+    ) -> Any:
+        timer = super().call_at(loop, when, callback)
+        self._changed.set()
+        return timer
+
+    async def armed(self, when: float) -> None:
+        while self.next_deadline != when:
+            self._changed.clear()
+            await self._changed.wait()

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -32,6 +32,8 @@ import pytest
 import taskvisor as tv
 from taskvisor import State
 from taskvisor.testing import MockClock
+
+from .conftest import DeadlineClock
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
@@ -174,26 +176,6 @@ async def kit_for(tmp_path: Path) -> AsyncIterator[Kit]:
         yield kit
     finally:
         kit.close()
-
-
-class DeadlineClock(MockClock):
-    """A hand-moved mock clock the test can wait on until a given deadline is armed."""
-
-    def __init__(self) -> None:
-        super().__init__(autojump=False)
-        self._changed = asyncio.Event()
-
-    def call_at(
-        self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
-    ) -> Any:
-        timer = super().call_at(loop, when, callback)
-        self._changed.set()
-        return timer
-
-    async def armed(self, when: float) -> None:
-        while self.next_deadline != when:
-            self._changed.clear()
-            await self._changed.wait()
 
 
 def expect(

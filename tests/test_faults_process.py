@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from taskvisor import State
 from taskvisor.testing import MockClock
 
 from . import fault_workloads as fw
+from .conftest import DeadlineClock
 
 pytestmark = pytest.mark.filterwarnings("ignore::taskvisor.TaskvisorWarning")
 
@@ -52,21 +53,6 @@ async def announced(tmp_path: Path, name: str) -> AsyncIterator[tuple[str, async
         loop.remove_reader(fd)
         os.close(fd)
         os.close(wfd)
-
-
-class ArmedClock(MockClock):
-    """A hand-moved mock clock that says when a deadline was set."""
-
-    def __init__(self) -> None:
-        super().__init__(autojump=False)
-        self.armed = asyncio.Event()
-
-    def call_at(
-        self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
-    ) -> Any:
-        timer = super().call_at(loop, when, callback)
-        self.armed.set()
-        return timer
 
 
 async def fresh_task_runs(sup: tv.Supervisor) -> int:
@@ -223,7 +209,7 @@ async def test_unpicklable_argument_fails_at_dispatch_without_retry() -> None:
 
 async def test_timeout_kills_the_worker_and_replaces_it(tmp_path: Path) -> None:
     """timeout= on a process task: the worker is killed at the deadline, a new one runs."""
-    clock = ArmedClock()  # the child computes before it blocks: move time by hand
+    clock = DeadlineClock()  # the child computes before it blocks: move time by hand
     async with (
         tv.Supervisor(processes=1, aloops=(), clock=clock) as sup,
         announced(tmp_path, "t") as (fifo, started),
@@ -231,7 +217,7 @@ async def test_timeout_kills_the_worker_and_replaces_it(tmp_path: Path) -> None:
         before = await fresh_task_runs(sup)
         h = sup.submit(fw.announce_then_hang, fifo, runs_on="process", timeout=5)
         await started.wait()
-        await clock.armed.wait()  # the worker's STARTED notice arms the timeout
+        await clock.armed(5.0)  # the worker's STARTED notice arms the timeout
         assert clock.next_deadline == 5.0
         clock.advance(5)
         res = await h
