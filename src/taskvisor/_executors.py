@@ -384,6 +384,11 @@ class ThreadPool:
     def threads(self) -> int:
         return len(self._threads)
 
+    @property
+    def busy(self) -> int:
+        """How many threads are running a job right now (a reporting thread included)."""
+        return len(self._current)
+
     def submit(self, job: Job) -> None:
         if self._closed:
             raise ClosedError("closed", "submit to the thread pool")

@@ -127,6 +127,7 @@ _NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed 
 
 
 Listener = Callable[[TaskRes[Any]], None]
+_NOTIFY, _EXECUTE = object(), object()  # inbox items queued to the loop by pool threads
 
 
 class _Rec:
@@ -420,6 +421,10 @@ class Supervisor:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._now: Callable[[], float] = self._clock.now  # read on every event
         self._report: Sink = self._sink  # bound once: every main-loop job carries it
+        # the engine lock: the planner and the task records change only under it, on the
+        # loop's thread or on a pool thread that handles its own completion (see _sink)
+        self._engine = threading.RLock()
+        self._inline = False  # may pool threads handle their completions? (set at start)
         if start_method not in ("spawn", "forkserver", "fork"):
             raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
         self._start_method = start_method
@@ -467,6 +472,9 @@ class Supervisor:
         }
         if self._gates_on and self._sampler is _psutil_sample:
             psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
+        # pool threads handle their own completions only on the real clock: a mock clock's
+        # autojump must see every event arrive on the loop
+        self._inline = type(self._clock) is SystemClock and not self._gates_on
         self.state = SupervisorState.RUNNING
         _LIVE.add(self)
         self._started_wall = datetime.now(UTC)
@@ -494,32 +502,34 @@ class Supervisor:
         if self.state is not SupervisorState.RUNNING:
             await self._closed_event.wait()
             return RunReport.build((), datetime.now(UTC), 0.0)
-        self.state = SupervisorState.CLOSING
         started, t0 = datetime.now(UTC), self._clock.now()
-        pending = [self._recs[n] for n in self._planner.live()]
         deadline: TimerHandle | None = None
+        with self._engine:
+            self.state = SupervisorState.CLOSING
+            pending = [self._recs[n] for n in self._planner.live()]
         try:
-            if self._planner.paused:  # closing admits what pause() held back
-                self._execute(self._planner.set_paused(False))
-            if cancel or wait is False:
-                self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
-            elif wait is not True:
-                seconds = float(wait)
-                deadline = self._clock.call_at(
-                    self._loop_or_raise(),
-                    self._now() + seconds,
-                    lambda: self._execute(
-                        self._planner.cancel_all(
-                            f"supervisor closing: aclose waited {seconds:g} s", now=self._now()
-                        )
-                    ),
-                )
-            while self._planner.live_count:
-                self._check_quiet()
+            with self._engine:
+                if self._planner.paused:  # closing admits what pause() held back
+                    self._execute(self._planner.set_paused(False))
+                if cancel or wait is False:
+                    self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
+                elif wait is not True:
+                    seconds = float(wait)
+                    deadline = self._clock.call_at(
+                        self._loop_or_raise(),
+                        self._now() + seconds,
+                        lambda: self._cancel_all(
+                            f"supervisor closing: aclose waited {seconds:g} s"
+                        ),
+                    )
+            while self._live_count():
+                with self._engine:
+                    self._check_quiet()
                 await self._quiet.wait()
                 self._quiet.clear()
-                if self._idle_except_waiting():
-                    self._execute(self._planner.settle_waiting(now=self._now()))
+                with self._engine:
+                    if self._idle_except_waiting():
+                        self._execute(self._planner.settle_waiting(now=self._now()))
         except BaseException:
             await self._close_down(deadline)
             raise
@@ -536,10 +546,11 @@ class Supervisor:
         """
         if deadline is not None:
             deadline.cancel()
-        if self._planner.live_count:  # an abnormal exit: cancel what is still open
-            self._execute(self._planner.cancel_all("supervisor closing", now=self._now()))
+        if self._live_count():  # an abnormal exit: cancel what is still open
+            self._cancel_all("supervisor closing")
         cancelled = await self._shutdown_executors()
-        self._settle_leftovers()
+        with self._engine:
+            self._settle_leftovers()
         for timer in (self._timer, self._sample_timer):
             if timer is not None:
                 timer.cancel()
@@ -548,6 +559,14 @@ class Supervisor:
         assert self._closed_event is not None
         self._closed_event.set()
         return cancelled
+
+    def _live_count(self) -> int:
+        with self._engine:
+            return self._planner.live_count
+
+    def _cancel_all(self, reason: str) -> None:
+        with self._engine:
+            self._execute(self._planner.cancel_all(reason, now=self._now()))
 
     def _settle_leftovers(self) -> None:
         """Every worker is joined: take in the last completions, then end what is left."""
@@ -623,14 +642,16 @@ class Supervisor:
 
     def run(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> AsyncIterator[TaskRes[Any]]:
         """Submit a sealed batch; iterate its results in completion order."""
-        recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
-        stream = _Stream(self._loop_or_raise(), len(recs))
-        push = stream.push
-        for rec in recs:
-            if rec.res is not None:
-                push(rec.res)
-            else:
-                rec.add_listener(push)
+        specs = [_as_task(t, (), {}) for t in tasks]
+        with self._engine:  # no result may land between the submit and the listeners
+            recs = self._submit(specs, sealed=True)
+            stream = _Stream(self._loop_or_raise(), len(recs))
+            push = stream.push
+            for rec in recs:
+                if rec.res is not None:
+                    push(rec.res)
+                else:
+                    rec.add_listener(push)
         return stream
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
@@ -639,10 +660,11 @@ class Supervisor:
         Cancelling the ``await`` cancels the batch's tasks that have not ended.
         """
         started, t0 = datetime.now(UTC), self._clock.now()
-        recs = self._submit([_as_task(t, (), {}) for t in tasks], sealed=True)
-        left = sum(1 for r in recs if r.res is None)
-        if left:
+        specs = [_as_task(t, (), {}) for t in tasks]
+        with self._engine:  # no result may land between the submit and the listeners
+            recs = self._submit(specs, sealed=True)
             done = self._loop_or_raise().create_future()
+            left = sum(1 for r in recs if r.res is None)
             counter = [left]
 
             def one(_res: TaskRes[Any]) -> None:
@@ -653,24 +675,30 @@ class Supervisor:
             for r in recs:
                 if r.res is None:
                     r.add_listener(one)
+        if left:
             try:
                 await done
             except asyncio.CancelledError:
                 # like asyncio.gather and task groups: the caller gave up, so does the batch
-                if self.state is SupervisorState.RUNNING:
-                    self._execute(
-                        self._planner.cancel_many(
-                            [r.spec.name for r in recs if r.res is None],
-                            "gather() was cancelled",
-                            now=self._now(),
+                with self._engine:
+                    if self.state is SupervisorState.RUNNING:
+                        self._execute(
+                            self._planner.cancel_many(
+                                [r.spec.name for r in recs if r.res is None],
+                                "gather() was cancelled",
+                                now=self._now(),
+                            )
                         )
-                    )
                 raise
         return RunReport.build(
             (cast(TaskRes[Any], r.res) for r in recs), started, self._clock.now() - t0
         )
 
     def _submit(self, specs: list[Task[Any]], *, sealed: bool) -> list[_Rec]:
+        with self._engine:
+            return self._submit_locked(specs, sealed)
+
+    def _submit_locked(self, specs: list[Task[Any]], sealed: bool) -> list[_Rec]:
         self._check_running("submit")
         targets = [self._target(s) for s in specs]
         now = self._now()
@@ -733,7 +761,8 @@ class Supervisor:
                 f"cannot provide {type(item).__name__} {safe_repr(item)}: items must be "
                 f"hashable ({exc!r})"
             ) from None
-        self._execute(self._planner.provide(item, now=self._now()))
+        with self._engine:
+            self._execute(self._planner.provide(item, now=self._now()))
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
         """Cancel a task; it ends CANCELLED (dependents SKIPPED naming it).
@@ -745,38 +774,48 @@ class Supervisor:
         """
         self._check_loop_thread()
         name = task.name if isinstance(task, TaskHandle) else task
-        if name not in self._recs:
-            raise KeyError(f"no task named {name!r} in this supervisor")
-        self._execute(self._planner.cancel(name, now=self._now()))
+        with self._engine:
+            if name not in self._recs:
+                raise KeyError(f"no task named {name!r} in this supervisor")
+            self._execute(self._planner.cancel(name, now=self._now()))
 
     def pause(self) -> None:
         """Hold every new admission (running tasks go on)."""
         self._check_loop_thread()
-        self._execute(self._planner.set_paused(True))
+        with self._engine:
+            self._execute(self._planner.set_paused(True))
 
     def resume(self) -> None:
         """Release admission held by :meth:`pause`."""
         self._check_loop_thread()
-        self._execute(self._planner.set_paused(False))
+        with self._engine:
+            self._execute(self._planner.set_paused(False))
 
     def report(self) -> RunReport:
         """An interim report: results kept so far (see ``result_buffer``) and pending names."""
+        with self._engine:
+            results, live = tuple(self._results), self._planner.live()
         return RunReport.build(
-            tuple(self._results),
+            results,
             self._started_wall,
             (datetime.now(UTC) - self._started_wall).total_seconds(),
-            self._planner.live(),
+            live,
         )
 
     def task_state(self, task: str | TaskHandle[Any]) -> State:
         """Where a task is now (``State.QUEUED``, ``State.RUNNING``, ``State.DONE`` …)."""
         name = task.name if isinstance(task, TaskHandle) else task
-        if name not in self._recs:
-            raise KeyError(f"no task named {name!r} in this supervisor")
-        return self._planner.state(name)
+        with self._engine:
+            if name not in self._recs:
+                raise KeyError(f"no task named {name!r} in this supervisor")
+            return self._planner.state(name)
 
     def statistics(self) -> Statistics:
         """A snapshot of queue lengths, running tasks and executors."""
+        with self._engine:
+            return self._statistics()
+
+    def _statistics(self) -> Statistics:
         p = self._planner
         return Statistics(
             state=self.state,
@@ -819,25 +858,79 @@ class Supervisor:
         self._check_loop_thread()
 
     def _sink(self, job: Job, result: Result) -> None:
-        """Executors report here, from any thread."""
+        """Executors report here, from any thread.
+
+        A pool thread whose job succeeded while no other pool thread is busy handles the
+        completion itself, under the engine lock (if nobody holds it): the planner's answer
+        is usually "run the next thread task", which it starts right there, so a chain of
+        thread tasks flows without a round trip through the loop per link. Everything that
+        belongs to the loop (futures, listeners, timers, warnings, other executors) is
+        queued to it: see ``_execute`` and ``_deliver``. Anything else goes through the
+        inbox, and so does a burst: while several pool threads are busy, the loop taking
+        their completions in batches is cheaper than each thread taking the lock.
+        """
         inbox = self._inbox
         assert inbox is not None
         if threading.get_ident() == self._tid:
             inbox.put_local((job, result))
-        else:
-            inbox.put((job, result))
-
-    def _drain(self, batch: list[tuple[Job, Result]]) -> None:
-        if self._gates_on:
-            self._sample(self._now())
-        for job, result in batch:
+            return
+        if (
+            self._inline
+            and result[0] is Outcome.OK
+            and job.target == "thread"
+            and not job.watch
+            and self._pool_busy() == 1
+            and self._engine.acquire(blocking=False)
+        ):
             try:
-                self._on_done(job, result)
-            except Exception:  # a taskvisor bug: report it, and go on with the burst
-                logger.critical("internal error handling the end of %r", job.name, exc_info=True)
-        self._check_quiet()
+                if self.state is SupervisorState.RUNNING:
+                    try:
+                        self._on_done(job, result)
+                    except Exception:  # a taskvisor bug: report it; the pool thread goes on
+                        logger.critical(
+                            "internal error handling the end of %r", job.name, exc_info=True
+                        )
+                    return
+            finally:
+                self._engine.release()
+        inbox.put((job, result))
+
+    def _pool_busy(self) -> int:
+        pool = self._thread_pool
+        return 0 if pool is None else pool.busy
+
+    def _drain(self, batch: list[tuple[Any, Any]]) -> None:
+        with self._engine:
+            if self._gates_on:
+                self._sample(self._now())
+            for what, arg in batch:
+                try:
+                    if what is _NOTIFY:
+                        self._notify(*arg)
+                    elif what is _EXECUTE:
+                        self._execute(arg)
+                    else:
+                        self._on_done(what, arg)
+                except Exception:  # a taskvisor bug: report it, and go on with the burst
+                    logger.critical("internal error handling %r", what, exc_info=True)
+            self._check_quiet()
+
+    def _to_loop(self, what: object, arg: Any) -> None:
+        """Queue work for the loop's thread (from a pool thread handling a completion)."""
+        assert self._inbox is not None
+        self._inbox.put((what, arg))
 
     def _execute(self, instrs: list[Instruction]) -> None:
+        if threading.get_ident() != self._tid:  # a pool thread handling its completion
+            if not instrs:
+                return
+            recs = self._recs
+            if all(type(i) is Dispatch and recs[i.name].target == "thread" for i in instrs):
+                for ins in instrs:
+                    self._dispatch(ins)  # type: ignore[arg-type]
+            else:  # anything else is the loop's to do, in order
+                self._to_loop(_EXECUTE, instrs)
+            return
         for ins in instrs:
             if isinstance(ins, Dispatch):
                 self._dispatch(ins)
@@ -930,6 +1023,10 @@ class Supervisor:
         )
 
     def _on_timeout(self, rec: _Rec, job: Job) -> None:
+        with self._engine:
+            self._timed_out(rec, job)
+
+    def _timed_out(self, rec: _Rec, job: Job) -> None:
         if rec.job is job and rec.res is None and job.cancelled is None:
             rec.timer = None
             job.cancelled = "timeout"
@@ -1123,6 +1220,13 @@ class Supervisor:
         rec.res = res
         rec.job = None
         self._results.append(res)
+        if threading.get_ident() != self._tid:  # futures and listeners live on the loop
+            self._to_loop(_NOTIFY, (rec, res))
+        else:
+            self._notify(rec, res)
+
+    def _notify(self, rec: _Rec, res: TaskRes[Any]) -> None:
+        """Tell whoever waits for a task's result (on the loop's thread)."""
         if rec.fut is not None and not rec.fut.done():
             rec.fut.set_result(res)
         listeners, rec.listeners = rec.listeners, None
@@ -1171,8 +1275,9 @@ class Supervisor:
 
     def _on_sample_timer(self) -> None:
         self._sample_timer = None
-        if self.state in (SupervisorState.RUNNING, SupervisorState.CLOSING):
-            self._sample(self._now())
+        with self._engine:
+            if self.state in (SupervisorState.RUNNING, SupervisorState.CLOSING):
+                self._sample(self._now())
 
     def _wake_at(self, when: float) -> None:
         if when >= self._timer_at:
@@ -1183,8 +1288,9 @@ class Supervisor:
         self._timer = self._clock.call_at(self._loop_or_raise(), when, self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        self._execute(self._planner.tick(self._now()))
+        with self._engine:
+            self._timer, self._timer_at = None, math.inf
+            self._execute(self._planner.tick(self._now()))
 
     def _idle_except_waiting(self) -> bool:
         by = self._planner.stats.by_state

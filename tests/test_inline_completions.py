@@ -1,0 +1,161 @@
+"""Pool threads that handle their own completions (``Supervisor._sink``).
+
+A thread task that succeeds is finished by its own pool thread, under the supervisor's
+engine lock, and the next thread task it makes ready is started right there; futures,
+listeners and everything else the loop owns are queued to the loop. These tests pin
+where each dispatch happens (a spy on the thread pool's ``submit``) and that results,
+streams, reports and closing stay exactly as they are on the loop path.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import taskvisor as tv
+from taskvisor import State, _executors
+from taskvisor.testing import MockClock
+
+from .workloads import add
+
+
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def zero() -> int:
+    return 0
+
+
+class SubmitSpy:
+    """Records, for every job handed to the thread pool, the thread that handed it."""
+
+    def __init__(self) -> None:
+        self.by: dict[str, str] = {}
+
+    def wrap(self, real: Any) -> Any:
+        def submit(pool: _executors.ThreadPool, job: _executors.Job) -> None:
+            self.by[job.name] = threading.current_thread().name
+            real(pool, job)
+
+        return submit
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> SubmitSpy:
+    s = SubmitSpy()
+    monkeypatch.setattr(_executors.ThreadPool, "submit", s.wrap(_executors.ThreadPool.submit))
+    return s
+
+
+def _blocked_then_child(gate: threading.Event) -> tuple[tv.Task[int], tv.Task[int]]:
+    def blocked() -> int:
+        gate.wait()
+        return 41
+
+    a = tv.Task(blocked, name="a", runs_on="thread")
+    b = tv.Task(plus_one, (a.output,), name="b", runs_on="thread")
+    return a, b
+
+
+async def test_the_pool_thread_that_finishes_a_task_starts_its_child(spy: SubmitSpy) -> None:
+    gate = threading.Event()
+    a, b = _blocked_then_child(gate)
+    async with tv.Supervisor(threads=2, aloops=()) as sup:
+        ha, hb = sup.submit(a), sup.submit(b)
+        gate.set()  # the loop does nothing else until b's result: the engine lock is free
+        rb = await hb
+        ra = await ha
+    assert (ra.state, ra.ret, rb.state, rb.ret) == (State.DONE, 41, State.DONE, 42)
+    assert spy.by["a"] == threading.current_thread().name  # submitted from the loop
+    assert spy.by["b"].startswith("taskvisor-thread-")  # started by a's pool thread
+    assert rb.wait_time >= 0 and rb.started_at is not None
+    assert ra.finished_at <= rb.started_at <= rb.finished_at
+
+
+async def test_with_a_mock_clock_every_dispatch_stays_on_the_loop(spy: SubmitSpy) -> None:
+    gate = threading.Event()
+    a, b = _blocked_then_child(gate)
+    async with tv.Supervisor(threads=2, aloops=(), clock=MockClock()) as sup:
+        ha, hb = sup.submit(a), sup.submit(b)
+        gate.set()
+        assert (await hb).ret == 42 and (await ha).ret == 41
+    assert spy.by["a"] == spy.by["b"] == threading.current_thread().name
+
+
+async def test_live_gates_keep_every_dispatch_on_the_loop(spy: SubmitSpy) -> None:
+    from taskvisor.testing import FakeSampler
+
+    gate = threading.Event()
+    a, b = _blocked_then_child(gate)
+    async with tv.Supervisor(threads=2, aloops=(), cpu_limit="90%", sampler=FakeSampler()) as sup:
+        ha, hb = sup.submit(a), sup.submit(b)
+        gate.set()
+        assert (await hb).ret == 42 and (await ha).ret == 41
+    assert spy.by["b"] == threading.current_thread().name
+
+
+def _chain(prefix: str, n: int, fail_at: int | None = None) -> list[tv.Task[int]]:
+    tasks = [tv.Task(zero, name=f"{prefix}0", runs_on="thread")]
+    for i in range(1, n):
+        fn: Any = add if i == fail_at else plus_one
+        args = (tasks[-1].output, "not a number") if i == fail_at else (tasks[-1].output,)
+        tasks.append(tv.Task(fn, args, name=f"{prefix}{i}", runs_on="thread"))
+    return tasks
+
+
+async def test_many_chains_at_once_each_task_ends_once_with_its_value() -> None:
+    """8 threads, 12 chains of 40 through run(), gather() and handles at once, one chain
+    failing half-way: every task ends exactly once, with the value or the error the
+    loop path gives."""
+    chains = [_chain(f"c{k}-", 40, fail_at=20 if k == 3 else None) for k in range(12)]
+    seen: dict[str, tv.TaskRes[Any]] = {}
+
+    async def run_all() -> tv.RunReport:
+        async with tv.Supervisor(threads=8, aloops=()) as sup:
+            handles = [sup.submit(t) for t in chains[0]]
+            report = await sup.gather([t for c in chains[1:6] for t in c])
+            async for res in sup.run([t for c in chains[6:] for t in c]):
+                assert res.name not in seen
+                seen[res.name] = res
+                sup.report()  # reading while pool threads finish tasks
+                sup.statistics()
+            for h in handles:
+                res = await h
+                assert res.name not in seen
+                seen[res.name] = res
+        return report
+
+    with pytest.warns(tv.TaskvisorWarning, match="c3-20"):
+        report = await run_all()
+    for res in report:
+        assert res.name not in seen
+        seen[res.name] = res
+    assert len(seen) == 12 * 40
+    for k, chain in enumerate(chains):
+        for i, t in enumerate(chain):
+            res = seen[t.name]
+            if k == 3 and i == 20:
+                assert res.state is State.FAILED and isinstance(res.error, TypeError)
+            elif k == 3 and i > 20:
+                assert res.state is State.SKIPPED
+                assert isinstance(res.error, tv.DependencyError)
+            else:
+                assert (res.state, res.ret, res.attempts) == (State.DONE, i, 1), res
+                assert res.runs_on == "thread" and res.worker is not None
+
+
+async def test_closing_waits_for_a_chain_that_flows_on_pool_threads() -> None:
+    chain = _chain("x", 200)
+    sup = tv.Supervisor(threads=4, aloops=())
+    await sup.start()
+    handles = [sup.submit(t) for t in chain]
+    first = await handles[0]
+    assert first.ret == 0
+    await sup.aclose()  # wait=True: the rest of the chain runs to its end
+    results = [h.result() for h in handles]
+    assert [r.ret for r in results] == list(range(200))
+    assert all(r.state is State.DONE for r in results)
+    assert sup.statistics().tasks[State.DONE] == 200
