@@ -10,6 +10,13 @@ drains a whole burst per wake-up, feeds each completion to the planner and execu
 comes back. Nothing polls: the loop sleeps until an executor, a timer of the ``Clock`` or
 a user call has something for it.
 
+The engine lock: the planner and the task records change only under ``_engine``. The
+loop takes it at every entry point; a pool thread takes it (without waiting) to finish a
+lone successful task itself and start the next thread task at once, so a chain of thread
+tasks makes no loop round trip per link. On such a thread ``_execute`` and ``_deliver``
+queue everything the loop owns (futures, listeners, timers, warnings, other executors)
+to the loop through the inbox. See ``_sink`` and the design page.
+
 Lifecycle: ``created → running → closing → closed``. Leaving ``async with`` waits for the
 work (or cancels it, when the block raised), settles what still waits for a dependency
 with ``DependencyError``, stops the aloops and pools and joins their threads.
