@@ -9,6 +9,7 @@ streams, reports and closing stay exactly as they are on the loop path.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -159,3 +160,104 @@ async def test_closing_waits_for_a_chain_that_flows_on_pool_threads() -> None:
     assert [r.ret for r in results] == list(range(200))
     assert all(r.state is State.DONE for r in results)
     assert sup.statistics().tasks[State.DONE] == 200
+
+
+# ------------------------------------------------------------------ regressions (review)
+
+
+class DeferSpy:
+    """Set when a pool thread, finishing a task itself, has queued work for the loop."""
+
+    def __init__(self) -> None:
+        self.queued = threading.Event()
+
+    def wrap(self, real: Any) -> Any:
+        def to_loop(sup: tv.Supervisor, what: object, arg: Any) -> None:
+            real(sup, what, arg)
+            self.queued.set()
+
+        return to_loop
+
+
+@pytest.fixture
+def deferred(monkeypatch: pytest.MonkeyPatch) -> DeferSpy:
+    s = DeferSpy()
+    monkeypatch.setattr(tv.Supervisor, "_to_loop", s.wrap(tv.Supervisor._to_loop))
+    return s
+
+
+async def test_a_cancel_right_after_an_inline_finish_is_not_lost(deferred: DeferSpy) -> None:
+    """a (thread) finishes on its pool thread, whose planner answer, run c on the loop, is
+    queued for the loop. A cancel of c before the loop ran it must still cancel c."""
+    gate = threading.Event()
+
+    def blocked() -> int:
+        gate.wait()
+        return 41
+
+    async def child(x: int) -> int:
+        await asyncio.Event().wait()  # never ends by itself
+        return x
+
+    async with tv.Supervisor(threads=2, aloops=()) as sup:
+        ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
+        hc = sup.submit(tv.Task(child, (tv.ResultRef("a"),), name="c", runs_on="main"))
+        gate.set()
+        assert deferred.queued.wait(WAIT)  # the loop thread waits: nothing of it runs
+        sup.cancel("c")
+        rc = await hc
+        assert (await ha).ret == 41
+    assert rc.state is State.CANCELLED and isinstance(rc.error, tv.TaskCancelled)
+
+
+async def test_a_forgotten_name_reused_after_an_inline_finish(deferred: DeferSpy) -> None:
+    """result_buffer=1: a's inline finish forgets p; a new task named p submitted before
+    the loop caught up is the new p, and ends with its own result."""
+    gate = threading.Event()
+
+    def blocked() -> int:
+        gate.wait()
+        return 41
+
+    async with tv.Supervisor(threads=2, aloops=(), result_buffer=1) as sup:
+        assert (await sup.submit(plus_one, 0, name="p", runs_on="thread")).ret == 1
+        ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
+        gate.set()
+        assert deferred.queued.wait(WAIT)
+        hp = sup.submit(plus_one, 10, name="p", runs_on="thread")
+        rp = await hp
+        assert (await ha).ret == 41
+    assert (rp.state, rp.ret) == (State.DONE, 11)
+
+
+async def test_cancel_all_settles_a_task_a_nested_finish_would_forget() -> None:
+    """result_buffer=1, pool_size=1: closing with cancel=True settles the queued y and
+    abandons the running x, whose own finish retires y. y still gets its TaskRes."""
+    gate = threading.Event()
+
+    def blocked() -> int:
+        gate.wait()
+        return 1
+
+    sup = tv.Supervisor(threads=2, aloops=(), pool_size=1, result_buffer=1)
+    await sup.start()
+    started = threading.Event()
+
+    def x_fn() -> int:
+        started.set()
+        return blocked()
+
+    hx = sup.submit(x_fn, name="x", runs_on="thread")
+    hy = sup.submit(plus_one, 1, name="y", runs_on="thread")
+    assert started.wait(WAIT)
+    try:
+        with pytest.warns(tv.TaskvisorWarning, match="interrupted|abandoned"):
+            await sup.aclose(cancel=True)
+    finally:
+        gate.set()  # the abandoned thread returns
+    rx, ry = hx.result(), hy.result()
+    assert rx.state is State.CANCELLED and ry.state is State.CANCELLED
+    assert isinstance(ry.error, tv.TaskCancelled)
+
+
+WAIT = 10.0  # a bound on a wait that must end long before (never a synchronisation)

@@ -134,7 +134,39 @@ _NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed 
 
 
 Listener = Callable[[TaskRes[Any]], None]
-_NOTIFY, _EXECUTE = object(), object()  # inbox items queued to the loop by pool threads
+_NOTIFY, _EXECUTE, _DEFERRED = object(), object(), object()  # work queued to the loop
+
+
+class _Engine:
+    """The engine lock (an ``RLock``). Entered on the loop's thread it first runs what pool
+    threads queued for the loop (``_NOTIFY``/``_EXECUTE``), in order, so the planner never
+    gets a new event while instructions it gave earlier are still waiting to be carried
+    out. Pool threads use ``try_acquire`` and never wait for it."""
+
+    __slots__ = ("_lock", "_sup")
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._lock = threading.RLock()
+        self._sup = sup
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        sup = self._sup
+        if sup._deferred and threading.get_ident() == sup._tid:
+            try:
+                sup._catch_up()
+            except BaseException:
+                self._lock.release()
+                raise
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def try_acquire(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._lock.release()
 
 
 class _Rec:
@@ -430,7 +462,11 @@ class Supervisor:
         self._report: Sink = self._sink  # bound once: every main-loop job carries it
         # the engine lock: the planner and the task records change only under it, on the
         # loop's thread or on a pool thread that handles its own completion (see _sink)
-        self._engine = threading.RLock()
+        self._engine = _Engine(self)
+        # what pool threads handling their own completions left for the loop, in order
+        self._deferred: deque[tuple[object, Any]] = deque()
+        self._exec_depth = 0  # _execute nests (a cancel that abandons a thread finishes it)
+        self._forget_later: list[str] = []
         self._inline = False  # may pool threads handle their completions? (set at start)
         if start_method not in ("spawn", "forkserver", "fork"):
             raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
@@ -887,13 +923,14 @@ class Supervisor:
             and job.target == "thread"
             and not job.watch
             and self._pool_busy() == 1
-            and self._engine.acquire(blocking=False)
+            and self._engine.try_acquire()
         ):
             try:
-                if self.state is SupervisorState.RUNNING:
+                # (with work queued for the loop, the planner must wait for the loop first)
+                if self.state is SupervisorState.RUNNING and not self._deferred:
                     try:
                         self._on_done(job, result)
-                    except Exception:  # a taskvisor bug: report it; the pool thread goes on
+                    except BaseException:  # a taskvisor bug: report it; the thread goes on
                         logger.critical(
                             "internal error handling the end of %r", job.name, exc_info=True
                         )
@@ -912,20 +949,31 @@ class Supervisor:
                 self._sample(self._now())
             for what, arg in batch:
                 try:
-                    if what is _NOTIFY:
-                        self._notify(*arg)
-                    elif what is _EXECUTE:
-                        self._execute(arg)
-                    else:
+                    if what is not _DEFERRED:  # (a wake-up for the deferred work: done)
                         self._on_done(what, arg)
                 except Exception:  # a taskvisor bug: report it, and go on with the burst
                     logger.critical("internal error handling %r", what, exc_info=True)
             self._check_quiet()
 
     def _to_loop(self, what: object, arg: Any) -> None:
-        """Queue work for the loop's thread (from a pool thread handling a completion)."""
+        """Queue work for the loop's thread (from a pool thread handling a completion,
+        under the engine lock); the loop runs it before anything else it does under it."""
         assert self._inbox is not None
-        self._inbox.put((what, arg))
+        self._deferred.append((what, arg))
+        self._inbox.put((_DEFERRED, None))
+
+    def _catch_up(self) -> None:
+        """Run what pool threads queued for the loop, in order (loop thread, engine held)."""
+        deferred = self._deferred
+        while deferred:
+            what, arg = deferred.popleft()
+            try:
+                if what is _NOTIFY:
+                    self._notify(*arg)
+                else:
+                    self._execute(arg)
+            except Exception:  # a taskvisor bug: report it, and go on
+                logger.critical("internal error running deferred work", exc_info=True)
 
     def _execute(self, instrs: list[Instruction]) -> None:
         if threading.get_ident() != self._tid:  # a pool thread handling its completion
@@ -938,22 +986,31 @@ class Supervisor:
             else:  # anything else is the loop's to do, in order
                 self._to_loop(_EXECUTE, instrs)
             return
-        for ins in instrs:
-            if isinstance(ins, Dispatch):
-                self._dispatch(ins)
-            elif isinstance(ins, Settle):
-                self._settle(ins.name, ins.state, ins.error)
-            elif isinstance(ins, Cancel):
-                self._cancel_running(ins.name, ins.reason)
-            elif isinstance(ins, Warn):
-                _warn(ins.message)
-            elif isinstance(ins, WakeAt):
-                self._wake_at(ins.when)
-            elif isinstance(ins, Alarm):
-                self._alarm(ins)
-            elif isinstance(ins, Forget):
-                for name in ins.names:
-                    self._recs.pop(name, None)
+        self._exec_depth += 1
+        try:
+            for ins in instrs:
+                if isinstance(ins, Dispatch):
+                    self._dispatch(ins)
+                elif isinstance(ins, Settle):
+                    self._settle(ins.name, ins.state, ins.error)
+                elif isinstance(ins, Cancel):
+                    self._cancel_running(ins.name, ins.reason)
+                elif isinstance(ins, Warn):
+                    _warn(ins.message)
+                elif isinstance(ins, WakeAt):
+                    self._wake_at(ins.when)
+                elif isinstance(ins, Alarm):
+                    self._alarm(ins)
+                elif isinstance(ins, Forget):
+                    # a nested list (a cancel that abandons a thread finishes it) may forget
+                    # a task the outer list still settles: forget once the outer one is done
+                    self._forget_later.extend(ins.names)
+        finally:
+            self._exec_depth -= 1
+        if self._exec_depth == 0 and self._forget_later:
+            names, self._forget_later = self._forget_later, []
+            for name in names:
+                self._recs.pop(name, None)
         self._check_quiet()
 
     def _dispatch(self, ins: Dispatch) -> None:
@@ -972,7 +1029,7 @@ class Supervisor:
             values = {r: cast(TaskRes[Any], self._recs[r].res).ret for r in spec.refs}
             try:
                 args, kwargs = substitute_call(args, kwargs, values)
-            except Exception as exc:
+            except BaseException as exc:  # a projection is user code: it fails the task
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
                 return
