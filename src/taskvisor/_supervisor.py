@@ -465,6 +465,7 @@ class Supervisor:
         self._engine = _Engine(self)
         # what pool threads handling their own completions left for the loop, in order
         self._deferred: deque[tuple[object, Any]] = deque()
+        self._pending_exec = 0  # instruction lists among them (results are harmless)
         self._exec_depth = 0  # _execute nests (a cancel that abandons a thread finishes it)
         self._forget_later: list[str] = []
         self._inline = False  # may pool threads handle their completions? (set at start)
@@ -926,8 +927,8 @@ class Supervisor:
             and self._engine.try_acquire()
         ):
             try:
-                # (with work queued for the loop, the planner must wait for the loop first)
-                if self.state is SupervisorState.RUNNING and not self._deferred:
+                # (with instructions queued for the loop, the planner waits for the loop)
+                if self.state is SupervisorState.RUNNING and not self._pending_exec:
                     try:
                         self._on_done(job, result)
                     except BaseException:  # a taskvisor bug: report it; the thread goes on
@@ -959,6 +960,8 @@ class Supervisor:
         """Queue work for the loop's thread (from a pool thread handling a completion,
         under the engine lock); the loop runs it before anything else it does under it."""
         assert self._inbox is not None
+        if what is _EXECUTE:
+            self._pending_exec += 1
         self._deferred.append((what, arg))
         self._inbox.put((_DEFERRED, None))
 
@@ -971,6 +974,7 @@ class Supervisor:
                 if what is _NOTIFY:
                     self._notify(*arg)
                 else:
+                    self._pending_exec -= 1
                     self._execute(arg)
             except Exception:  # a taskvisor bug: report it, and go on
                 logger.critical("internal error running deferred work", exc_info=True)
