@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,12 +52,18 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> SubmitSpy:
     return s
 
 
-def _blocked_then_child(gate: threading.Event) -> tuple[tv.Task[int], tv.Task[int]]:
+def blocked_on(gate: threading.Event, value: int = 41) -> Callable[[], int]:
+    """A thread-task function that returns ``value`` once the test opens ``gate``."""
+
     def blocked() -> int:
         gate.wait()
-        return 41
+        return value
 
-    a = tv.Task(blocked, name="a", runs_on="thread")
+    return blocked
+
+
+def _blocked_then_child(gate: threading.Event) -> tuple[tv.Task[int], tv.Task[int]]:
+    a = tv.Task(blocked_on(gate), name="a", runs_on="thread")
     b = tv.Task(plus_one, (a.output,), name="b", runs_on="thread")
     return a, b
 
@@ -190,10 +197,7 @@ async def test_a_cancel_right_after_an_inline_finish_is_not_lost(deferred: Defer
     """a (thread) finishes on its pool thread, whose planner answer, run c on the loop, is
     queued for the loop. A cancel of c before the loop ran it must still cancel c."""
     gate = threading.Event()
-
-    def blocked() -> int:
-        gate.wait()
-        return 41
+    blocked = blocked_on(gate)
 
     async def child(x: int) -> int:
         await asyncio.Event().wait()  # never ends by itself
@@ -214,10 +218,7 @@ async def test_a_forgotten_name_reused_after_an_inline_finish(deferred: DeferSpy
     """result_buffer=1: a's inline finish forgets p; a new task named p submitted before
     the loop caught up is the new p, and ends with its own result."""
     gate = threading.Event()
-
-    def blocked() -> int:
-        gate.wait()
-        return 41
+    blocked = blocked_on(gate)
 
     async with tv.Supervisor(threads=2, aloops=(), result_buffer=1) as sup:
         assert (await sup.submit(plus_one, 0, name="p", runs_on="thread")).ret == 1
@@ -234,10 +235,7 @@ async def test_cancel_all_settles_a_task_a_nested_finish_would_forget() -> None:
     """result_buffer=1, pool_size=1: closing with cancel=True settles the queued y and
     abandons the running x, whose own finish retires y. y still gets its TaskRes."""
     gate = threading.Event()
-
-    def blocked() -> int:
-        gate.wait()
-        return 1
+    blocked = blocked_on(gate, 1)
 
     sup = tv.Supervisor(threads=2, aloops=(), pool_size=1, result_buffer=1)
     await sup.start()
