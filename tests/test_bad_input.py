@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, ItemsView, KeysView, Mapping
 from typing import Any, cast
 
 import pytest
@@ -56,6 +56,77 @@ class EqBoom:
 
     def __eq__(self, other: object) -> bool:
         raise RuntimeError("eq boom")
+
+    def __repr__(self) -> str:
+        return "EqBoom()"
+
+
+class StrangerEqBoom:
+    """Equal to its own kind; its ``__eq__`` assumes the other side is one too (a common
+    bug): comparing it with anything else raises AttributeError."""
+
+    def __init__(self, h: int = 7) -> None:
+        self.h = h
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.h == other.h)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"StrangerEqBoom({self.h})"
+
+
+class PeerEqBoom:
+    """Compares fine with itself and with strangers, but raises against another of its kind:
+    only comparing the items that share a hash finds it."""
+
+    def __init__(self, h: int = 7) -> None:
+        self.h = h
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PeerEqBoom) and other is not self:
+            raise RuntimeError("peer boom")
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return "PeerEqBoom()"
+
+
+class TupleEqBoom:
+    """Raises when compared with a tuple (an output item is one), given its hash."""
+
+    def __init__(self, h: int) -> None:
+        self.h = h
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, tuple):
+            raise RuntimeError("tuple boom")
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return "TupleEqBoom()"
+
+
+class ClassBoom:
+    """Callable, but reading its ``__class__`` (what isinstance falls back on) raises."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("class boom")
+
+    def __call__(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "ClassBoom()"
 
 
 class ReprBoom:
@@ -225,6 +296,82 @@ def test_task_items_whose_hash_or_eq_raises(field: str) -> None:
         Task(noop, name="h", **{field: [EqBoom(), EqBoom()]})
 
 
+@pytest.mark.parametrize("field", ["requires", "provides", "claims", "uses"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(EqBoom(), id="bare"),
+        pytest.param([EqBoom()], id="in_a_list"),
+        pytest.param([("a", EqBoom())], id="inside_a_tuple_item"),
+    ],
+)
+def test_task_a_lone_item_whose_eq_raises(field: str, value: Any) -> None:
+    # one such item builds a frozenset (identity spares it every comparison), but the
+    # planner compares it with any item of the same hash: another task's, or a provided one
+    with raises(tv.SpecError, "task 'h'", field, "EqBoom()", "eq boom"):
+        Task(noop, name="h", **{field: value})
+
+
+@pytest.mark.parametrize("field", ["requires", "provides", "claims", "uses"])
+def test_task_an_item_whose_eq_fails_against_other_objects(field: str) -> None:
+    with raises(tv.SpecError, "task 'h'", field, "StrangerEqBoom(7)", "AttributeError"):
+        Task(noop, name="h", **{field: StrangerEqBoom()})
+    assert Task(noop, **{field: 7}) is not None  # a plain item of the same hash is fine
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("requires", "requires"),
+        ("requires", "provides"),
+        ("provides", "requires"),
+        ("claims", "claims"),
+        ("claims", "uses"),
+    ],
+)
+def test_task_colliding_items_that_cannot_be_compared(one: str, other: str) -> None:
+    # the planner keeps requires and provides in one dict, claims and uses in another
+    a, b = PeerEqBoom(), PeerEqBoom()
+    meta: dict[str, Any] = {one: [a], other: [b]} if one != other else {one: [a, b]}
+    with raises(tv.SpecError, "task 'p'", one, other, "PeerEqBoom()", "peer boom"):
+        Task(noop, name="p", **meta)
+    # the same item twice is compared by identity only: fine
+    assert Task(noop, requires=[a, a], provides=a).requires == {a}
+    # different namespaces never meet
+    assert Task(noop, requires=a, claims=b).claims == {b}
+
+
+def test_task_an_item_colliding_with_an_output_item() -> None:
+    from taskvisor._spec import OutputItem
+
+    ref: tv.ResultRef[Any] = tv.ResultRef("up")
+    with raises(tv.SpecError, "task 't'", "requires", "TupleEqBoom()", "'up'", "tuple boom"):
+        Task(noop, (ref,), name="t", requires=TupleEqBoom(hash(OutputItem("up"))))
+    # its own output item lives in the same namespace as its requires and provides
+    with raises(tv.SpecError, "task 'me'", "provides", "TupleEqBoom()", "'me'", "tuple boom"):
+        Task(noop, name="me", provides=TupleEqBoom(hash(OutputItem("me"))))
+
+
+def test_task_an_item_whose_class_raises() -> None:
+    with raises(tv.SpecError, "task 'c'", "requires", "ClassBoom()", "class boom"):
+        Task(noop, name="c", requires=ClassBoom())
+    assert Task(noop, requires=[ClassBoom()]).requires  # a hashable item inside a list
+
+
+async def test_an_item_colliding_with_a_provided_one_fails_at_task() -> None:
+    # it used to pass Task(), then fail half-way through the planner at submit and leave
+    # the supervisor unable to close (KeyError)
+    async with tv.Supervisor(aloops=()) as sup:
+        sup.provide(7)
+        held = sup.submit(noop, claims=7, name="held")
+        with raises(tv.SpecError, "requires", "EqBoom()", "eq boom"):
+            Task(noop, requires=[EqBoom()])
+        with raises(tv.SpecError, "claims", "EqBoom()", "eq boom"):
+            sup.submit(noop, claims=EqBoom())
+        assert (await sup.submit(noop, requires=7)).ok
+        assert (await held).ok
+
+
 def test_task_items_whose_iteration_raises() -> None:
     def items() -> Any:
         yield "a"
@@ -295,6 +442,248 @@ def test_task_resources_are_floats() -> None:
         "gpu": 1.0,
         "memory_mb": 0.0,
     }
+
+
+# ---------------------------------------------------------------- Task(...): dunders that raise
+
+
+class Boom(Exception):
+    pass
+
+
+class LenBoomList(list[Any]):
+    def __len__(self) -> int:
+        raise Boom("len boom")
+
+
+class IterBoomList(list[Any]):
+    def __iter__(self) -> Any:
+        raise Boom("iter boom")
+
+
+class ValuesBoomDict(dict[str, Any]):
+    def values(self) -> Any:
+        raise Boom("values boom")
+
+
+class BrokenMapping(Mapping[str, Any]):
+    """A mapping whose ``broken`` method raises."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+
+    def _check(self, what: str) -> None:
+        if what == self.broken:
+            raise Boom(f"{what} boom")
+
+    def keys(self) -> Any:
+        self._check("keys")
+        return KeysView(self)
+
+    def items(self) -> Any:
+        self._check("items")
+        return ItemsView(self)
+
+    def __getitem__(self, key: str) -> Any:
+        self._check("getitem")
+        if key != "a":
+            raise KeyError(key)
+        return 1
+
+    def __iter__(self) -> Any:
+        self._check("iter")
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        self._check("len")
+        return 1
+
+    def __repr__(self) -> str:
+        return f"BrokenMapping({self.broken!r})"
+
+
+class FloatBoomFloat(float):
+    def __float__(self) -> float:
+        raise Boom("float boom")
+
+
+class FloatBoomInt(int):
+    def __float__(self) -> float:
+        raise Boom("float boom")
+
+
+class IntBoomInt(int):
+    def __index__(self) -> int:
+        raise Boom("index boom")
+
+    def __int__(self) -> int:
+        raise Boom("int boom")
+
+
+class CompareBoomInt(int):
+    def __lt__(self, other: object) -> bool:
+        raise Boom("lt boom")
+
+    def __le__(self, other: object) -> bool:
+        raise Boom("le boom")
+
+    def __gt__(self, other: object) -> bool:
+        raise Boom("gt boom")
+
+    def __ge__(self, other: object) -> bool:
+        raise Boom("ge boom")
+
+
+class HashBoomInt(int):
+    def __hash__(self) -> int:
+        raise Boom("hash boom")
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("eq boom")
+
+
+class StrBoom(str):
+    """A str subclass whose own methods raise: taskvisor reads the string itself."""
+
+    def __len__(self) -> int:
+        raise Boom("len boom")
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("eq boom")
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    def upper(self) -> str:
+        raise Boom("upper boom")
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        pytest.param(LenBoomList([1]), "len boom", id="len_raises"),
+        pytest.param(IterBoomList([1]), "iter boom", id="iter_raises"),
+        pytest.param(ClassBoom(), "class boom", id="class_raises"),
+        pytest.param((IterBoomList([1]),), "iter boom", id="nested_iter_raises"),
+        pytest.param([ValuesBoomDict(a=1)], "values boom", id="nested_values_raises"),
+        pytest.param((ClassBoom(),), "class boom", id="nested_class_raises"),
+    ],
+)
+def test_task_args_whose_dunders_raise(args: Any, shown: str) -> None:
+    with raises(tv.SpecError, "task 'a'", "args", shown) as info:
+        Task(noop, args, name="a")
+    assert isinstance(info.value.__cause__, (Boom, RuntimeError))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shown"),
+    [
+        pytest.param(BrokenMapping("keys"), "keys boom", id="keys_raises"),
+        pytest.param(BrokenMapping("iter"), "iter boom", id="iter_raises"),
+        pytest.param(BrokenMapping("getitem"), "getitem boom", id="getitem_raises"),
+        pytest.param(ClassBoom(), "class boom", id="class_raises"),
+        pytest.param({"a": IterBoomList([1])}, "iter boom", id="nested_iter_raises"),
+        pytest.param({StrBoom("a"): 1}, "eq boom", id="key_eq_raises"),
+    ],
+)
+def test_task_kwargs_whose_dunders_raise(kwargs: Any, shown: str) -> None:
+    with raises(tv.SpecError, "task 'k'", "kwargs", shown) as info:
+        Task(noop, (), kwargs, name="k")
+    assert isinstance(info.value.__cause__, (Boom, RuntimeError))
+
+
+def test_task_kwargs_from_a_working_mapping_and_dict_subclasses() -> None:
+    class Plain(BrokenMapping):
+        pass
+
+    assert Task(noop, (), Plain("none")).kwargs == {"a": 1}
+    assert Task(noop, (), ValuesBoomDict(a=1)).kwargs == {"a": 1}  # copied as a dict
+
+
+@pytest.mark.parametrize("field", ["timeout", "priority", "delay"])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param(FloatBoomFloat(1.0), "float boom", id="float_subclass_float_raises"),
+        pytest.param(FloatBoomInt(1), "float boom", id="int_subclass_float_raises"),
+        pytest.param(ClassBoom(), "class boom", id="class_raises"),
+    ],
+)
+def test_task_real_numbers_whose_dunders_raise(field: str, value: Any, shown: str) -> None:
+    with raises(tv.SpecError, "task 'n'", field, shown) as info:
+        Task(noop, name="n", **{field: value})
+    assert isinstance(info.value.__cause__, (Boom, RuntimeError))
+
+
+@pytest.mark.parametrize("field", ["timeout", "priority", "delay"])
+def test_task_real_numbers_read_without_comparing_the_object(field: str) -> None:
+    # an int subclass whose comparisons (or __index__) raise is still the number it holds
+    class IndexBoom(int):
+        def __index__(self) -> int:
+            raise Boom("index boom")
+
+    assert getattr(Task(noop, **{field: CompareBoomInt(2)}), field) == 2.0
+    assert getattr(Task(noop, **{field: IndexBoom(2)}), field) == 2.0
+
+
+@pytest.mark.parametrize("field", ["weight", "retries"])
+def test_task_whole_numbers_whose_dunders_raise(field: str) -> None:
+    with raises(tv.SpecError, "task 'w'", field, "int boom"):
+        Task(noop, name="w", **{field: IntBoomInt(1)})
+    with raises(tv.SpecError, "task 'w'", field, "class boom"):
+        Task(noop, name="w", **{field: ClassBoom()})
+    # comparisons are made on the int it holds, not through its own __lt__
+    assert getattr(Task(noop, **{field: CompareBoomInt(2)}), field) == 2
+    with raises(tv.SpecError, "task 'w'", f"{field} must be an int >= 0", "-1"):
+        Task(noop, name="w", **{field: CompareBoomInt(-1)})
+
+
+@pytest.mark.parametrize(
+    ("resources", "shown"),
+    [
+        pytest.param(BrokenMapping("items"), "items boom", id="items_raises"),
+        pytest.param(BrokenMapping("getitem"), "getitem boom", id="getitem_raises"),
+        pytest.param(BrokenMapping("iter"), "iter boom", id="iter_raises"),
+        pytest.param(ClassBoom(), "class boom", id="class_raises"),
+        pytest.param({"cpu": FloatBoomFloat(1.0)}, "float boom", id="need_float_raises"),
+        pytest.param({ClassBoom(): 1}, "class boom", id="name_class_raises"),
+    ],
+)
+def test_task_resources_whose_dunders_raise(resources: Any, shown: str) -> None:
+    with raises(tv.SpecError, "task 'r'", "resources", shown) as info:
+        Task(noop, name="r", resources=resources)
+    assert isinstance(info.value.__cause__, (Boom, RuntimeError))
+
+
+@pytest.mark.parametrize(
+    ("tier", "shown"),
+    [
+        pytest.param(StrBoom("high"), "upper boom", id="str_upper_raises"),
+        pytest.param(HashBoomInt(1), "boom", id="int_hash_raises"),
+        pytest.param(ClassBoom(), "class boom", id="class_raises"),
+    ],
+)
+def test_task_tier_whose_dunders_raise(tier: Any, shown: str) -> None:
+    with raises(tv.SpecError, "task 't'", "tier", shown):
+        Task(noop, name="t", tier=tier)
+
+
+def test_task_name_and_runs_on_whose_dunders_raise() -> None:
+    # a str subclass is read as the string it holds (and stored as a plain str)
+    t = Task(noop, name=StrBoom("n"), runs_on=StrBoom("thread"))
+    assert type(t.name) is str and t.name == "n"
+    assert type(t.runs_on) is str and t.runs_on == "thread"
+    with raises(tv.SpecError, "task name", "non-empty string", "ClassBoom()", "class boom"):
+        Task(noop, name=ClassBoom())
+    with raises(tv.SpecError, "task 'x'", "runs_on", "ClassBoom()", "class boom"):
+        Task(noop, name="x", runs_on=ClassBoom())
+    with raises(tv.SpecError, "task 'x'", "runs_on", "aloop:"):
+        Task(noop, name="x", runs_on=StrBoom("aloop:"))
+
+
+def test_task_function_whose_class_raises_is_just_a_callable() -> None:
+    t = Task(ClassBoom())
+    assert t.name.startswith("ClassBoom-") and not t.is_coroutine
 
 
 # ---------------------------------------------------------------- @task and ResultRef
@@ -625,3 +1014,52 @@ async def test_start_twice() -> None:
     async with tv.Supervisor(aloops=()) as sup:
         with raises(tv.ClosedError, "start", "running"):
             await sup.start()
+
+
+# ---------------------------------------------------------------- items of two tasks
+
+
+class Peer:
+    """Fine with itself and with strangers; raises against another Peer of the same hash:
+    no single task shows it, only the planner's tables when a second task meets the first."""
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Peer) and other is not self:
+            raise RuntimeError("peer boom")
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return "Peer()"
+
+
+@pytest.mark.parametrize("case", ["batch", "two_submits", "provide", "locks"])
+async def test_items_of_two_tasks_that_cannot_be_compared(case: str) -> None:
+    """The submit raises SpecError before anything changed; the supervisor closes cleanly
+    (it used to fail half-way through the planner, and aclose raised KeyError)."""
+    a = Task(noop, name="a", provides=Peer())
+    b = Task(noop, name="b", requires=Peer())
+    async with tv.Supervisor(aloops=()) as sup:
+        with raises(tv.SpecError, "peer boom"):
+            if case == "batch":
+                sup.run([a, b])
+            elif case == "two_submits":
+                sup.submit(a)
+                sup.submit(b)
+            elif case == "provide":
+                sup.provide(Peer())
+                sup.submit(b)
+            else:
+                sup.submit(Task(noop, name="c", claims=Peer()))
+                sup.submit(Task(noop, name="d", uses=Peer()))
+        assert (await sup.submit(noop, name="after")).ok
+
+
+async def test_an_item_whose_repr_raises_still_gets_its_dependency_error() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        report = await sup.gather([Task(noop, name="r", requires=ReprBoom())])
+    res = report["r"]
+    assert res.state is tv.State.SKIPPED and isinstance(res.error, tv.DependencyError)
+    assert "repr failed" in str(res.error)

@@ -3,15 +3,19 @@
 The property (issue 3, item 7): every input either builds or raises a ``TaskvisorError``,
 ``TypeError`` or ``ValueError`` — never an ``AttributeError``, ``KeyError``,
 ``OverflowError``, ``RecursionError`` or an exception of the argument's own making — and
-what builds is sane. ``Task(...)`` is held to more: it raises only ``SpecError``.
+what builds is sane. ``Task(...)`` is held to more: it raises only ``SpecError``, also for
+objects whose own dunders raise (subclasses of list, tuple, dict, str, int and float, a
+mapping, a ``__class__`` that raises, items whose ``__eq__`` raises against themselves,
+strangers or peers of the same hash), and what it accepts the planner's dicts can hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from hypothesis import strategies as st
 
 import taskvisor as tv
 from taskvisor import State, SupervisorState, Tier
+from taskvisor._spec import OutputItem
 
 ALLOWED = (tv.TaskvisorError, TypeError, ValueError)
 
@@ -118,6 +123,207 @@ class AnswersEverything:
         p.text("AnswersEverything()")  # hypothesis prints examples this way
 
 
+# Objects whose own dunders raise, for Task(...) only: the Supervisor(...) fuzz below keeps
+# to the values above (some of its own arguments do not refuse these yet).
+
+
+class NastyBoom(Exception):
+    """An exception whose own repr and str raise too: a message must not show it raw."""
+
+    def __repr__(self) -> str:
+        raise Boom("NastyBoom.__repr__")
+
+    def __str__(self) -> str:
+        raise Boom("NastyBoom.__str__")
+
+
+class _PrettyByType:
+    """hypothesis prints a failing example through _repr_pretty_; these print by type
+    (its default printer would iterate them)."""
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(f"{type(self).__name__}()")
+
+
+class LenBoomList(_PrettyByType, list[Any]):
+    def __len__(self) -> int:
+        raise Boom("list.__len__")
+
+
+class IterBoomList(_PrettyByType, list[Any]):
+    def __iter__(self) -> Any:
+        raise Boom("list.__iter__")
+
+
+class IterBoomTuple(_PrettyByType, tuple[Any, ...]):
+    def __iter__(self) -> Any:
+        raise Boom("tuple.__iter__")
+
+
+class BoomDict(_PrettyByType, dict[str, Any]):
+    def keys(self) -> Any:
+        raise Boom("dict.keys")
+
+    def values(self) -> Any:
+        raise Boom("dict.values")
+
+    def items(self) -> Any:
+        raise Boom("dict.items")
+
+    def __iter__(self) -> Any:
+        raise Boom("dict.__iter__")
+
+
+class BrokenMapping(_PrettyByType, Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise Boom("Mapping.__getitem__")
+
+    def __iter__(self) -> Any:
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+class FloatBoomFloat(float):
+    def __float__(self) -> float:
+        raise Boom("float.__float__")
+
+
+class IntBoomInt(int):
+    def __int__(self) -> int:
+        raise Boom("int.__int__")
+
+    def __index__(self) -> int:
+        raise Boom("int.__index__")
+
+    def __float__(self) -> float:
+        raise Boom("int.__float__")
+
+    def __lt__(self, other: object) -> bool:
+        raise Boom("int.__lt__")
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+
+class IntHashBoom(int):
+    def __hash__(self) -> int:
+        raise Boom("int.__hash__")
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("int.__eq__")
+
+
+class StrBoom(str):
+    def __len__(self) -> int:
+        raise Boom("str.__len__")
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("str.__eq__")
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    def upper(self) -> str:
+        raise Boom("str.upper")
+
+
+class ClassBoom(_PrettyByType):
+    """Callable; reading its ``__class__`` (what isinstance falls back on) raises."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise Boom("__class__")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class StrangerEqBoom:
+    """Hash 1 (as 1, 1.0 and True); its __eq__ assumes the other side is of its kind."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return other.me is self  # type: ignore[attr-defined]
+
+    @property
+    def me(self) -> object:
+        return self
+
+
+class PeerEqBoom:
+    """Hash 1; compares fine with itself and strangers, raises against another of its kind."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PeerEqBoom) and other is not self:
+            raise Boom("peer __eq__")
+        return NotImplemented
+
+
+class EqAnswerBoom:
+    """Hash 1; its __eq__ answers something whose __bool__ raises (as sets ask)."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> Any:
+        return BoolBoom()
+
+
+class NastyEverything(_PrettyByType):
+    """Every dunder raises an exception whose own repr and str raise."""
+
+    def _nasty(self, *args: Any, **kwargs: Any) -> Any:
+        raise NastyBoom()
+
+    __hash__ = __eq__ = __len__ = __iter__ = _nasty
+    __float__ = __int__ = __index__ = __lt__ = __bool__ = __getitem__ = _nasty
+
+
+TASK_HOSTILE_FACTORIES: dict[str, Any] = {
+    "list_len_raises": lambda: LenBoomList([1]),
+    "list_iter_raises": lambda: IterBoomList([1]),
+    "tuple_iter_raises": lambda: IterBoomTuple((1,)),
+    "dict_methods_raise": lambda: BoomDict(a=1),
+    "mapping_getitem_raises": BrokenMapping,
+    "float_subclass_float_raises": lambda: FloatBoomFloat(1.5),
+    "int_subclass_dunders_raise": lambda: IntBoomInt(2),
+    "int_subclass_hash_raises": lambda: IntHashBoom(1),
+    "str_subclass_methods_raise": lambda: StrBoom("high"),
+    "class_raises": ClassBoom,
+    "eq_raises_on_strangers": StrangerEqBoom,
+    "eq_raises_on_peers": lambda: [PeerEqBoom(), PeerEqBoom()],
+    "eq_answer_bool_raises": EqAnswerBoom,
+    "nasty_exception": NastyEverything,
+    "nested_raisers": lambda: [IterBoomList([1]), {"k": ClassBoom()}],
+    "items_colliding_with_1": lambda: [1, StrangerEqBoom(), PeerEqBoom(), True],
+}
+
+# hypothesis itself runs isinstance on what it draws: a __class__ that raises stays out of
+# the strategies (the deterministic test below tries it on every argument)
+_DRAWABLE = [
+    make
+    for label, make in TASK_HOSTILE_FACTORIES.items()
+    if label not in ("class_raises", "nested_raisers")
+]
+
+# Items that hash like 1 (and 1.0 and True, which HASHABLES draws): they collide with each
+# other and with plain items, inside one field and across fields.
+_BOOM_ITEM_MAKERS: list[Callable[[], Any]] = [
+    StrangerEqBoom,
+    PeerEqBoom,
+    EqAnswerBoom,
+    EqBoom,
+    lambda: ("x", PeerEqBoom()),
+]
+BOOM_ITEMS = st.sampled_from(_BOOM_ITEM_MAKERS).map(lambda make: make())
+
+
 def _sync(*args: Any, **kwargs: Any) -> int:
     return 1
 
@@ -213,45 +419,63 @@ WEIRD: st.SearchStrategy[Any] = st.recursive(
 
 HASHABLES = st.one_of(st.text(max_size=5), st.integers(), st.floats(), st.booleans(), st.none())
 
+# For Task(...) only: the same shapes, with the objects whose own dunders raise among them.
+TASK_WEIRD: st.SearchStrategy[Any] = st.recursive(
+    st.one_of(ATOMS, st.sampled_from(_DRAWABLE).map(lambda make: make()), BOOM_ITEMS),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), inner, max_size=3),
+        st.frozensets(st.one_of(st.text(max_size=5), st.integers()), max_size=3),
+        st.sets(st.one_of(st.text(max_size=5), st.integers()), max_size=3),
+    ),
+    max_leaves=6,
+)
+TASK_ITEMS = st.one_of(
+    st.none(), st.lists(st.one_of(HASHABLES, BOOM_ITEMS), max_size=3), BOOM_ITEMS, TASK_WEIRD
+)
+
 # Per Task argument: plausible values (so many examples build) mixed with weird ones.
 TASK_ARGS: dict[str, st.SearchStrategy[Any]] = {
-    "args": st.one_of(st.tuples(), st.lists(WEIRD, max_size=3), st.tuples(WEIRD), WEIRD),
+    "args": st.one_of(
+        st.tuples(), st.lists(TASK_WEIRD, max_size=3), st.tuples(TASK_WEIRD), TASK_WEIRD
+    ),
     "kwargs": st.one_of(
         st.none(),
-        st.dictionaries(st.text(max_size=5), WEIRD, max_size=3),
-        st.dictionaries(HASHABLES, WEIRD, max_size=2),
-        WEIRD,
+        st.dictionaries(st.text(max_size=5), TASK_WEIRD, max_size=3),
+        st.dictionaries(HASHABLES, TASK_WEIRD, max_size=2),
+        TASK_WEIRD,
     ),
-    "name": st.one_of(st.none(), st.text(max_size=8), WEIRD),
-    "requires": st.one_of(st.none(), st.frozensets(HASHABLES, max_size=3), WEIRD),
-    "provides": st.one_of(st.none(), st.lists(HASHABLES, max_size=3), WEIRD),
-    "claims": st.one_of(st.sampled_from(["r", ("r", "s")]), WEIRD),
-    "uses": st.one_of(st.sampled_from(["s", ("s", "t")]), WEIRD),
+    "name": st.one_of(st.none(), st.text(max_size=8), TASK_WEIRD),
+    "requires": st.one_of(st.frozensets(HASHABLES, max_size=3), TASK_ITEMS),
+    "provides": st.one_of(st.lists(HASHABLES, max_size=3), TASK_ITEMS),
+    "claims": st.one_of(st.sampled_from(["r", ("r", "s")]), TASK_ITEMS),
+    "uses": st.one_of(st.sampled_from(["s", ("s", "t")]), TASK_ITEMS),
     "tier": st.one_of(
         st.sampled_from(list(Tier)),
         st.sampled_from(["low", "HIGH", "Critical", "medium"]),
         st.integers(-2, 5),
-        WEIRD,
+        TASK_WEIRD,
     ),
-    "priority": st.one_of(NUMBERS, WEIRD),
+    "priority": st.one_of(NUMBERS, TASK_WEIRD),
     "runs_on": st.one_of(
         st.none(),
         st.sampled_from(["thread", "process", "main", "aloop", "aloop:x", "aloop:", "dask"]),
         st.text(max_size=8),
-        WEIRD,
+        TASK_WEIRD,
     ),
-    "weight": st.one_of(st.integers(-3, 5), NUMBERS, WEIRD),
+    "weight": st.one_of(st.integers(-3, 5), NUMBERS, TASK_WEIRD),
     "resources": st.one_of(
         st.none(),
         st.dictionaries(st.text(max_size=5), NUMBERS, max_size=3),
-        st.dictionaries(HASHABLES, WEIRD, max_size=2),
-        WEIRD,
+        st.dictionaries(HASHABLES, TASK_WEIRD, max_size=2),
+        TASK_WEIRD,
     ),
-    "timeout": st.one_of(st.none(), NUMBERS, WEIRD),
-    "retries": st.one_of(st.integers(-3, 5), NUMBERS, WEIRD),
-    "delay": st.one_of(NUMBERS, WEIRD),
+    "timeout": st.one_of(st.none(), NUMBERS, TASK_WEIRD),
+    "retries": st.one_of(st.integers(-3, 5), NUMBERS, TASK_WEIRD),
+    "delay": st.one_of(NUMBERS, TASK_WEIRD),
 }
-FN = st.one_of(CALLABLES, WEIRD)
+FN = st.one_of(CALLABLES, TASK_WEIRD)
 
 
 def _readable(exc: BaseException) -> None:
@@ -276,8 +500,14 @@ def _check_sane(t: tv.Task[Any]) -> None:
     for field in (t.requires, t.provides, t.claims, t.uses):
         assert type(field) is frozenset
         for item in field:
-            assert isinstance(item, Hashable)
+            hash(item)
+            bool(item == item)  # (not isinstance(item, Hashable): it may read a hostile __class__)
+    # what Task() accepts the planner's dicts can hold: requires, provides and output items
+    # share one dict, claims and uses another, and items there that share a hash are compared
+    items = dict.fromkeys(itertools.chain(t.dependencies, t.provides, [OutputItem(t.name)]))
+    assert items.keys() >= t.requires
     assert not (t.claims & t.uses)
+    dict.fromkeys(itertools.chain(t.claims, t.uses))
     assert type(t.tier) is Tier
     assert type(t.priority) is float and not math.isnan(t.priority)
     assert t.runs_on is None or (type(t.runs_on) is str and t.runs_on and t.runs_on != "aloop:")
@@ -338,7 +568,7 @@ def test_fuzz_task_all_arguments(fn: Any, meta: dict[str, Any], args: Any, kwarg
 
 
 @FAST
-@given(meta=st.dictionaries(st.text(max_size=10), WEIRD, max_size=3))
+@given(meta=st.dictionaries(st.text(max_size=10), TASK_WEIRD, max_size=3))
 def test_fuzz_task_decorator(meta: dict[str, Any]) -> None:
     def fn() -> None:
         return None
@@ -352,6 +582,24 @@ def test_fuzz_task_decorator(meta: dict[str, Any]) -> None:
     t = _build_task(fn)  # the preset options were valid, so the Task builds
     assert t is not None
     _check_sane(t)
+
+
+@settings(FAST, max_examples=200)
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            f: st.lists(st.one_of(HASHABLES, BOOM_ITEMS), max_size=3)
+            for f in ("requires", "provides", "claims", "uses")
+        },
+    ),
+    refs=st.lists(st.sampled_from(["a", "b"]), max_size=2),
+)
+def test_fuzz_task_items_that_share_a_hash(fields: dict[str, Any], refs: list[str]) -> None:
+    # Task() refuses (SpecError) or builds a task whose items the planner can hold
+    t = _build_task(_sync, tuple(tv.ResultRef(r) for r in refs), None, name="t", **fields)
+    if t is not None:
+        _check_sane(t)
 
 
 # ---------------------------------------------------------------- Supervisor(...)
@@ -474,10 +722,10 @@ TASK_ARG_NAMES = [
 ]
 
 
-def _each_hostile_value(build: Any) -> None:
+def _each_hostile_value(build: Any, factories: dict[str, Any] = HOSTILE_FACTORIES) -> None:
     """Call ``build(value)`` for every hostile value; report every one that misbehaves."""
     bad = []
-    for label, make in sorted(HOSTILE_FACTORIES.items()):
+    for label, make in sorted(factories.items()):
         try:
             build(make())
         except Exception as exc:
@@ -499,7 +747,7 @@ def test_hostile_values_for_each_task_argument(arg: str) -> None:
         if t is not None:
             _check_sane(t)
 
-    _each_hostile_value(build)
+    _each_hostile_value(build, {**HOSTILE_FACTORIES, **TASK_HOSTILE_FACTORIES})
 
 
 @pytest.mark.parametrize("arg", sorted(SUPERVISOR_ARGS))

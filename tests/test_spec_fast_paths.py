@@ -2,8 +2,9 @@
 
 Building a Task reads a plain function's traits off its code object, shares one empty
 ``resources`` mapping and empty item sets, finds top-level output references without the
-generic walk, and substitutes them at dispatch in one pass. Each test compares a fast
-path with what ``inspect`` or the generic helper says, over the shapes that matter.
+generic walk, skips the comparison checks for items of builtin types, and substitutes
+references at dispatch in one pass. Each test compares a fast path with what ``inspect``
+or the generic helper says, over the shapes that matter.
 """
 
 from __future__ import annotations
@@ -11,13 +12,22 @@ from __future__ import annotations
 import functools
 import inspect
 import pickle
+import types
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pytest
 
 import taskvisor as tv
-from taskvisor._spec import _fn_traits, iter_refs, substitute, substitute_call
+from taskvisor._spec import (
+    _PLAIN_ITEMS,
+    OutputItem,
+    _fn_traits,
+    check_item,
+    iter_refs,
+    substitute,
+    substitute_call,
+)
 
 
 def positional(a: int, shared: dict[str, Any]) -> None:
@@ -279,3 +289,60 @@ def test_copies_and_pickles_of_the_empty_resources_are_plain_dicts() -> None:
     with pytest.raises(TypeError, match="read-only"):
         shared.__init__(gpu=1)  # type: ignore[misc]
     assert tv.Task(positional).resources == {}
+
+
+def test_plain_item_types_hash_and_compare_in_c() -> None:
+    # Task() compares an item with itself and with a stranger (and with whatever shares its
+    # hash) unless its exact type is one of these: that is safe only while none of them can
+    # run Python code in __hash__ or __eq__
+    for kind in _PLAIN_ITEMS:
+        assert kind.__module__ == "builtins" or kind is OutputItem
+        methods = cast(Any, kind)
+        assert isinstance(methods.__eq__, types.WrapperDescriptorType), kind  # a C slot
+        assert isinstance(methods.__hash__, types.WrapperDescriptorType), kind
+    assert "__eq__" not in vars(OutputItem) and "__hash__" not in vars(OutputItem)  # tuple's
+
+
+class Counted:
+    """An item that counts how often it is compared."""
+
+    calls = 0
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        Counted.calls += 1
+        return other is self
+
+
+def test_only_items_outside_the_plain_types_are_compared() -> None:
+    Counted.calls = 0
+    spec = tv.Task(positional, requires=["a", 1, 2.5, b"x", None, False], provides="b")
+    assert Counted.calls == 0 and spec.requires == {"a", 1, 2.5, b"x", None, False}
+    item = Counted()
+    spec = tv.Task(positional, requires=[item, 1], provides=[True], claims=[item])
+    assert Counted.calls > 0  # with itself, a stranger and 1, True (which share its hash)
+    assert spec.requires == {item, 1} and spec.claims == {item}
+    # no options: no items to build, the shared empty sets
+    bare = tv.Task(positional)
+    assert bare.requires is bare.provides is bare.claims is bare.uses == frozenset()
+
+
+def test_check_item_is_what_task_runs_on_each_item() -> None:
+    # Supervisor.provide() can run the same check on the item it is given
+    class EqBoom:
+        def __hash__(self) -> int:
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("eq boom")
+
+    for plain in ("a", 1, 2.5, b"x", None, True, OutputItem("t"), ("a", 1)):
+        check_item(plain, "provide")
+    with pytest.raises(tv.SpecError, match=r"provide item .*EqBoom.* cannot be compared"):
+        check_item(EqBoom(), "provide")
+    with pytest.raises(tv.SpecError, match=r"provide item \('a', .*it holds .*EqBoom"):
+        check_item(("a", EqBoom()), "provide")
+    with pytest.raises(tv.SpecError, match=r"provide items must be hashable, got list"):
+        check_item(["x"], "provide")

@@ -265,7 +265,10 @@ def _item(x: object) -> str:
 
     if isinstance(x, OutputItem):
         return f"the output of {x.name!r}"
-    return repr(x)
+    try:
+        return repr(x)
+    except Exception as exc:  # a user's item: an error message must never raise
+        return f"<{type(x).__name__} object (repr failed: {type(exc).__name__})>"
 
 
 def _signal_name(exitcode: int | None) -> str | None:

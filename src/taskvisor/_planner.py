@@ -58,9 +58,10 @@ from ._errors import (
     LockError,
     NotRunError,
     ResourceError,
+    SpecError,
     TaskCancelled,
 )
-from ._spec import OutputItem, Tier
+from ._spec import _PLAIN_ITEMS, OutputItem, Tier, safe_repr
 
 __all__ = [
     "Alarm",
@@ -360,6 +361,7 @@ class Planner:
         self.busy = 0  # slots used by running non-critical tasks
         self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
         self.paused = False
+        self._admit_due = False  # submitted with admit=False, admission not run since
         self.gate_closed = False  # live system gate: holds non-critical admissions
         self._tasks: dict[str, _T] = {}
         self._items: dict[Hashable, _Item] = {}
@@ -407,15 +409,26 @@ class Planner:
     # ------------------------------------------------------------ events
 
     def submit(
-        self, specs: Sequence[Spec], *, sealed: bool = False, now: float = 0.0
+        self, specs: Sequence[Spec], *, sealed: bool = False, admit: bool = True, now: float = 0.0
     ) -> list[Instruction]:
         """Add a batch. Graph errors raise before anything changes.
 
         ``sealed``: every dependency must be satisfied or provided by a known task now;
         what nobody can provide is settled at once with ``DependencyError``.
+        ``admit=False``: enter the tasks but leave admission to a later :meth:`admit` (or
+        any other event): the supervisor admits everything one turn of its loop submitted
+        together, so tier order holds among back-to-back submits.
         """
         self._clock(now)
-        self._check_batch(specs)
+        try:
+            self._check_batch(specs)
+            self._check_lookups(specs)
+        except SpecError:
+            raise
+        except Exception as exc:  # a user's item whose __eq__ raises against another's
+            raise SpecError(
+                f"the batch's items cannot be compared with each other: {safe_repr(exc)}"
+            ) from exc
         new = [_T(s, next(self._seq)) for s in specs]
         self.stats.by_state[State.NEW] += len(new)
         awaited = self._awaited_outputs
@@ -429,6 +442,15 @@ class Planner:
                 t.out_item = True
         for t in new:
             self._enter(t, sealed)
+        if admit:
+            self._admit()
+        else:
+            self._admit_due = True
+        return self._flush()
+
+    def admit(self, *, now: float = 0.0) -> list[Instruction]:
+        """Admit what fits (after ``submit(admit=False)``)."""
+        self._clock(now)
         self._admit()
         return self._flush()
 
@@ -506,7 +528,7 @@ class Planner:
             if skipped:
                 msg += f": {skipped} dependent task(s) skipped"
             if stuck:
-                held = ", ".join(repr(r) for r in sorted(stuck, key=repr))
+                held = ", ".join(safe_repr(r) for r in sorted(stuck, key=safe_repr))
                 msg += f"; lock(s) {held} stay held"
             self._out.append(Warn(msg))
         if state is State.FAILED and self.fail_fast and not self._failed_once:
@@ -540,6 +562,14 @@ class Planner:
     def provide(self, item: Hashable, *, now: float = 0.0) -> list[Instruction]:
         """Satisfy ``item`` from outside (``sup.provide``)."""
         self._clock(now)
+        if type(item) not in _PLAIN_ITEMS:
+            try:
+                self._items.get(item)
+            except Exception as exc:
+                raise SpecError(
+                    f"provide: item {safe_repr(item)} cannot be compared with an item of a "
+                    f"task: {safe_repr(exc)}"
+                ) from exc
         self._satisfy(item, None)
         self._admit()
         return self._flush()
@@ -619,6 +649,28 @@ class Planner:
                 raise DuplicateTaskError(s.name)
             names.add(s.name)
         self._check_cycles(specs)
+
+    def _check_lookups(self, specs: Sequence[Spec]) -> None:
+        """Look up, before anything changes, every item of a type that could compare
+        badly with an item of another task (``Task()`` checked each task on its own): an
+        ``__eq__`` that raises is a ``SpecError`` here, never an event broken half-way."""
+        items, locks = self._items, self._locks
+        for s in specs:
+            for table, field_, group in (
+                (items, "requires/provides", (s.dependencies, s.provides)),
+                (locks, "claims/uses", (s.claims, s.uses)),
+            ):
+                for its in group:
+                    for i in its:
+                        if type(i) in _PLAIN_ITEMS:
+                            continue
+                        try:
+                            table.get(i)
+                        except Exception as exc:
+                            raise SpecError(
+                                f"task {s.name!r}: {field_} item {safe_repr(i)} cannot be "
+                                f"compared with an item of another task: {safe_repr(exc)}"
+                            ) from exc
 
     def _check_cycles(self, specs: Sequence[Spec]) -> None:
         """Raise CycleError if the batch closes a cycle (never an assert: works under -O).
@@ -817,6 +869,7 @@ class Planner:
     # ------------------------------------------------------------ admission
 
     def _admit(self) -> None:
+        self._admit_due = False
         self._admit_heads()
         if self._just_queued:
             self._arm_alarms()
@@ -1115,7 +1168,7 @@ class Planner:
         for tier, q in self._queues.items():
             n = sum(1 for *_, t in q if t.state is State.QUEUED)
             _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
-        if not self.paused:  # admission is maximal: no tier's head would fit now
+        if not self.paused and not self._admit_due:  # admission is maximal: no head fits now
             for tier, q in self._queues.items():
                 heads = [t for *_, t in sorted(q) if t.state is State.QUEUED][:1]
                 for t in heads:
@@ -1156,7 +1209,7 @@ def _unique(names: Iterable[str]) -> list[str]:
 
 
 def _sorted(items: Iterable[Hashable]) -> list[Hashable]:
-    return sorted(items, key=repr)
+    return sorted(items, key=safe_repr)
 
 
 def _dep_error(

@@ -121,7 +121,7 @@ class ResultRef(Generic[T]):
     def map(self, fn: Callable[[T], R]) -> ResultRef[R]:
         """A reference to ``fn(value)``, computed just before dispatch."""
         if not callable(fn):
-            raise SpecError(f"ResultRef.map needs a callable, got {fn!r}")
+            raise SpecError(f"ResultRef.map needs a callable, got {safe_repr(fn)}")
         return ResultRef(self._name, (*self._steps, ("map", fn)))
 
     def resolve(self, value: Any) -> T:
@@ -198,7 +198,10 @@ class Task(Generic[T]):
     - ``requires``/``provides``/``claims``/``uses``: an iterable of hashable items, stored as a
       frozenset. A single string (or bytes, or any other non-iterable hashable) is *one*
       item: ``requires="db"`` is ``{"db"}``. An item whose ``__hash__``/``__eq__`` raises is a
-      ``SpecError``. The same resource in ``claims`` and ``uses`` is a ``SpecError``.
+      ``SpecError``: each item not of a builtin type is compared with itself and with a
+      stranger, and with every other item of the task that shares its hash and meets it in
+      the planner (requires, provides and output items; claims and uses), so it cannot fail
+      later inside ``submit``. The same resource in ``claims`` and ``uses`` is a ``SpecError``.
     - ``tier``: a :class:`Tier`, its name (any case) or its int value.
     - ``priority``: an int or float (not a bool, not NaN), stored as a float; negative values
       and ``±math.inf`` are fine (lower first), NaN would break the queue order.
@@ -211,7 +214,10 @@ class Task(Generic[T]):
       by the supervisor at submission.
 
     Numbers are ints or floats (``int``/``float`` subclasses included, bools excluded); an int
-    too large for a float is a ``SpecError``.
+    too large for a float is a ``SpecError``. So is an argument whose own methods raise while
+    it is read (a list subclass's ``__len__``, a mapping's ``keys()``, a float subclass's
+    ``__float__``, a ``__class__`` that raises): the message names the argument and the
+    original error is its ``__cause__``. A ``str`` subclass is read as the string it holds.
     """
 
     __slots__ = (
@@ -283,8 +289,12 @@ class Task(Generic[T]):
         kwargs: Mapping[str, Any] | None = None,
         **meta: Any,
     ) -> None:
-        if inspect.iscoroutine(fn):
-            fn.close()  # never awaited: close it so it does not warn later
+        try:
+            coroutine_object = inspect.iscoroutine(fn)
+        except Exception:  # isinstance read a __class__ that raises: no coroutine does that
+            coroutine_object = False
+        if coroutine_object:
+            cast(Any, fn).close()  # never awaited: close it so it does not warn later
             raise SpecError(
                 "got a coroutine object: pass the coroutine function and its arguments, "
                 "e.g. Task(fetch, (url,)) rather than Task(fetch(url))"
@@ -302,8 +312,8 @@ class Task(Generic[T]):
         name = opts["name"]
         if name is None:
             name = f"{_qualname(fn)}-{next(_counter)}"
-        elif not isinstance(name, str) or not name:
-            raise SpecError(f"task name must be a non-empty string, got {safe_repr(name)}")
+        elif type(name) is not str or not name:
+            name = _name(name)
         name = str.__str__(name)  # a str subclass becomes a plain str: names are dict keys
 
         def bad(message: str) -> SpecError:
@@ -313,29 +323,35 @@ class Task(Generic[T]):
         s(self, "fn", fn)
         s(self, "name", name)
         if type(args) is not tuple:
-            if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
-                raise bad(
-                    f"args must be a tuple or list, got {type(args).__name__} {safe_repr(args)}"
-                )
-            args = tuple(args)
+            args = _args(name, args)
         s(self, "args", args)
-        if kwargs is None:
-            kw = {}
-        elif not isinstance(kwargs, Mapping):
-            raise bad(f"kwargs must be a mapping, got {type(kwargs).__name__} {safe_repr(kwargs)}")
-        else:
-            kw = dict(kwargs)
-            for k in kw:
-                if not isinstance(k, str):
-                    raise bad(f"kwargs keys must be strings, got {safe_repr(k)}")
+        kw = {} if kwargs is None else _kwargs(name, kwargs)
         s(self, "kwargs", kw)
-        for field in ("requires", "provides", "claims", "uses"):
-            s(self, field, _items(name, field, opts[field]))
-        if self.claims and self.uses:
+        try:
+            refs = _refs_in(args, kw)
+        except Exception as exc:  # a container whose iteration (or __class__) raises
+            raise _unreadable(name, args, kw, exc) from exc
+        if name in refs:
+            raise bad("takes its own output as an argument")
+        if opts is _META_DEFAULTS:  # no options, no items: every default is ()
+            requires = provides = claims = uses = _NO_ITEMS
+        else:
+            odd: list[str] = []  # the fields holding an item outside _PLAIN_ITEMS
+            requires = _items(name, "requires", opts["requires"], odd)
+            provides = _items(name, "provides", opts["provides"], odd)
+            claims = _items(name, "claims", opts["claims"], odd)
+            uses = _items(name, "uses", opts["uses"], odd)
+            if odd:
+                _check_namespaces(name, odd, requires, provides, claims, uses, refs)
+        s(self, "requires", requires)
+        s(self, "provides", provides)
+        s(self, "claims", claims)
+        s(self, "uses", uses)
+        if claims and uses:
             try:
-                both = self.claims & self.uses
+                both = claims & uses
             except Exception as exc:  # an item whose __eq__ raises
-                raise bad(f"claims and uses items cannot be compared: {exc!r}") from exc
+                raise bad(f"claims and uses items cannot be compared: {safe_repr(exc)}") from exc
             if both:
                 raise bad(f"{', '.join(map(safe_repr, both))} in both claims and uses")
         s(self, "tier", _tier(name, opts["tier"]))
@@ -367,12 +383,15 @@ class Task(Generic[T]):
         is_coroutine, wants_shared = _fn_traits(fn)
         s(self, "is_coroutine", is_coroutine)
         s(self, "wants_shared", wants_shared)
-        refs = _refs_in(args, kw)
-        if name in refs:
-            raise bad("takes its own output as an argument")
         s(self, "refs", refs)
-        requires = self.requires
-        s(self, "dependencies", requires | {OutputItem(r) for r in refs} if refs else requires)
+        if refs:
+            try:
+                dependencies = requires | {OutputItem(r) for r in refs}
+            except Exception as exc:  # checked above; a __hash__/__eq__ that changed its mind
+                raise bad(f"requires items cannot be compared: {safe_repr(exc)}") from exc
+        else:
+            dependencies = requires
+        s(self, "dependencies", dependencies)
 
     def kw_values(self) -> tuple[Any, ...]:
         return tuple(self.kwargs.values())
@@ -503,8 +522,8 @@ def safe_repr(value: Any) -> str:
     try:
         return _reprs.repr(value)
     except Exception:
-        if isinstance(value, int):
-            return f"<int of {value.bit_length()} bits>"
+        if issubclass(type(value), int):  # (not isinstance: it may read a hostile __class__)
+            return f"<int of {int.bit_length(value)} bits>"
         return f"<{type(value).__name__} object>"
 
 
@@ -516,7 +535,10 @@ def _preset(fn: Any) -> dict[str, Any]:
         return {}
     if not isinstance(preset, dict):
         return {}  # e.g. a mock that answers every attribute
-    return {k: v for k, v in preset.items() if k in META_KEYS and k != "name"}
+    try:
+        return {k: v for k, v in preset.items() if k in META_KEYS and k != "name"}
+    except Exception:  # a dict subclass (or key) with hostile methods: not well-formed
+        return {}
 
 
 def _qualname(fn: Any) -> str:
@@ -527,60 +549,283 @@ def _qualname(fn: Any) -> str:
     return qual if isinstance(qual, str) and qual else type(fn).__name__
 
 
-def _items(task: str, field: str, value: Any) -> frozenset[Hashable]:
+def _name(value: Any) -> str:
+    """A task name given as anything but a plain non-empty str: a str subclass is read as
+    the string it holds (its own ``__len__``/``__eq__`` are never called)."""
+    try:
+        text = str.__str__(value) if isinstance(value, str) else None
+    except Exception as exc:  # isinstance read a __class__ that raises
+        raise SpecError(
+            f"task name must be a non-empty string, got {safe_repr(value)}: {safe_repr(exc)}"
+        ) from exc
+    if not text:
+        raise SpecError(f"task name must be a non-empty string, got {safe_repr(value)}")
+    return text
+
+
+def _args(task: str, args: Any) -> tuple[Any, ...]:
+    """``args`` that is not a plain tuple: a list or a tuple/list subclass, copied by its own
+    iteration (which may raise)."""
+    try:
+        if not isinstance(args, str | bytes) and isinstance(args, tuple | list):
+            return tuple(args)
+    except Exception as exc:
+        raise SpecError(
+            f"task {task!r}: args must be a tuple or list; reading {type(args).__name__} "
+            f"{safe_repr(args)} raised {safe_repr(exc)}"
+        ) from exc
+    raise SpecError(
+        f"task {task!r}: args must be a tuple or list, got {type(args).__name__} {safe_repr(args)}"
+    )
+
+
+def _kwargs(task: str, kwargs: Any) -> dict[str, Any]:
+    """``kwargs``: a mapping with string keys, copied into a plain dict."""
+    try:
+        if not isinstance(kwargs, Mapping):
+            raise SpecError(
+                f"task {task!r}: kwargs must be a mapping, got {type(kwargs).__name__} "
+                f"{safe_repr(kwargs)}"
+            )
+        kw = dict(kwargs)
+        for k in kw:
+            if type(k) is str:
+                continue
+            if not isinstance(k, str):
+                raise SpecError(f"task {task!r}: kwargs keys must be strings, got {safe_repr(k)}")
+            # the call matches a str subclass key to the parameter names with its own __eq__
+            k == str.__str__(k)  # noqa: B015
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError(
+            f"task {task!r}: kwargs: reading {type(kwargs).__name__} {safe_repr(kwargs)} "
+            f"raised {safe_repr(exc)}"
+        ) from exc
+    return kw
+
+
+def _unreadable(task: str, args: tuple[Any, ...], kw: dict[str, Any], exc: Exception) -> SpecError:
+    """The error for arguments whose search for output references raised: in args or kwargs."""
+    value: Any
+    try:
+        _refs_in(args, {})
+        where, value = "kwargs", kw
+    except Exception:
+        where, value = "args", args
+    return SpecError(
+        f"task {task!r}: {where}: looking for output references in {safe_repr(value)} "
+        f"raised {safe_repr(exc)}"
+    )
+
+
+def _items(task: str, field: str, value: Any, odd: list[str]) -> frozenset[Hashable]:
     """``requires``/``provides``/``claims``/``uses``: an iterable of hashable items.
 
     ``None`` is no item; a string, bytes or any other non-iterable value is one item
-    (``requires="db"`` means ``{"db"}``).
+    (``requires="db"`` means ``{"db"}``). An item whose ``__hash__`` or ``__eq__`` raises is
+    refused here (see :func:`check_item`), not later inside the planner. ``field`` is
+    appended to ``odd`` if an item is of a type outside :data:`_PLAIN_ITEMS`: then the
+    caller compares it with the other fields' items (:func:`_check_namespaces`).
     """
     if value is None or (type(value) is tuple and not value):
         return _NO_ITEMS
     if type(value) is str:  # the common single item: a str always hashes
         return frozenset((value,))
-    if isinstance(value, str | bytes | OutputItem) or not isinstance(value, Iterable):
-        value = (value,)
+    try:
+        if isinstance(value, str | bytes | OutputItem) or not isinstance(value, Iterable):
+            value = (value,)
+    except Exception as exc:  # isinstance read a __class__ that raises
+        raise SpecError(
+            f"task {task!r}: {field} must be an iterable of hashable items, "
+            f"checking {safe_repr(value)} raised {safe_repr(exc)}"
+        ) from exc
     try:
         items = list(value)
     except Exception as exc:
         raise SpecError(
             f"task {task!r}: {field} must be an iterable of hashable items, "
-            f"iterating {safe_repr(value)} raised {exc!r}"
+            f"iterating {safe_repr(value)} raised {safe_repr(exc)}"
         ) from exc
+    where = ""
     for item in items:
-        try:
-            hash(item)
-        except TypeError:
-            raise SpecError(
-                f"task {task!r}: {field} items must be hashable, got "
-                f"{type(item).__name__} {safe_repr(item)}"
-            ) from None
-        except Exception as exc:
-            raise SpecError(
-                f"task {task!r}: {field} item {safe_repr(item)} cannot be hashed: {exc!r}"
-            ) from exc
+        if type(item) not in _PLAIN_ITEMS:  # (those hash and compare in C, never raise)
+            where = where or f"task {task!r}: {field}"
+            check_item(item, where)
     if not items:
         return _NO_ITEMS
+    if where:
+        odd.append(field)
+        _check_peers(task, ((field, items),))
     try:
         return frozenset(items)
-    except Exception as exc:  # equal hashes and an __eq__ that raises
-        raise SpecError(f"task {task!r}: {field} items cannot be compared: {exc!r}") from exc
+    except Exception as exc:  # checked above; a __hash__/__eq__ that changed its mind
+        raise SpecError(
+            f"task {task!r}: {field} items cannot be compared: {safe_repr(exc)}"
+        ) from exc
+
+
+# Items of these exact types hash and compare in C and never raise; any other item is
+# compared with itself and with a stranger when the task is built (check_item).
+_PLAIN_ITEMS = frozenset({str, bytes, int, float, bool, type(None), OutputItem})
+
+
+class _Stranger:
+    """Equal to nothing but itself: what an item meets in the planner's dicts."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<stranger>"
+
+
+_STRANGER = _Stranger()
+
+
+def check_item(item: Any, where: str) -> None:
+    """Refuse (``SpecError``) an item the planner's dicts cannot hold safely.
+
+    The item must hash, and its ``__eq__`` (and the truth of its answer) must not raise.
+    A set or a dict compares items only when their hashes are equal and they are not the
+    same object, so one such item builds a frozenset happily; the planner then compares it
+    with whatever other item shares its hash (another task's, a provided one) and used to
+    fail in the middle of an event. ``item == item`` runs its ``__eq__`` (``==`` has no
+    identity shortcut); comparing with a stranger catches an ``__eq__`` that assumes the
+    other side is of its own kind. The elements of a tuple or frozenset item are checked
+    the same way (a tuple compares its elements when it meets an equal-hashed tuple).
+    Items of the builtin types in ``_PLAIN_ITEMS`` pass at once.
+
+    ``where`` starts the message: ``"task 'x': requires"``, ``"provide"``. What no single
+    item shows (an ``__eq__`` that raises only against some other item) is left to
+    :func:`_check_peers` within a task, and to the planner across tasks.
+    """
+    if type(item) in _PLAIN_ITEMS:
+        return
+    try:
+        hash(item)
+    except TypeError:
+        raise SpecError(
+            f"{where} items must be hashable, got {type(item).__name__} {safe_repr(item)}"
+        ) from None
+    except Exception as exc:
+        raise SpecError(
+            f"{where} item {safe_repr(item)} cannot be hashed: {safe_repr(exc)}"
+        ) from exc
+    stack: list[Any] = [item]
+    while stack:
+        x = stack.pop()
+        kind = type(x)
+        if kind in _PLAIN_ITEMS:
+            continue
+        try:
+            if kind is not tuple and kind is not frozenset:  # those compare their elements
+                bool(x == x)
+                bool(x == _STRANGER)
+            if issubclass(kind, tuple):
+                stack.extend(tuple.__iter__(x))  # the elements, not a subclass's own __iter__
+            elif issubclass(kind, frozenset):
+                stack.extend(frozenset.__iter__(x))
+        except Exception as exc:
+            held = "" if x is item else f" (it holds {safe_repr(x)})"
+            raise SpecError(
+                f"{where} item {safe_repr(item)}{held} cannot be compared: {safe_repr(exc)}"
+            ) from exc
+
+
+def _check_namespaces(
+    task: str,
+    odd: list[str],
+    requires: frozenset[Hashable],
+    provides: frozenset[Hashable],
+    claims: frozenset[Hashable],
+    uses: frozenset[Hashable],
+    refs: frozenset[str],
+) -> None:
+    """Compare the items of different fields that the planner keeps in one dict.
+
+    Requires, provides and output items (those of the references in the arguments and
+    the task's own) share one dict, claims and uses another; items of one dict that share
+    a hash are compared there, so they are compared here first, where a failure can still
+    name them. Only called when a field in ``odd`` holds an item outside ``_PLAIN_ITEMS``.
+    """
+    if "requires" in odd or "provides" in odd:
+        outputs = frozenset(OutputItem(r) for r in refs)
+        own = frozenset((OutputItem(task),))
+        _check_peers(
+            task,
+            (
+                ("requires", requires),
+                ("provides", provides),
+                ("output reference", outputs),
+                ("own output", own),
+            ),
+            across=True,
+        )
+    if "claims" in odd or "uses" in odd:
+        _check_peers(task, (("claims", claims), ("uses", uses)), across=True)
+
+
+def _check_peers(
+    task: str, fields: Iterable[tuple[str, Iterable[Hashable]]], *, across: bool = False
+) -> None:
+    """Compare, both ways, every two items of ``fields`` that share a hash, as the planner's
+    dicts will; refuse a pair whose comparison raises, naming both. Nothing to do unless one
+    item is of a type outside :data:`_PLAIN_ITEMS`. ``across``: only items of different
+    fields (those of one field were compared when it was built)."""
+    fields = tuple(fields)
+    if all(type(i) in _PLAIN_ITEMS for _, items in fields for i in items):
+        return
+    by_hash: dict[int, list[tuple[str, Hashable]]] = {}
+    for field, items in fields:
+        for item in items:
+            try:
+                h = hash(item)
+            except Exception as exc:  # hashed fine a moment ago
+                raise SpecError(
+                    f"task {task!r}: {field} item {safe_repr(item)} cannot be hashed: "
+                    f"{safe_repr(exc)}"
+                ) from exc
+            by_hash.setdefault(h, []).append((field, item))
+    for group in by_hash.values():
+        for i, (fa, a) in enumerate(group):
+            for fb, b in group[i + 1 :]:
+                if a is b or (across and fa == fb):
+                    continue
+                if type(a) in _PLAIN_ITEMS and type(b) in _PLAIN_ITEMS:
+                    continue
+                try:
+                    bool(a == b)
+                    bool(b == a)
+                except Exception as exc:
+                    raise SpecError(
+                        f"task {task!r}: {fa} item {safe_repr(a)} and {fb} item {safe_repr(b)} "
+                        f"share a hash and cannot be compared: {safe_repr(exc)}"
+                    ) from exc
+
+
+_TIER_NAMES = ", ".join(t.name for t in Tier)
 
 
 def _tier(task: str, value: Any) -> Tier:
-    if isinstance(value, Tier):
-        return value
-    if isinstance(value, str):
-        try:
-            return Tier[value.upper()]
-        except KeyError:
-            pass
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return Tier(value)
-        except ValueError:
-            pass
-    names = ", ".join(t.name for t in Tier)
-    raise SpecError(f"task {task!r}: tier must be one of {names}, got {safe_repr(value)}")
+    try:
+        if isinstance(value, Tier):
+            return value
+        if isinstance(value, str):
+            try:
+                return Tier[value.upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return Tier(value)
+            except ValueError:
+                pass
+    except Exception as exc:  # its own upper(), __hash__, __eq__ or __class__ raised
+        raise SpecError(
+            f"task {task!r}: tier must be one of {_TIER_NAMES}, got {safe_repr(value)}: "
+            f"reading it raised {safe_repr(exc)}"
+        ) from exc
+    raise SpecError(f"task {task!r}: tier must be one of {_TIER_NAMES}, got {safe_repr(value)}")
 
 
 _EXACT = 2**53  # ints below this convert to float without overflow (the fast path)
@@ -598,12 +843,18 @@ def real_number(label: str, value: Any) -> float:
             return cast(float, value)
     elif kind is int and -_EXACT < value < _EXACT:
         return float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(f"{label} must be a number, got {type(value).__name__} {safe_repr(value)}")
     try:
-        out = float(value)
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        out = float(value) if number else math.nan  # a subclass's own __float__ may raise
     except OverflowError:
         raise SpecError(f"{label} is too large, got {safe_repr(value)}") from None
+    except Exception as exc:
+        raise SpecError(
+            f"{label} must be a number, got {type(value).__name__} {safe_repr(value)}: "
+            f"reading it raised {safe_repr(exc)}"
+        ) from exc
+    if not number:
+        raise SpecError(f"{label} must be a number, got {type(value).__name__} {safe_repr(value)}")
     if math.isnan(out):
         raise SpecError(f"{label} must be a number, got nan")
     return out
@@ -613,9 +864,17 @@ def whole_number(label: str, value: Any, minimum: int = 0) -> int:
     """An int >= ``minimum`` (not a bool), as a plain int; otherwise ``SpecError``."""
     if type(value) is int and value >= minimum:
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    try:
+        # int() gives a plain int: compare that, not through a subclass's own __lt__
+        out = int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    except Exception as exc:  # a subclass's own __int__, or a __class__ that raises
+        raise SpecError(
+            f"{label} must be an int >= {minimum}, got {type(value).__name__} "
+            f"{safe_repr(value)}: reading it raised {safe_repr(exc)}"
+        ) from exc
+    if out is None or out < minimum:
         raise SpecError(f"{label} must be an int >= {minimum}, got {safe_repr(value)}")
-    return int(value)
+    return out
 
 
 def _float(task: str, field: str, value: Any) -> float:
@@ -630,11 +889,19 @@ def _count(task: str, field: str, value: Any) -> int:
 def _runs_on(task: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or value == "aloop:":
+    try:
+        # a str subclass is read as the string it holds: its own __eq__ is never called
+        text = str.__str__(value) if isinstance(value, str) else ""
+    except Exception as exc:  # isinstance read a __class__ that raises
+        raise SpecError(
+            f"task {task!r}: runs_on must be a non-empty string or None, got "
+            f"{safe_repr(value)}: {safe_repr(exc)}"
+        ) from exc
+    if not text or text == "aloop:":
         raise SpecError(
             f"task {task!r}: runs_on must be a non-empty string or None, got {safe_repr(value)}"
         )
-    return str.__str__(value)
+    return text
 
 
 def resource_map(value: Any, what: str = "amount", *, prefix: str = "") -> dict[str, float]:
@@ -644,20 +911,28 @@ def resource_map(value: Any, what: str = "amount", *, prefix: str = "") -> dict[
     """
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(
-            f"{prefix}resources must be a mapping of name to {what}, "
-            f"got {type(value).__name__} {safe_repr(value)}"
-        )
     out = {}
-    for k, v in value.items():
-        if not isinstance(k, str):
-            raise SpecError(f"{prefix}resource names must be strings, got {safe_repr(k)}")
-        label = f"{prefix}resources[{str.__repr__(k)}]"
-        amount = real_number(label, v)
-        if not 0 <= amount < math.inf:
-            raise SpecError(f"{label} must be a finite number >= 0, got {safe_repr(v)}")
-        out[str.__str__(k)] = amount
+    try:
+        if not isinstance(value, Mapping):
+            raise SpecError(
+                f"{prefix}resources must be a mapping of name to {what}, "
+                f"got {type(value).__name__} {safe_repr(value)}"
+            )
+        for k, v in value.items():
+            if type(k) is not str and not isinstance(k, str):
+                raise SpecError(f"{prefix}resource names must be strings, got {safe_repr(k)}")
+            label = f"{prefix}resources[{str.__repr__(k)}]"
+            amount = real_number(label, v)
+            if not 0 <= amount < math.inf:
+                raise SpecError(f"{label} must be a finite number >= 0, got {safe_repr(v)}")
+            out[str.__str__(k)] = amount
+    except SpecError:
+        raise
+    except Exception as exc:  # its own items(), __iter__, __getitem__ or __class__ raised
+        raise SpecError(
+            f"{prefix}resources: reading {type(value).__name__} {safe_repr(value)} "
+            f"raised {safe_repr(exc)}"
+        ) from exc
     return out
 
 
@@ -679,7 +954,10 @@ _INSPECT_ATTRS = frozenset(
 
 def _plain_dict(d: Any) -> bool:
     """A function ``__dict__`` holding nothing that changes what inspect would say."""
-    return not d or (type(d) is dict and d.keys().isdisjoint(_INSPECT_ATTRS))
+    try:
+        return not d or (type(d) is dict and d.keys().isdisjoint(_INSPECT_ATTRS))
+    except Exception:  # a dict subclass whose own __len__ raises: ask inspect
+        return False
 
 
 def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
