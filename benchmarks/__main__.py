@@ -2,7 +2,7 @@
 
     python -m benchmarks                   # full sizes (nox -s bench): 15-25 minutes
     python -m benchmarks --quick           # smaller sizes, about a minute (CI smoke check)
-    python -m benchmarks --only W1,W3      # some workloads: W1-W6, PLANNER, SOAK
+    python -m benchmarks --only W1,W3      # some workloads: W1-W7, PLANNER, SOAK
     python -m benchmarks --json out.json   # also write every sample as JSON
     python -m benchmarks --only W3 --quick --profile   # top functions on taskvisor's side
 
@@ -23,7 +23,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import planner, soak, w1_threads, w2_processes, w3_coroutines, w4_dag, w5_memory
+from . import (
+    planner,
+    soak,
+    w1_threads,
+    w2_processes,
+    w3_coroutines,
+    w4_dag,
+    w5_memory,
+    w7_foreign,
+)
 from ._common import Config, Row, format_table, optional_import
 
 WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
@@ -33,6 +42,7 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "W4": w4_dag.run_w4,
     "W5": w5_memory.run,
     "W6": w4_dag.run_scaling,
+    "W7": w7_foreign.run,
     "PLANNER": planner.run,
     "SOAK": soak.run,
 }

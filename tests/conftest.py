@@ -118,3 +118,10 @@ class DeadlineClock(MockClock):
         while self.next_deadline != when:
             self._changed.clear()
             await self._changed.wait()
+
+
+async def end_of_turn() -> None:
+    """Let the loop end its current turn: tasks given to ``submit`` are admitted together
+    once the turn that submitted them is over. A yield (``sleep(0)``): no time passes, and
+    the admission callback, scheduled before it, is sure to have run when it returns."""
+    await asyncio.sleep(0)

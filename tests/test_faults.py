@@ -24,6 +24,8 @@ import taskvisor as tv
 from taskvisor import State
 from taskvisor.testing import FakeSampler, MockClock
 
+from .conftest import end_of_turn
+
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
 
@@ -1284,6 +1286,7 @@ async def test_memory_gate_holds_until_memory_drops() -> None:
         held = [sup.submit(echo, i, name=f"held-{i}", runs_on="thread") for i in range(5)]
         assert sampler.calls == 1 and all(h.state is State.QUEUED for h in held)
         crit = sup.submit(aecho, "c", name="critical", runs_on="main", tier=tv.CRITICAL)
+        await end_of_turn()  # admission: the critical task passes the gate
         assert crit.state is State.RUNNING
         sampler.memory = 50  # (no await since the first sample) cpu 99 has no limit
         expect_done(await crit, "c", name="critical", runs_on="main", run_time=None)

@@ -20,6 +20,7 @@ import taskvisor as tv
 from taskvisor import State, _executors
 from taskvisor.testing import MockClock
 
+from .conftest import end_of_turn
 from .workloads import add
 
 
@@ -73,6 +74,7 @@ async def test_the_pool_thread_that_finishes_a_task_starts_its_child(spy: Submit
     a, b = _blocked_then_child(gate)
     async with tv.Supervisor(threads=2, aloops=()) as sup:
         ha, hb = sup.submit(a), sup.submit(b)
+        await end_of_turn()  # a is dispatched
         gate.set()  # the loop does nothing else until b's result: the engine lock is free
         rb = await hb
         ra = await ha
@@ -206,6 +208,7 @@ async def test_a_cancel_right_after_an_inline_finish_is_not_lost(deferred: Defer
     async with tv.Supervisor(threads=2, aloops=()) as sup:
         ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
         hc = sup.submit(tv.Task(child, (tv.ResultRef("a"),), name="c", runs_on="main"))
+        await end_of_turn()
         gate.set()
         assert deferred.queued.wait(WAIT)  # the loop thread waits: nothing of it runs
         sup.cancel("c")
@@ -223,6 +226,7 @@ async def test_a_forgotten_name_reused_after_an_inline_finish(deferred: DeferSpy
     async with tv.Supervisor(threads=2, aloops=(), result_buffer=1) as sup:
         assert (await sup.submit(plus_one, 0, name="p", runs_on="thread")).ret == 1
         ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
+        await end_of_turn()
         gate.set()
         assert deferred.queued.wait(WAIT)
         hp = sup.submit(plus_one, 10, name="p", runs_on="thread")
@@ -247,6 +251,7 @@ async def test_cancel_all_settles_a_task_a_nested_finish_would_forget() -> None:
 
     hx = sup.submit(x_fn, name="x", runs_on="thread")
     hy = sup.submit(plus_one, 1, name="y", runs_on="thread")
+    await end_of_turn()
     assert started.wait(WAIT)
     try:
         with pytest.warns(tv.TaskvisorWarning, match="interrupted|abandoned"):

@@ -16,7 +16,7 @@ import pytest
 import taskvisor as tv
 from taskvisor import State, _executors
 
-from .conftest import Gates, noop
+from .conftest import Gates, end_of_turn, noop
 from .workloads import die, identity
 
 
@@ -176,6 +176,7 @@ async def test_a_cancel_that_comes_after_the_task_finished_keeps_its_result() ->
 
     async with tv.Supervisor(aloops=()) as sup:
         h = sup.submit(precious)
+        await end_of_turn()  # admitted and dispatched
         assert finished.wait(30)
         inbox = sup._inbox
         assert inbox is not None

@@ -34,7 +34,7 @@ from ._helpers import controlled_failure
 from ._planner import State
 from ._result import ExceptionInfo, RunReport, TaskRes
 from ._spec import CRITICAL, HIGH, LOW, NORMAL, ResultRef, Task, Tier, task
-from ._supervisor import Statistics, Supervisor, SupervisorState, TaskHandle, run
+from ._supervisor import Statistics, StoryEvent, Supervisor, SupervisorState, TaskHandle, run
 
 __version__ = "0.1.0"
 
@@ -60,6 +60,7 @@ __all__ = [
     "SpecError",
     "State",
     "Statistics",
+    "StoryEvent",
     "Supervisor",
     "SupervisorState",
     "SystemClock",

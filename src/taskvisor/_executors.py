@@ -58,9 +58,12 @@ class Job:
     """One attempt of a task, as an executor sees it."""
 
     __slots__ = (
+        "abandoned",
         "args",
         "attempt",
+        "began",
         "cancelled",
+        "ended",
         "fn",
         "handle",
         "kwargs",
@@ -93,6 +96,11 @@ class Job:
         self.handle: Any = None  # the asyncio.Task running it, for cancellation
         self.running = False  # a pool thread has taken it (ThreadPool, under its lock)
         self.returned = False  # its function returned; the report is on its way
+        self.abandoned = False  # the supervisor ended its task while a thread still ran it
+        # when a worker really began and ended it (watched thread jobs: the deadline is
+        # judged by these, not by when the loop got round to the reports)
+        self.began: float | None = None
+        self.ended: float | None = None
         self.target = target
         # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
         self.watch = False
@@ -136,8 +144,9 @@ class Inbox:
             try:
                 self._loop.call_soon_threadsafe(self._run)
             except RuntimeError:  # the loop is closed: nobody will drain it any more
+                # (expected: an abandoned thread that returns after the supervisor closed)
                 self._scheduled = False
-                logging.getLogger("taskvisor").error(
+                logging.getLogger("taskvisor").debug(
                     "a completion arrived after its event loop closed: %r", item
                 )
 
@@ -367,9 +376,16 @@ class ThreadPool:
     before any thread takes it or taken and then only abandoned.
     """
 
-    def __init__(self, size: int, sink: Sink, prefix: str = "taskvisor-thread") -> None:
+    def __init__(
+        self,
+        size: int,
+        sink: Sink,
+        prefix: str = "taskvisor-thread",
+        now: Callable[[], float] | None = None,
+    ) -> None:
         self.size = size
         self._sink = sink
+        self._now = now  # the supervisor's clock, to stamp when watched jobs begin and end
         self._prefix = prefix
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # threads back at the queue that no submitted job has counted on yet (a counter
@@ -424,7 +440,7 @@ class ThreadPool:
             return True
 
     def _work(self) -> None:
-        sink, q = self._sink, self._queue
+        sink, q, now = self._sink, self._queue, self._now
         me = threading.current_thread()
         worker = me.name
         current = self._current
@@ -434,16 +450,23 @@ class ThreadPool:
                 return
             if self._take(job):
                 current[me] = job
-                if job.watch:
+                watch = job.watch
+                if watch:
+                    if now is not None:
+                        job.began = now()
                     sink(job, (Outcome.STARTED, None, None, None, worker))
                 try:
                     ret = _call(job)
                     if type(ret) is _Coroutine or inspect.iscoroutine(ret):
                         ret = asyncio.run(ret)
                 except BaseException as exc:
+                    if watch and now is not None:
+                        job.ended = now()
                     job.returned = True
                     sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
                 else:
+                    if watch and now is not None:
+                        job.ended = now()
                     job.returned = True
                     sink(job, (Outcome.OK, ret, job.shared, None, worker))
                 current.pop(me, None)
@@ -461,7 +484,8 @@ class ThreadPool:
         left = []
         for t in self._threads:
             job = self._current.get(t)
-            if job is not None and job.cancelled is not None:
+            # (a job whose cancel lost to its own finish was never abandoned: joined)
+            if job is not None and job.abandoned and not job.returned:
                 left.append(job.name)
                 continue
             t.join()

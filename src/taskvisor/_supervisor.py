@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import math
 import os
@@ -45,7 +46,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 import psutil
 
@@ -88,6 +89,7 @@ from ._spec import (
     META_KEYS,
     Task,
     Tier,
+    check_item,
     real_number,
     resource_map,
     safe_repr,
@@ -95,13 +97,14 @@ from ._spec import (
     whole_number,
 )
 
-__all__ = ["Statistics", "Supervisor", "SupervisorState", "TaskHandle", "run"]
+__all__ = ["Statistics", "StoryEvent", "Supervisor", "SupervisorState", "TaskHandle", "run"]
 
 logger = logging.getLogger("taskvisor")
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
 T = TypeVar("T")
 
 DEFAULT_THREADS = 40  # anyio's default thread limiter
+STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 WaitCallback = Callable[[str, float], object]
 Sampler = Callable[[], tuple[float, float]]  # () -> (cpu %, memory %)
 
@@ -130,42 +133,77 @@ class Statistics:
     paused: bool
 
 
+class StoryEvent(NamedTuple):
+    """One event in a task's life, as ``sup.story(name)`` returns it."""
+
+    id: int  # increasing over every event of the supervisor
+    time: float  # the supervisor's clock (monotonic seconds)
+    task: str
+    kind: str  # "submitted", "dispatched", "started", "retrying", "cancel requested", ...
+    detail: str  # the executor, the worker, the reason, the final state ...
+
+
 _NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call
 
 
 Listener = Callable[[TaskRes[Any]], None]
-_NOTIFY, _EXECUTE, _DEFERRED = object(), object(), object()  # work queued to the loop
+# work queued to the loop by other threads: tell listeners, run instructions
+_NOTIFY, _EXECUTE, _DEFERRED = object(), object(), object()
 
 
 class _Engine:
-    """The engine lock (an ``RLock``). Entered on the loop's thread it first runs what pool
-    threads queued for the loop (``_NOTIFY``/``_EXECUTE``), in order, so the planner never
-    gets a new event while instructions it gave earlier are still waiting to be carried
-    out. Pool threads use ``try_acquire`` and never wait for it."""
+    """The engine lock (an ``RLock``) and what runs when its outermost holder leaves.
 
-    __slots__ = ("_lock", "_sup")
+    Entered on the loop's thread it first runs what other threads queued for the loop
+    (``_NOTIFY``/``_EXECUTE``), in order, so the planner never gets a new event
+    from the loop while instructions it gave earlier are still waiting to be carried out.
+    ``after`` holds user callbacks (wait alarms, done callbacks): the outermost exit on the
+    loop's thread releases the lock first and then calls them, so user code never runs
+    while an instruction list is half done, and may call the supervisor again. Pool
+    threads use ``try_acquire`` and never wait for the lock; threads of the user wait.
+    """
+
+    __slots__ = ("_lock", "_sup", "after", "depth")
 
     def __init__(self, sup: Supervisor) -> None:
         self._lock = threading.RLock()
         self._sup = sup
+        self.depth = 0  # nesting of the holder (read and written only by the holder)
+        self.after: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
 
     def __enter__(self) -> None:
         self._lock.acquire()
+        self.depth += 1
         sup = self._sup
-        if sup._deferred and threading.get_ident() == sup._tid:
+        if self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid:
             try:
                 sup._catch_up()
             except BaseException:
+                self.depth -= 1
                 self._lock.release()
                 raise
 
     def __exit__(self, *_: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.after and threading.get_ident() == self._sup._tid:
+            calls, self.after = self.after, []
+            self._lock.release()
+            for fn, args in calls:
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("a callback %r raised; ignored", fn)
+            return
         self._lock.release()
 
     def try_acquire(self) -> bool:
-        return self._lock.acquire(blocking=False)
+        if self._lock.acquire(blocking=False):
+            self.depth += 1
+            return True
+        return False
 
     def release(self) -> None:
+        self.depth -= 1
         self._lock.release()
 
 
@@ -187,6 +225,7 @@ class _Rec:
         "submitted",
         "target",
         "timer",
+        "waiter",
     )
 
     def __init__(self, spec: Task[Any], target: str, now: float) -> None:
@@ -207,6 +246,8 @@ class _Rec:
         # the call, references substituted, for every attempt (set at dispatch)
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = _NO_KWARGS
+        # set when the TaskRes is there, for threads blocked in TaskHandle.result()
+        self.waiter: threading.Event | None = None
 
     def add_listener(self, cb: Listener) -> None:
         listeners = self.listeners
@@ -250,17 +291,58 @@ class TaskHandle(Generic[T]):
         return self._sup.task_state(self.name)
 
     def done(self) -> bool:
-        """Has the task ended (its TaskRes is there)?"""
+        """Has the task ended (its TaskRes is there)? From any thread."""
         return self._rec.res is not None
 
-    def result(self) -> TaskRes[T]:
-        """The TaskRes; raises ``asyncio.InvalidStateError`` before the task has ended."""
-        if self._rec.res is None:
-            raise asyncio.InvalidStateError(f"task {self.name!r} has not ended yet")
-        return self._rec.res
+    def result(self, timeout: float | None = None) -> TaskRes[T]:
+        """The TaskRes, waiting up to ``timeout`` seconds (``None``: as long as it takes).
+
+        From any thread but the supervisor loop's, it blocks; ``TimeoutError`` leaves the
+        task running. On the loop's thread it never blocks (that would stop the loop the
+        task needs): before the task has ended it raises ``asyncio.InvalidStateError`` —
+        ``await`` the handle there.
+        """
+        rec = self._rec
+        if rec.res is not None:
+            return rec.res
+        sup = self._sup
+        if threading.get_ident() == sup._tid:
+            raise asyncio.InvalidStateError(
+                f"task {self.name!r} has not ended yet (on the supervisor's loop, await the "
+                "handle instead of blocking in result())"
+            )
+        with sup._engine:  # _deliver sets res and the waiter under the engine lock
+            if rec.res is None and rec.waiter is None:
+                rec.waiter = threading.Event()
+            waiter = rec.waiter
+        if waiter is not None and not waiter.wait(timeout):
+            raise TimeoutError(f"task {self.name!r} did not end within {timeout:g} s")
+        assert rec.res is not None
+        return rec.res
+
+    def add_done_callback(self, fn: Callable[[TaskRes[T]], object]) -> None:
+        """Call ``fn(res)`` once the task has ended (from any thread).
+
+        It runs on the supervisor loop's thread, outside the supervisor's critical
+        section (it may call the supervisor); if the task has already ended, it runs at
+        once in the calling thread. An exception it raises is logged and ignored.
+        """
+        if not callable(fn):
+            raise SpecError(f"add_done_callback() takes a callable, got {safe_repr(fn)}")
+        sup, rec = self._sup, self._rec
+        with sup._engine:
+            ended = rec.res is not None
+            if not ended:
+                engine = sup._engine
+                rec.add_listener(lambda res: engine.after.append((fn, (res,))))
+        if ended:
+            try:
+                fn(cast(TaskRes[T], rec.res))
+            except Exception:
+                logger.exception("a done callback %r raised; ignored", fn)
 
     def cancel(self) -> None:
-        """Same as ``sup.cancel(handle)``."""
+        """Same as ``sup.cancel(handle)`` (from any thread)."""
         self._sup.cancel(self)
 
     def __await__(self) -> Generator[Any, None, TaskRes[T]]:
@@ -402,7 +484,8 @@ class Supervisor:
             )
         self._sampler: Sampler = sampler if sampler is not None else _psutil_sample
         interval = _seconds("sample_interval", sample_interval)
-        assert interval is not None
+        if interval is None:
+            raise SpecError("sample_interval must be a number of seconds > 0, got None")
         self._sample_interval = interval
         self._sampled_at = -math.inf
         self._sample_timer: TimerHandle | None = None
@@ -466,8 +549,15 @@ class Supervisor:
         # what pool threads handling their own completions left for the loop, in order
         self._deferred: deque[tuple[object, Any]] = deque()
         self._pending_exec = 0  # instruction lists among them (results are harmless)
-        self._exec_depth = 0  # _execute nests (a cancel that abandons a thread finishes it)
-        self._forget_later: list[str] = []
+        # the instructions to carry out, in the planner's order; one drain at a time
+        self._todo: deque[Instruction] = deque()
+        self._draining = False
+        # admission of single submits on the loop runs once per turn (tier order holds
+        # among back-to-back submits)
+        self._admit_soon = False
+        # recent events of every task, for story(): (id, time, task, kind, detail)
+        self._story: deque[tuple[int, float, str, str, str]] = deque(maxlen=STORY_EVENTS)
+        self._event_ids = itertools.count(1)
         self._inline = False  # may pool threads handle their completions? (set at start)
         if start_method not in ("spawn", "forkserver", "fork"):
             raise SpecError(f"start_method must be spawn, forkserver or fork, not {start_method!r}")
@@ -506,7 +596,7 @@ class Supervisor:
         self._inbox = Inbox(loop, self._drain)
         self._quiet = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._thread_pool = ThreadPool(self.threads, self._sink)
+        self._thread_pool = ThreadPool(self.threads, self._sink, now=self._now)
         self._process_pool = ProcessPool(
             self.processes, self._sink, start_method=self._start_method
         )
@@ -677,19 +767,24 @@ class Supervisor:
     def submit(self, task: Any, /, *args: Any, **meta: Any) -> TaskHandle[Any]:
         """Submit one task (or a function with its arguments and Task options).
 
-        It may wait for a provider submitted later. Raises ``SpecError`` for a bad spec
-        and ``ClosedError`` unless the supervisor is running.
+        From any thread. It may wait for a provider submitted later. Raises ``SpecError``
+        for a bad spec (``CycleError``, ``DuplicateTaskError`` for a bad graph) in the
+        calling thread, and ``ClosedError`` unless the supervisor is running. Tasks
+        submitted back to back in one turn of the loop are admitted together, in tier
+        order.
         """
         spec = _as_task(task, args, meta)
-        (rec,) = self._submit([spec], sealed=False)
+        (rec,) = self._submit([spec], sealed=False, admit=False)
         return TaskHandle(self, rec)
 
     def run(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> AsyncIterator[TaskRes[Any]]:
         """Submit a sealed batch; iterate its results in completion order."""
         specs = [_as_task(t, (), {}) for t in tasks]
+        self._check_running("submit")
+        loop = self._own_loop("run")
         with self._engine:  # no result may land between the submit and the listeners
             recs = self._submit(specs, sealed=True)
-            stream = _Stream(self._loop_or_raise(), len(recs))
+            stream = _Stream(loop, len(recs))
             push = stream.push
             for rec in recs:
                 if rec.res is not None:
@@ -705,9 +800,11 @@ class Supervisor:
         """
         started, t0 = datetime.now(UTC), self._clock.now()
         specs = [_as_task(t, (), {}) for t in tasks]
+        self._check_running("submit")
+        loop = self._own_loop("gather")
         with self._engine:  # no result may land between the submit and the listeners
             recs = self._submit(specs, sealed=True)
-            done = self._loop_or_raise().create_future()
+            done = loop.create_future()
             left = sum(1 for r in recs if r.res is None)
             counter = [left]
 
@@ -738,24 +835,51 @@ class Supervisor:
             (cast(TaskRes[Any], r.res) for r in recs), started, self._clock.now() - t0
         )
 
-    def _submit(self, specs: list[Task[Any]], *, sealed: bool) -> list[_Rec]:
-        with self._engine:
-            return self._submit_locked(specs, sealed)
+    def _own_loop(self, what: str) -> asyncio.AbstractEventLoop:
+        """The supervisor's loop, for the async API (run, gather): on its own thread only."""
+        loop = self._loop_or_raise()
+        if threading.get_ident() != self._tid:
+            raise RuntimeError(
+                f"{what}() belongs to the supervisor's event loop; from another thread, "
+                "submit() and wait with handle.result()"
+            )
+        return loop
 
-    def _submit_locked(self, specs: list[Task[Any]], sealed: bool) -> list[_Rec]:
-        self._check_running("submit")
-        targets = [self._target(s) for s in specs]
-        now = self._now()
-        if self._gates_on:
-            self._sample(now)
-        instrs = self._planner.submit(specs, sealed=sealed, now=now)  # raises graph errors
-        recs = []
-        for spec, target in zip(specs, targets, strict=True):
-            rec = _Rec(spec, target, now)
-            self._recs[spec.name] = rec
-            recs.append(rec)
-        self._execute(instrs)
-        return recs
+    def _submit(self, specs: list[Task[Any]], *, sealed: bool, admit: bool = True) -> list[_Rec]:
+        """``admit=False``: admit at the end of this turn of the loop. (Another thread has
+        no turns: its submits are admitted at once, and its thread tasks start from it.)"""
+        targets = [self._target(s) for s in specs]  # (no lock needed: the caller's thread)
+        admit = admit or threading.get_ident() != self._tid
+        with self._engine:
+            self._check_running("submit")
+            now = self._now()
+            if self._gates_on:
+                self._sample(now)
+            # graph errors raise here, before anything changed
+            instrs = self._planner.submit(specs, sealed=sealed, admit=admit, now=now)
+            recs = []
+            story = self._story
+            for spec, target in zip(specs, targets, strict=True):
+                rec = _Rec(spec, target, now)
+                self._recs[spec.name] = rec
+                recs.append(rec)
+                story.append((next(self._event_ids), now, spec.name, "submitted", target))
+            if not admit:
+                self._admit_later()
+            self._execute(instrs)
+            return recs
+
+    def _admit_later(self) -> None:
+        """Run admission once the current turn of the loop is over (loop thread)."""
+        if not self._admit_soon:
+            self._admit_soon = True
+            self._loop_or_raise().call_soon(self._admit_turn)
+
+    def _admit_turn(self) -> None:
+        with self._engine:
+            self._admit_soon = False
+            if self.state is not SupervisorState.CLOSED:
+                self._execute(self._planner.admit(now=self._now()))
 
     def _target(self, spec: Task[Any]) -> str:
         on = spec.runs_on
@@ -796,44 +920,58 @@ class Supervisor:
     # ------------------------------------------------------------ control
 
     def provide(self, item: Hashable) -> None:
-        """Satisfy ``item`` as if a task had provided it."""
-        self._check_running("provide")
-        try:
-            hash(item)
-        except Exception as exc:
-            raise SpecError(
-                f"cannot provide {type(item).__name__} {safe_repr(item)}: items must be "
-                f"hashable ({exc!r})"
-            ) from None
+        """Satisfy ``item`` as if a task had provided it (from any thread)."""
+        check_item(item, "provide")
         with self._engine:
+            self._check_running("provide")
             self._execute(self._planner.provide(item, now=self._now()))
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
-        """Cancel a task; it ends CANCELLED (dependents SKIPPED naming it).
+        """Cancel a task; it ends CANCELLED (dependents SKIPPED naming it). From any thread.
 
         Not started yet: at once. Running: a coroutine is cancelled on its own loop, a
         process task's worker is killed (and replaced); a thread cannot be interrupted, so it
         is *abandoned* — the task ends now, the thread runs on, and its slot, resources and
         locks stay taken until it returns. An ended task is left as it is.
         """
-        self._check_loop_thread()
         name = task.name if isinstance(task, TaskHandle) else task
         with self._engine:
-            if name not in self._recs:
+            if self._loop is None:
+                raise ClosedError(self.state.value, "cancel")
+            if name not in self._planner:
+                if name in self._recs:
+                    return  # ended, and the planner already forgot it
                 raise KeyError(f"no task named {name!r} in this supervisor")
+            self._event(name, "cancel requested", "")
             self._execute(self._planner.cancel(name, now=self._now()))
 
     def pause(self) -> None:
-        """Hold every new admission (running tasks go on)."""
-        self._check_loop_thread()
+        """Hold every new admission (running tasks go on). From any thread."""
         with self._engine:
+            self._check_running("pause")
             self._execute(self._planner.set_paused(True))
 
     def resume(self) -> None:
-        """Release admission held by :meth:`pause`."""
-        self._check_loop_thread()
+        """Release admission held by :meth:`pause`. From any thread."""
         with self._engine:
+            self._check_running("resume")
             self._execute(self._planner.set_paused(False))
+
+    def story(self, task: str | TaskHandle[Any]) -> list[StoryEvent]:
+        """The recent events of one task, oldest first (from any thread).
+
+        Like distributed's ``story(key)``: what was submitted, dispatched to which
+        executor, started, retried, cancelled, timed out, abandoned, and how it ended, with
+        the time of each (the supervisor's clock) and an id ordering every event of the
+        supervisor. The supervisor keeps its last ``STORY_EVENTS`` events (10,000).
+        """
+        name = task.name if isinstance(task, TaskHandle) else task
+        with self._engine:
+            return [StoryEvent(*e) for e in self._story if e[2] == name]
+
+    def _event(self, name: str, kind: str, detail: str) -> None:
+        """Record an event of a task for story() (engine held)."""
+        self._story.append((next(self._event_ids), self._now(), name, kind, detail))
 
     def report(self) -> RunReport:
         """An interim report: results kept so far (see ``result_buffer``) and pending names."""
@@ -850,9 +988,12 @@ class Supervisor:
         """Where a task is now (``State.QUEUED``, ``State.RUNNING``, ``State.DONE`` …)."""
         name = task.name if isinstance(task, TaskHandle) else task
         with self._engine:
-            if name not in self._recs:
-                raise KeyError(f"no task named {name!r} in this supervisor")
-            return self._planner.state(name)
+            if name in self._planner:
+                return self._planner.state(name)
+            rec = self._recs.get(name)
+            if rec is not None and rec.res is not None:
+                return rec.res.state
+            raise KeyError(f"no task named {name!r} in this supervisor")
 
     def statistics(self) -> Statistics:
         """A snapshot of queue lengths, running tasks and executors."""
@@ -887,19 +1028,9 @@ class Supervisor:
             raise ClosedError(self.state.value, "use the supervisor")
         return self._loop
 
-    def _check_loop_thread(self) -> None:
-        if self._loop is None:
-            raise ClosedError(self.state.value, "use the supervisor")
-        if threading.get_ident() != self._tid:
-            raise RuntimeError(
-                "Supervisor methods must be called from its event loop's thread; from other "
-                "threads use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe"
-            )
-
     def _check_running(self, action: str) -> None:
         if self.state is not SupervisorState.RUNNING:
             raise ClosedError(self.state.value, action)
-        self._check_loop_thread()
 
     def _sink(self, job: Job, result: Result) -> None:
         """Executors report here, from any thread.
@@ -949,16 +1080,35 @@ class Supervisor:
             if self._gates_on:
                 self._sample(self._now())
             for what, arg in batch:
+                if what is _DEFERRED:  # a wake-up for the deferred work: done on entry
+                    continue
                 try:
-                    if what is not _DEFERRED:  # (a wake-up for the deferred work: done)
-                        self._on_done(what, arg)
-                except Exception:  # a taskvisor bug: report it, and go on with the burst
-                    logger.critical("internal error handling %r", what, exc_info=True)
+                    self._on_done(what, arg)
+                except Exception as exc:  # a taskvisor bug: fail the task loudly, go on
+                    self._internal_error(what.name, exc, job=what)
             self._check_quiet()
 
+    def _internal_error(self, name: str, exc: Exception, job: Job | None = None) -> None:
+        """A bug in taskvisor while handling one task's event: log it at CRITICAL and end
+        that task FAILED with the exception, so it never waits for ever without a TaskRes."""
+        logger.critical("internal error handling task %r", name, exc_info=exc)
+        rec = self._recs.get(name)
+        if rec is None or rec.res is not None or (job is not None and rec.job is not job):
+            return
+        try:
+            info = ExceptionInfo.from_exc(exc)
+            if name in self._planner and self._planner.state(name) is State.RUNNING:
+                if rec.job is None:  # (a dispatch that broke before its attempt began)
+                    rec.job = Job(name, rec.spec.fn, (), {}, None, rec.target)
+                self._finish(rec, State.FAILED, None, None, info, None)
+            else:
+                self._deliver(rec, State.FAILED, None, {}, info, None, self._now())
+        except Exception:
+            logger.critical("could not end task %r after an internal error", name, exc_info=True)
+
     def _to_loop(self, what: object, arg: Any) -> None:
-        """Queue work for the loop's thread (from a pool thread handling a completion,
-        under the engine lock); the loop runs it before anything else it does under it."""
+        """Queue work for the loop's thread (from another thread, engine held); the loop
+        runs it before anything else it does under the engine lock."""
         assert self._inbox is not None
         if what is _EXECUTE:
             self._pending_exec += 1
@@ -966,7 +1116,7 @@ class Supervisor:
         self._inbox.put((_DEFERRED, None))
 
     def _catch_up(self) -> None:
-        """Run what pool threads queued for the loop, in order (loop thread, engine held)."""
+        """Run what other threads queued for the loop, in order (loop thread, engine held)."""
         deferred = self._deferred
         while deferred:
             what, arg = deferred.popleft()
@@ -980,42 +1130,58 @@ class Supervisor:
                 logger.critical("internal error running deferred work", exc_info=True)
 
     def _execute(self, instrs: list[Instruction]) -> None:
-        if threading.get_ident() != self._tid:  # a pool thread handling its completion
-            if not instrs:
-                return
-            recs = self._recs
-            if all(type(i) is Dispatch and recs[i.name].target == "thread" for i in instrs):
-                for ins in instrs:
-                    self._dispatch(ins)  # type: ignore[arg-type]
-            else:  # anything else is the loop's to do, in order
-                self._to_loop(_EXECUTE, instrs)
+        """Carry out the planner's instructions, in the order the planner gave them.
+
+        Never re-entered: when carrying out an instruction makes a new planner event (a
+        projection that raises at dispatch finishes its task; a ``runs_on="main"``
+        function cancels a sibling; closing abandons a thread), that event's instructions
+        join the queue behind the ones still waiting, as in distributed's
+        ``handle_stimulus``. (Running them at once would act on a later planner state
+        before an earlier one is carried out: a Cancel before its Dispatch is a lost
+        cancel.) Off the loop's thread, only thread dispatches are carried out here;
+        from the first other instruction on, the rest goes to the loop, in order.
+        """
+        self._todo.extend(instrs)
+        if self._draining:
             return
-        self._exec_depth += 1
+        self._draining = True
         try:
-            for ins in instrs:
-                if isinstance(ins, Dispatch):
-                    self._dispatch(ins)
-                elif isinstance(ins, Settle):
-                    self._settle(ins.name, ins.state, ins.error)
-                elif isinstance(ins, Cancel):
-                    self._cancel_running(ins.name, ins.reason)
-                elif isinstance(ins, Warn):
-                    _warn(ins.message)
-                elif isinstance(ins, WakeAt):
-                    self._wake_at(ins.when)
-                elif isinstance(ins, Alarm):
-                    self._alarm(ins)
-                elif isinstance(ins, Forget):
-                    # a nested list (a cancel that abandons a thread finishes it) may forget
-                    # a task the outer list still settles: forget once the outer one is done
-                    self._forget_later.extend(ins.names)
+            self._carry_out()
         finally:
-            self._exec_depth -= 1
-        if self._exec_depth == 0 and self._forget_later:
-            names, self._forget_later = self._forget_later, []
-            for name in names:
-                self._recs.pop(name, None)
-        self._check_quiet()
+            self._draining = False
+        if self._quiet is not None and self.state is SupervisorState.CLOSING:
+            self._check_quiet()
+
+    def _carry_out(self) -> None:
+        todo, recs = self._todo, self._recs
+        on_loop = threading.get_ident() == self._tid
+        while todo:
+            ins = todo[0]
+            if not on_loop and (type(ins) is not Dispatch or recs[ins.name].target != "thread"):
+                self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
+                todo.clear()
+                return
+            todo.popleft()
+            try:
+                if type(ins) is Dispatch:
+                    self._dispatch(ins)
+                elif type(ins) is Settle:
+                    self._settle(ins.name, ins.state, ins.error)
+                elif type(ins) is Cancel:
+                    self._cancel_running(ins.name, ins.reason)
+                elif type(ins) is Warn:
+                    _warn(ins.message)
+                elif type(ins) is WakeAt:
+                    self._wake_at(ins.when)
+                elif type(ins) is Alarm:
+                    self._engine.after.append((self._alarm, (ins,)))
+                elif type(ins) is Forget:
+                    for name in ins.names:
+                        rec = recs.get(name)
+                        if rec is not None and rec.res is not None:  # (not a reused name's)
+                            del recs[name]
+            except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
+                self._internal_error(getattr(ins, "name", "?"), exc)
 
     def _dispatch(self, ins: Dispatch) -> None:
         rec = self._recs[ins.name]
@@ -1057,8 +1223,9 @@ class Supervisor:
         rec.job = job
         rec.attempts += 1
         job.attempt = rec.attempts
-        job.started = self._now()
+        job.started = now = self._now()
         target = rec.target
+        self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
         if spec.timeout is not None:
             if target in ("thread", "process") or target.startswith("aloop:"):
                 job.watch = True  # the timeout runs from when a worker really starts it
@@ -1080,13 +1247,15 @@ class Supervisor:
         except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
-    def _arm_timeout(self, rec: _Rec, job: Job) -> None:
+    def _arm_timeout(self, rec: _Rec, job: Job, began: float | None = None) -> None:
+        """The attempt's deadline: ``timeout`` after it began (when a worker reported it
+        began, or now)."""
         assert rec.spec.timeout is not None
         if rec.timer is not None:
             rec.timer.cancel()
         rec.timer = self._clock.call_at(
             self._loop_or_raise(),
-            self._now() + rec.spec.timeout,
+            (self._now() if began is None else began) + rec.spec.timeout,
             lambda: self._on_timeout(rec, job),
         )
 
@@ -1098,6 +1267,7 @@ class Supervisor:
         if rec.job is job and rec.res is None and job.cancelled is None:
             rec.timer = None
             job.cancelled = "timeout"
+            self._event(job.name, "timed out", f"attempt {job.attempt}")
             self._cancel_job(rec, job)
 
     def _cancel_running(self, name: str, reason: str) -> None:
@@ -1105,6 +1275,7 @@ class Supervisor:
         job = rec.job
         if job is not None and job.cancelled is None:
             job.cancelled = reason
+            self._event(name, "cancelling", reason)
             self._cancel_job(rec, job)
 
     def _cancel_job(self, rec: _Rec, job: Job) -> None:
@@ -1122,6 +1293,7 @@ class Supervisor:
                 self._never_ran(rec, job)
                 self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
             elif not job.returned:  # (returned: its real ending is on its way; it wins)
+                job.abandoned = True
                 self._abandon(rec, job, "thread")
         elif target == "process":
             assert self._process_pool is not None
@@ -1157,6 +1329,7 @@ class Supervisor:
             f"task {spec.name!r}: its {what} could not be interrupted and still runs; "
             "its slot stays busy until it returns"
         )
+        self._event(spec.name, "abandoned", what)
         rec.run_time += self._now() - job.started
         self._finish(rec, state, None, None, ExceptionInfo.from_exc(err), None, keep_slot=True)
 
@@ -1165,11 +1338,13 @@ class Supervisor:
         if outcome is Outcome.STARTED:
             rec = self._recs.get(job.name)
             if rec is not None and rec.job is job and rec.res is None and job.cancelled is None:
-                self._arm_timeout(rec, job)
+                self._event(job.name, "started", worker or "")
+                self._arm_timeout(rec, job, job.began)
             return
         rec = self._abandoned.pop(job, None)
         if rec is not None:  # an abandoned attempt really returned: its slot is free now
             self._running[rec.target] -= 1
+            self._event(rec.spec.name, "abandoned attempt returned", outcome.value)
             logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
             self._execute(self._planner.release(rec.spec.name, now=self._now()))
             return
@@ -1182,6 +1357,15 @@ class Supervisor:
         now = self._now()
         rec.run_time += now - job.started
         spec = rec.spec
+        if (
+            job.ended is not None
+            and job.began is not None
+            and spec.timeout is not None
+            and job.cancelled in (None, "timeout")
+            and job.ended - job.began > spec.timeout
+        ):  # it overran its deadline while the loop was too busy to see it: a timeout
+            job.cancelled = "timeout"
+            outcome = Outcome.CANCELLED
         if outcome is Outcome.OK:  # it finished: a cancel or timeout that came late loses
             self._finish(rec, State.DONE, ret, shared, None, worker)
             return
@@ -1190,6 +1374,7 @@ class Supervisor:
                 assert spec.timeout is not None
                 if rec.attempts <= spec.retries:  # the attempt really stopped: try again
                     logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
+                    self._event(spec.name, "retrying", f"attempt {rec.attempts} timed out")
                     self._launch(rec)
                     return
                 err: BaseException = TaskTimeout(spec.name, spec.timeout)
@@ -1205,6 +1390,7 @@ class Supervisor:
         retry = job.cancelled is None and not isinstance(exc, TaskFailError | SpecError)
         if retry and rec.attempts <= spec.retries:
             logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
+            self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
             self._launch(rec)
             return
         self._finish(rec, State.FAILED, None, shared, excinfo, worker)
@@ -1287,7 +1473,10 @@ class Supervisor:
         )
         rec.res = res
         rec.job = None
+        if rec.waiter is not None:
+            rec.waiter.set()
         self._results.append(res)
+        self._story.append((next(self._event_ids), now, spec.name, "ended", state.name))
         if threading.get_ident() != self._tid:  # futures and listeners live on the loop
             self._to_loop(_NOTIFY, (rec, res))
         else:

@@ -1,0 +1,478 @@
+"""The engine: one instruction queue never re-entered, and every method from any thread.
+
+The lost-cancel tests each build the one interleaving where an instruction's own effect
+made a new planner event (a projection raising at dispatch, a wait-alarm callback, a
+``runs_on="main"`` function) while the rest of its instruction list was still waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import pytest
+
+import taskvisor as tv
+from taskvisor import State, _executors
+from taskvisor.testing import MockClock
+
+from .conftest import Gates, end_of_turn, noop
+from .workloads import add, identity
+
+T = TypeVar("T")
+WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
+
+
+async def quick() -> str:
+    return "ran"
+
+
+def task_on_main(gates: Gates, name: str, **meta: Any) -> tv.Task[str]:
+    return tv.Task(gates.task, (name,), name=name, runs_on="main", **meta)
+
+
+async def in_threads(n: int, fn: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``fn(i)`` in ``n`` threads of the test's own; wait without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    results: list[T | BaseException] = [RuntimeError("did not run")] * n
+    left = [n]
+
+    def one() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+
+    def body(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:
+            results[i] = exc
+        finally:
+            loop.call_soon_threadsafe(one)
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"user-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    await done.wait()
+    for t in threads:
+        t.join()
+    return results
+
+
+# ------------------------------------------------------------------ lost cancels
+
+
+async def test_fail_fast_cancel_made_by_a_projection_failing_at_dispatch_is_not_lost() -> None:
+    """parent readies a and b in one list; a's projection raises at dispatch, so fail_fast
+    cancels b: b ends CANCELLED (it used to run to DONE: the cancel found no job yet)."""
+    parent = tv.Task(identity, ({"x": 1},), name="parent", runs_on="main", provides="go")
+    a = tv.Task(identity, (parent.output["missing"],), name="a", runs_on="main")
+    b = tv.Task(quick, name="b", runs_on="main", requires="go")
+    async with tv.Supervisor(fail_fast=True) as sup:
+        report = await sup.gather([parent, a, b])
+    assert report["parent"].state is State.DONE
+    assert report["a"].state is State.FAILED and isinstance(report["a"].error, KeyError)
+    rb = report["b"]
+    assert rb.state is State.CANCELLED, rb
+    assert isinstance(rb.error, tv.TaskCancelled) and "fail_fast" in rb.error.reason
+
+
+async def test_a_wait_alarm_callback_that_cancels_a_task_dispatched_in_the_same_list() -> None:
+    """At t=5 one tick raises x's wait alarm and admits b (its delay ended). The callback
+    cancels b: b ends CANCELLED (the callback used to run before b's dispatch: lost)."""
+    clock = MockClock(autojump=False)
+    gates = Gates()
+    sup_ref: list[tv.Supervisor] = []
+    calls: list[tuple[str, float]] = []
+
+    def alarm(name: str, waited: float) -> None:
+        calls.append((name, waited))
+        sup_ref[0].cancel("b")
+
+    async with tv.Supervisor(
+        pool_size=1, wait_warning=5, on_wait_warning=alarm, clock=clock
+    ) as sup:
+        sup_ref.append(sup)
+        busy = sup.submit(task_on_main(gates, "busy"))
+        x = sup.submit(quick, name="x", runs_on="main")
+        b = sup.submit(quick, name="b", runs_on="main", tier=tv.CRITICAL, delay=5)
+        await gates.wait_started("busy")
+        assert x.state is State.QUEUED and b.state is State.DELAYED
+        clock.advance(5)
+        assert calls == [("x", 5.0)]
+        rb = await b
+        gates.release("busy")
+        assert (await busy).ok and (await x).ok
+    assert rb.state is State.CANCELLED, rb
+    assert rb.attempts == 1 and rb.started_at is not None  # dispatched, then cancelled
+
+
+async def test_a_main_function_cancelling_a_sibling_of_its_own_batch() -> None:
+    """f (a plain function on the loop) and s are dispatched in one list; f cancels s
+    while f's dispatch runs: s ends CANCELLED (it used to run to DONE)."""
+    holder: list[tv.Supervisor] = []
+
+    def f() -> str:
+        holder[0].cancel("s")
+        return "cancelled s"
+
+    async with tv.Supervisor() as sup:
+        holder.append(sup)
+        report = await sup.gather(
+            [tv.Task(f, name="f", runs_on="main"), tv.Task(quick, name="s", runs_on="main")]
+        )
+    assert report["f"].ret == "cancelled s"
+    assert report["s"].state is State.CANCELLED, report["s"]
+
+
+async def test_a_main_function_may_submit_follow_ups() -> None:
+    """Submitting from inside an instruction list queues the new work behind it."""
+    holder: list[tv.Supervisor] = []
+    handles: list[tv.TaskHandle[int]] = []
+
+    def f() -> str:
+        handles.append(holder[0].submit(add, 1, 2, name="follow-up", runs_on="main"))
+        return "f"
+
+    async with tv.Supervisor() as sup:
+        holder.append(sup)
+        assert (await sup.submit(f, runs_on="main")).ret == "f"
+        assert (await handles[0]).ret == 3
+
+
+# ------------------------------------------------------------------ one turn, one admission
+
+
+async def test_atasker_reserve_scenario_with_six_submit_calls(gates: Gates) -> None:
+    """The reserve scenario of test_supervisor, the six tasks arriving as six submit()
+    calls in one turn: the same order as one batch (H1, H2, C1 at once; then N1, N2, L2)."""
+    async with tv.Supervisor(pool_size=1, reserve_normal=1, reserve_high=1) as sup:
+        first = sup.submit(task_on_main(gates, "L1", tier=tv.LOW))
+        await gates.wait_started("L1")
+        handles = [
+            sup.submit(task_on_main(gates, "L2", tier=tv.LOW)),
+            sup.submit(task_on_main(gates, "N1", tier=tv.NORMAL)),
+            sup.submit(task_on_main(gates, "N2", tier=tv.NORMAL)),
+            sup.submit(task_on_main(gates, "H1", tier=tv.HIGH)),
+            sup.submit(task_on_main(gates, "H2", tier=tv.HIGH)),
+            sup.submit(task_on_main(gates, "C1", tier=tv.CRITICAL)),
+        ]
+        await gates.wait_started("H1", "H2", "C1")
+        assert sorted(gates.order[1:]) == ["C1", "H1", "H2"]
+        assert [sup.task_state(n) for n in ("N1", "N2", "L2")] == [State.QUEUED] * 3
+        gates.release("H1", "H2")
+        await gates.wait_started("N1")
+        assert sup.task_state("N2") is State.QUEUED
+        gates.release("L1")
+        await gates.wait_started("N2")
+        assert sup.task_state("L2") is State.QUEUED
+        gates.release("C1", "N1", "N2")
+        await gates.wait_started("L2")
+        gates.release("L2")
+        results = [await h for h in handles]
+        assert (await first).ok
+    assert all(r.ok for r in results)
+    assert gates.order[4:] == ["N1", "N2", "L2"]
+
+
+async def test_a_submit_is_admitted_at_the_end_of_its_turn() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        h = sup.submit(quick, runs_on="main")
+        assert h.state is State.QUEUED
+        await end_of_turn()
+        assert h.state in (State.RUNNING, State.DONE)
+        assert (await h).ret == "ran"
+
+
+# ------------------------------------------------------------------ any thread
+
+
+async def test_submit_and_result_from_eight_foreign_threads() -> None:
+    async with tv.Supervisor(threads=4) as sup:
+
+        def user(i: int) -> list[int | None]:
+            handles = [sup.submit(add, i, k, runs_on="thread") for k in range(50)]
+            return [h.result(timeout=WAIT).ret for h in handles]
+
+        results = await in_threads(8, user)
+    assert results == [[i + k for k in range(50)] for i in range(8)]
+
+
+async def test_a_thread_task_submits_a_follow_up_and_waits_for_it() -> None:
+    holder: list[tv.Supervisor] = []
+
+    def parent(x: int) -> int:
+        child = holder[0].submit(add, x, 1, name="child", runs_on="thread")
+        return cast(int, child.result(timeout=WAIT).ret) * 10
+
+    async with tv.Supervisor(threads=2) as sup:
+        holder.append(sup)
+        res = await sup.submit(parent, 4, name="parent", runs_on="thread")
+        assert res.ret == 50
+        assert sup.task_state("child") is State.DONE
+
+
+async def test_graph_errors_raise_in_the_calling_thread() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        sup.submit(noop, name="taken", runs_on="thread")
+
+        def user(i: int) -> str:
+            errors = []
+            calls: list[Callable[[], object]] = [
+                lambda: sup.submit(noop, name="taken"),
+                lambda: sup.submit(noop, runs_on="nowhere"),
+                lambda: sup.submit(noop, tier="urgent"),
+            ]
+            for call in calls:
+                try:
+                    call()
+                except tv.SpecError as exc:
+                    errors.append(type(exc).__name__)
+            return ",".join(errors)
+
+        (got,) = await in_threads(1, user)
+    assert got == "DuplicateTaskError,SpecError,SpecError"
+
+
+async def test_result_with_a_timeout_leaves_the_task_running(gates: Gates) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        h = sup.submit(task_on_main(gates, "slow"))
+        await gates.wait_started("slow")
+
+        def user(i: int) -> str:
+            try:
+                h.result(timeout=0.01)
+            except TimeoutError as exc:
+                return str(exc)
+            return "no timeout"
+
+        (msg,) = await in_threads(1, user)
+        assert "did not end within" in str(msg)
+        assert h.state is State.RUNNING and not h.done()
+        gates.release("slow")
+        assert (await h).ret == "slow"
+        (again,) = await in_threads(1, lambda i: h.result(timeout=0).ret)
+    assert again == "slow"
+
+
+async def test_result_on_the_loop_never_blocks(gates: Gates) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        h = sup.submit(task_on_main(gates, "x"))
+        with pytest.raises(asyncio.InvalidStateError, match="await the handle"):
+            h.result()
+        gates.release("x")
+        await h
+        assert h.result().ret == "x"
+
+
+async def test_cancel_pause_resume_provide_from_a_foreign_thread(gates: Gates) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        victim = sup.submit(task_on_main(gates, "victim"))
+        waiter = sup.submit(quick, name="waiter", runs_on="main", requires="item")
+        await gates.wait_started("victim")
+
+        def user(i: int) -> tv.TaskHandle[str]:
+            sup.pause()
+            held = sup.submit(quick, name="held", runs_on="main")
+            sup.cancel("victim")
+            sup.provide("item")
+            return held
+
+        (held,) = await in_threads(1, user)
+        assert isinstance(held, tv.TaskHandle)
+        assert held.state is State.QUEUED and sup.statistics().paused
+        rv = await victim
+        assert rv.state is State.CANCELLED and isinstance(rv.error, tv.TaskCancelled)
+        await in_threads(1, lambda i: sup.resume())
+        assert (await held).ret == "ran"
+        assert (await waiter).ret == "ran"
+
+
+async def test_add_done_callback_runs_on_the_loop_outside_the_engine(gates: Gates) -> None:
+    loop_thread = threading.current_thread().name
+    seen: list[tuple[str, str, bool]] = []
+    holder: list[tv.Supervisor] = []
+
+    def cb(res: tv.TaskRes[Any]) -> None:
+        # outside the critical section: calling the supervisor from here is fine
+        seen.append((res.name, threading.current_thread().name, holder[0]._engine.depth == 0))
+        holder[0].submit(noop, name=f"after-{res.name}", runs_on="main")
+
+    async with tv.Supervisor(aloops=()) as sup:
+        holder.append(sup)
+        h = sup.submit(task_on_main(gates, "t"))
+        await in_threads(1, lambda i: h.add_done_callback(cb))
+        gates.release("t")
+        await h
+        assert seen == [("t", loop_thread, True)]
+        h.add_done_callback(cb)  # already ended: at once, in the calling thread
+        assert seen[-1] == ("t", loop_thread, True)
+        with pytest.raises(tv.SpecError, match="callable"):
+            h.add_done_callback("not callable")  # type: ignore[arg-type]
+
+
+async def test_run_and_gather_from_a_foreign_thread_raise() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+
+        def user(i: int) -> str:
+            try:
+                sup.run([tv.Task(noop)])
+            except RuntimeError as exc:
+                return str(exc)
+            return "no error"
+
+        (msg,) = await in_threads(1, user)
+    assert "belongs to the supervisor's event loop" in str(msg)
+
+
+# ------------------------------------------------------------------ small defects
+
+
+async def test_pause_and_resume_after_close_raise_closed_error() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        pass
+    with pytest.raises(tv.ClosedError, match="pause"):
+        sup.pause()
+    with pytest.raises(tv.ClosedError, match="resume"):
+        sup.resume()
+
+
+def test_sample_interval_none_is_a_spec_error_also_under_python_o() -> None:
+    with pytest.raises(tv.SpecError, match="sample_interval"):
+        tv.Supervisor(sample_interval=None)  # type: ignore[arg-type]
+    code = (
+        "import taskvisor as tv\n"
+        "try:\n    tv.Supervisor(sample_interval=None)\n"
+        "except tv.SpecError as e:\n    print('SpecError', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("SpecError sample_interval"), out
+
+
+def test_a_completion_after_the_loop_closed_is_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="taskvisor")
+    loop = asyncio.new_event_loop()
+    inbox = _executors.Inbox(loop, lambda batch: None)
+    loop.close()
+    inbox.put("late")
+    (rec,) = [r for r in caplog.records if "after its event loop closed" in r.message]
+    assert rec.levelno == logging.DEBUG
+
+
+def test_thread_pool_shutdown_joins_a_job_whose_cancel_lost_to_its_finish() -> None:
+    """The job returned and its thread is still reporting when a cancel comes (so the
+    supervisor does not abandon it): shutdown joins that thread, never calls it left."""
+    entered, release = threading.Event(), threading.Event()
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        if result[0] is _executors.Outcome.OK:
+            entered.set()
+            release.wait(WAIT)
+
+    pool = _executors.ThreadPool(1, sink)
+    job = _executors.Job("j", noop, (), {}, None, "thread")
+    pool.submit(job)
+    assert entered.wait(WAIT)
+    job.cancelled = "cancelled"  # the cancel lost: the job had returned (not abandoned)
+    (thread,) = pool._threads
+    real_join = thread.join
+
+    def join(timeout: float | None = None) -> None:
+        release.set()  # shutdown reached the join: let the reporting thread end
+        real_join(timeout)
+
+    thread.join = join  # type: ignore[method-assign]
+    try:
+        assert pool.shutdown() == []
+    finally:
+        release.set()
+        real_join(WAIT)
+
+
+class LateTimers(MockClock):
+    """A clock whose timers never fire: a supervisor loop too busy to run them."""
+
+    def call_at(
+        self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
+    ) -> Any:
+        return super().call_at(loop, float("inf"), callback)
+
+
+async def test_a_thread_task_over_its_timeout_fails_even_when_the_loop_saw_it_late() -> None:
+    """timeout 0.1 s, the thread ran 0.8 s (by the clock), the loop's timer never got to
+    run: judged against when it really ended, it is a TaskTimeout, and retried."""
+    clock = LateTimers(autojump=False)
+    runs: list[int] = []
+
+    def slow() -> str:
+        runs.append(1)
+        clock._now += 0.8  # the work took 0.8 s
+        return "too late"
+
+    async with tv.Supervisor(aloops=(), clock=clock) as sup:
+        res = await sup.submit(slow, name="slow", runs_on="thread", timeout=0.1, retries=1)
+        ok = await sup.submit(noop, name="fast", runs_on="thread", timeout=0.1)
+    assert res.state is State.FAILED and isinstance(res.error, tv.TaskTimeout), res
+    assert res.attempts == 2 and len(runs) == 2
+    assert ok.state is State.DONE
+
+
+# ------------------------------------------------------------------ failing loudly, story
+
+
+async def test_an_internal_error_handling_a_completion_fails_that_task_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = tv.Supervisor._on_done
+
+    def broken(sup: tv.Supervisor, job: _executors.Job, result: Any) -> None:
+        if job.name == "victim" and result[0] is not _executors.Outcome.STARTED:
+            raise ZeroDivisionError("a bug in taskvisor")
+        real(sup, job, result)
+
+    monkeypatch.setattr(tv.Supervisor, "_on_done", broken)
+    async with tv.Supervisor(aloops=()) as sup:
+        victim = await sup.submit(noop, name="victim", runs_on="thread")
+        other = await sup.submit(noop, name="other", runs_on="thread")
+    assert victim.state is State.FAILED and isinstance(victim.error, ZeroDivisionError)
+    assert other.ok
+    assert any(
+        r.levelno == logging.CRITICAL and "'victim'" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_story_tells_a_retried_task_from_submit_to_its_end() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    async with tv.Supervisor(aloops=()) as sup:
+        res = await sup.submit(flaky, name="flaky", runs_on="thread", retries=1)
+        story = sup.story("flaky")
+    assert res.ok and res.attempts == 2
+    assert [e.kind for e in story] == [
+        "submitted",
+        "dispatched",
+        "retrying",
+        "dispatched",
+        "ended",
+    ]
+    assert story[0].detail == "thread" and story[-1].detail == "DONE"
+    assert "first attempt fails" in story[2].detail
+    ids = [e.id for e in story]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(isinstance(e, tv.StoryEvent) and e.task == "flaky" for e in story)
