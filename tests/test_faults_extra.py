@@ -30,15 +30,19 @@ from typing import Any, NoReturn, TypeVar
 import pytest
 
 import taskvisor as tv
-from taskvisor import State
+from taskvisor import State, _worker
+from taskvisor._executors import Job
+from taskvisor._procpool import ProcessPool
 from taskvisor.testing import MockClock
 
-from .conftest import DeadlineClock
+from .conftest import DeadlineClock, end_of_turn
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
 
 pytestmark = pytest.mark.slow
+
+WAIT = 30.0  # a failure guard, never a synchronisation
 
 
 # ------------------------------------------------------------------ run in the workers
@@ -621,6 +625,81 @@ async def test_aclose_wait_seconds_kills_running_process_tasks_at_the_deadline(
         assert err.reason == reason
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+async def test_aclose_deadline_withdraws_a_queued_task_already_sent_to_a_new_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close race, forced. At the deadline the supervisor cancels 'hung', then
+    'queued'; in between (the wrapped ``ProcessPool.cancel`` waits for it) the pool kills
+    hung's worker, starts a replacement and sends it 'queued'. The replacement is held
+    before it serves (start method fork: it inherits a patched ``_serve``), so 'queued'
+    provably never started: CANCELLED with 0 attempts. Before the fix the pool said it
+    was "on a worker" (cancel returned False): here the released replacement then ran it
+    to DONE; unforced, the task ended CANCELLED with 1 attempt (often, under load)."""
+    pool_cancel, pool_dispatch = ProcessPool.cancel, ProcessPool._dispatch
+    sent = threading.Event()  # the pool sent 'queued' to a worker
+    forced: list[bool] = []
+    hold_r, hold_w = os.pipe()
+
+    def dispatch(pool: ProcessPool, now: float) -> None:
+        pool_dispatch(pool, now)
+        with pool._lock:
+            if any(s is not None and s.job.name == "queued" for s in pool._pending.values()):
+                sent.set()
+
+    def cancel(pool: ProcessPool, job: Job) -> bool:
+        out = pool_cancel(pool, job)
+        if job.name == "hung":
+            with pool._lock:
+                behind = any(j.name == "queued" for j in pool._pending)
+            if behind:  # the supervisor's next statement cancels it: not before it is sent
+                forced.append(sent.wait(WAIT))
+        elif job.name == "queued":
+            os.write(hold_w, b"x")  # let the replacement serve
+        return out
+
+    def held_serve(*args: Any) -> None:
+        os.read(hold_r, 1)
+        serve(*args)
+
+    serve = _worker._serve
+    monkeypatch.setattr(ProcessPool, "_dispatch", dispatch)
+    monkeypatch.setattr(ProcessPool, "cancel", cancel)
+    clock = DeadlineClock()
+    try:
+        async with kit_for(tmp_path) as kit:
+            sup = tv.Supervisor(processes=1, aloops=(), clock=clock, start_method="fork")
+            async with sup:
+                hung = sup.submit(
+                    job, kit.fifo, None, "hang", name="hung", runs_on="process", timeout=3600
+                )
+                pid = await kit.started()
+                await clock.armed(3600.0)
+                monkeypatch.setattr(_worker, "_serve", held_serve)  # forked from now on
+                queued = sup.submit(whoami, "q", name="queued", runs_on="process")
+                entered = asyncio.Event()
+                closing = asyncio.create_task(call_and_mark(entered, sup.aclose(wait=10)))
+                await entered.wait()
+                clock.advance(10)
+                report = await closing
+    finally:
+        os.close(hold_r)
+        os.close(hold_w)
+    assert forced == [True]  # the interleaving happened
+    assert [r.name for r in report] == ["hung", "queued"]
+    reason = "supervisor closing: aclose waited 10 s"
+    err = expect(
+        hung.result(), State.CANCELLED, name="hung", attempts=1, worker=f"pid {pid}",
+        error=tv.TaskCancelled, run_time=10.0,
+    )  # fmt: skip
+    assert err.reason == reason
+    err = expect(
+        queued.result(), State.CANCELLED, name="queued", attempts=0, worker=None,
+        error=tv.TaskCancelled, run_time=10.0,
+    )  # fmt: skip
+    assert err.reason == reason
+
+
 async def test_leaving_async_with_on_an_exception_kills_process_tasks(tmp_path: Path) -> None:
     """An exception in the block: the running process task is killed, the queued one
     withdrawn, both CANCELLED 'supervisor closing'; the exception propagates."""
@@ -638,6 +717,7 @@ async def test_leaving_async_with_on_an_exception_kills_process_tasks(tmp_path: 
             pids.append(await kit.started())
             await clock.armed(3600.0)
             handles.append(sup.submit(whoami, "q", name="queued", runs_on="process"))
+            await end_of_turn()  # dispatched: queued in the pool behind the hung task
             raise KeyError("user code broke")
 
     async with kit_for(tmp_path) as kit:

@@ -12,6 +12,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import types
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 import psutil
 import pytest
 
+from taskvisor import _procpool, _worker
 from taskvisor._errors import ClosedError, RemoteError, SpecError, WorkerCrashed
 from taskvisor._executors import Job, Outcome, Result
 from taskvisor._procpool import ProcessPool
@@ -114,31 +116,35 @@ def identity(x: Any) -> Any:
     return x
 
 
+async def async_add(a: int, b: int) -> int:
+    return a + b
+
+
 def answer_then_exit(x: int) -> int:
     """Return ``x``; the worker exits right after writing this job's answer."""
-    from taskvisor import _procpool
+    from taskvisor import _worker
 
-    write = _procpool._write_all
+    write = _worker._write_all
 
     def write_then_exit(fd: int, data: bytes) -> None:
         write(fd, data)
         os._exit(7)
 
-    _procpool._write_all = write_then_exit
+    _worker._write_all = write_then_exit
     return x
 
 
 def half_answer_then_exit(x: int) -> int:
     """Return ``x``; the worker exits half way through writing this job's answer."""
-    from taskvisor import _procpool
+    from taskvisor import _worker
 
-    write = _procpool._write_all
+    write = _worker._write_all
 
     def write_half_and_exit(fd: int, data: bytes) -> None:
         write(fd, data[: len(data) // 2])
         os._exit(7)
 
-    _procpool._write_all = write_half_and_exit
+    _worker._write_all = write_half_and_exit
     return x
 
 
@@ -277,6 +283,44 @@ def test_results_errors_and_shared(
     outcome, ret, got, _, _ = reports.end(shared)
     assert (outcome, ret, got) == (Outcome.OK, 42, {"a": 1, "seen": 21})
     assert [r[0] for r in reports.of(ok)] == [Outcome.OK]  # not watched: no STARTED
+
+
+def test_a_coroutine_function_runs_to_its_result_in_the_worker(
+    make_pool: Callable[..., ProcessPool], reports: Reports
+) -> None:
+    pool = make_pool(1)
+    j = job(async_add, 2, 3)
+    pool.submit(j)
+    assert reports.end(j)[:3] == (Outcome.OK, 5, None)
+
+
+_WORKER_IMPORTS = """
+import importlib.util, sys, types
+spec = importlib.util.find_spec("taskvisor")
+package = types.ModuleType("taskvisor")
+package.__path__ = list(spec.submodule_search_locations)
+sys.modules["taskvisor"] = package  # the package without running its __init__
+before = set(sys.modules)
+import taskvisor._worker
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_worker_side_imports_little() -> None:
+    """A spawned worker imports ``taskvisor._worker`` before its first job: beyond the
+    package ``__init__`` (its own cost), that is only ``_errors`` and light stdlib modules,
+    never the runtime (asyncio, psutil, uvloop, tblib, the planner, the supervisor)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_IMPORTS], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"taskvisor._errors", "taskvisor._worker"} <= set(out), out
+    heavy = [
+        m
+        for m in out
+        if m.split(".")[0] in {"asyncio", "psutil", "uvloop", "tblib", "concurrent", "logging"}
+        or (m.startswith("taskvisor.") and m not in {"taskvisor._errors", "taskvisor._worker"})
+    ]
+    assert not heavy, heavy
 
 
 def test_many_jobs_each_reported_once(
@@ -445,6 +489,108 @@ def test_cancel_running_kills_and_replaces_the_worker(
     assert pool.pids == [ret]
     cancel(pool, queued)  # already reported: nothing
     assert len(reports.ends(queued)) == 1
+
+
+class Hold:
+    """Workers forked from now on wait before they serve (start any job) until released.
+
+    A pipe, not a ``Gate``: a forked worker would inherit the test's ``flock`` (the same
+    open file description), and so hold its own gate for ever."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._r, self._w = os.pipe()
+        serve, rfd = _worker._serve, self._r
+
+        def held(*args: Any) -> None:
+            os.read(rfd, 1)
+            serve(*args)
+
+        monkeypatch.setattr(_worker, "_serve", held)  # a forked worker inherits it
+
+    def release(self, workers: int = 1) -> None:
+        os.write(self._w, b"x" * workers)
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+@pytest.fixture
+def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], Hold]]:
+    holds: list[Hold] = []
+
+    def make() -> Hold:
+        holds.append(Hold(monkeypatch))
+        return holds[-1]
+
+    yield make
+    for h in holds:
+        h.close()
+
+
+def replacement_holding(
+    pool: ProcessPool, reports: Reports, hold: Callable[[], Hold], n: int
+) -> tuple[Hold, int, list[Job]]:
+    """Cancel a running job while ``n`` wait behind it: its worker is killed and, in the
+    same pass, the manager starts a replacement and sends it the ``n`` (the report of the
+    kill comes after that pass). The replacement is held before it serves: it provably
+    has started none of them. Returns the hold, the replacement's pid and the ``n`` jobs."""
+    running = job(hang, name="running", watch=True)
+    pool.submit(running)
+    pid = reports.started(running)
+    held = hold()
+    queued = [job(my_pid, name=f"q{i}") for i in range(n)]  # none sent behind a watched job
+    for j in queued:
+        pool.submit(j)
+    cancel(pool, running)
+    assert reports.end(running) == (Outcome.CANCELLED, None, None, None, f"pid {pid}")
+    (replacement,) = pool.pids
+    assert replacement != pid and not any(reports.ends(j) for j in queued)
+    return held, replacement, queued
+
+
+@pytest.mark.filterwarnings(_FORK_WARNING)
+def test_cancel_withdraws_a_job_sent_to_a_replacement_that_has_not_started_it(
+    make_pool: Callable[..., ProcessPool], reports: Reports, hold: Callable[[], Hold]
+) -> None:
+    """The close race, forced: a closing supervisor cancels its running task, then the
+    one queued behind it; between the two the manager has sent the queued job to the
+    replacement of the killed worker. Its cancel must still return True (the supervisor
+    then counts no attempt), as no worker started it; the replacement skips it."""
+    pool = make_pool(1, start_method="fork")
+    held, replacement, (queued,) = replacement_holding(pool, reports, hold, 1)
+    queued.cancelled = "cancelled"
+    assert pool.cancel(queued) is True  # was False: it is on a worker
+    assert reports.ends(queued) == [(Outcome.CANCELLED, None, None, None, None)]
+    held.release()
+    after = job(my_pid, name="after")
+    pool.submit(after)
+    assert reports.end(after)[:2] == (Outcome.OK, replacement)
+    assert len(reports.ends(queued)) == 1
+
+
+@pytest.mark.filterwarnings(_FORK_WARNING)
+def test_withdrawing_a_prefetched_job_gives_back_the_rest_of_the_window(
+    make_pool: Callable[..., ProcessPool],
+    reports: Reports,
+    hold: Callable[[], Hold],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Withdrawing one job of a window revokes the whole unstarted window (one floor);
+    the others are taken back, sent again and run, each reported once."""
+    monkeypatch.setattr(_procpool, "STEAL_AFTER", 3600.0)  # the manager revokes nothing
+    pool = make_pool(1, start_method="fork")
+    held, replacement, queued = replacement_holding(pool, reports, hold, 4)
+    withdrawn = queued[1], queued[3]
+    for j in withdrawn:
+        j.cancelled = "cancelled"
+        assert pool.cancel(j) is True
+        assert reports.ends(j) == [(Outcome.CANCELLED, None, None, None, None)]
+    held.release()
+    for j in (queued[0], queued[2]):
+        assert reports.end(j)[:2] == (Outcome.OK, replacement)
+    assert pool.pids == [replacement]  # nobody was killed
+    assert all(len(reports.ends(j)) == 1 for j in queued)
 
 
 def test_watch_reports_started_once_before_the_end(

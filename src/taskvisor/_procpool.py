@@ -18,13 +18,15 @@ Threads and processes
     worker's process sentinel: no polling, no sleeps. Its only timeout is a deadline (the
     prefetch steal below, or the grace period of a shutdown).
 
-    A worker is a ``multiprocessing`` process (spawn by default) running :func:`_child_main`:
-    it reads length-prefixed batches of pickled jobs from its pipe, runs each one through
-    :func:`taskvisor._worker.run_pickled` (which contains every payload problem in the child)
-    and writes each answer back at once; the parent decodes it with
-    :func:`taskvisor._worker.decode`. The parent's ends of the pipes are non-blocking: a
-    worker that does not read (it runs a long job and its pipe is full) never blocks the
-    manager, which keeps the rest in a per-worker buffer until the pipe is writable.
+    A worker is a ``multiprocessing`` process (spawn by default) running
+    :func:`taskvisor._worker.child_main` (the child's side lives there, in a module that
+    imports little, so a worker starts fast): it reads length-prefixed batches of pickled
+    jobs from its pipe, runs each one through :func:`taskvisor._worker.run_pickled` (which
+    contains every payload problem in the child) and writes each answer back at once; the
+    parent decodes it with :func:`taskvisor._worker.decode`. The parent's ends of the pipes
+    are non-blocking: a worker that does not read (it runs a long job and its pipe is
+    full) never blocks the manager, which keeps the rest in a per-worker buffer until the
+    pipe is writable.
 
 Prefetch window, and knowing what a dead worker was running
     A pipe round trip per job would leave a worker idle between short jobs, so the manager
@@ -46,8 +48,10 @@ Prefetch window, and knowing what a dead worker was running
     * the parent *revokes* jobs it sent but the worker has not started by taking the lock,
       reading ``started`` and setting ``floor`` to the last sequence number sent: the jobs
       after ``started`` are requeued (the worker will skip them). ``cancel`` of such a job
-      reports it ``CANCELLED`` without touching the worker; ``cancel`` of the job the
-      worker is running kills the worker (SIGKILL) and the replacement starts on demand;
+      revokes it at once, on the caller's thread, and reports it ``CANCELLED`` without
+      touching the worker (and returns True: no worker started it); ``cancel`` of the job
+      the worker is running kills the worker (SIGKILL) and the replacement starts on
+      demand;
     * head-of-line blocking: a prefetched job must not wait behind a long one while other
       workers idle. When a worker's current job has run for ``STEAL_AFTER`` (10 ms) with
       jobs behind it (or it is still starting up), the manager revokes them (requeued at the
@@ -62,13 +66,15 @@ Exactly once
     ``_pending`` maps every job not yet reported to where it is: ``None`` (in the pool, not
     on a worker) or its slot in a worker's window. A job is reported only by the thread that
     removes it from ``_pending`` under the lock, so it is reported exactly once: ``cancel``
-    of a job not on a worker reports ``CANCELLED`` at once from the caller's thread; a job
-    on a worker is settled by the manager (answer, revoke or kill).
+    of a job no worker has started reports ``CANCELLED`` at once from the caller's thread;
+    a job on a worker that it could not revoke (started) is settled by the manager
+    (answer, revoke or kill).
 
 Shutdown
     Jobs not on a worker end ``CANCELLED``; idle workers get a stop frame and EOF and exit
-    on their own (after ``_GRACE``, 5 s, they are killed); busy ones are killed and their
-    jobs end ``CANCELLED``; every process is joined, then the manager thread. An ``atexit``
+    on their own (after ``_GRACE``, 5 s, they are killed); busy ones, and ones still
+    starting up, are killed and their jobs end ``CANCELLED``; no worker is started once
+    shutdown has begun; every process is joined, then the manager thread. An ``atexit``
     hook shuts down pools still open when the interpreter exits. Workers are not daemonic
     (tasks may start processes of their own) and do not ignore SIGINT (the processes they
     start would inherit that); an idle worker exits quietly on Ctrl-C.
@@ -81,8 +87,10 @@ Speed
     with ``ex.submit`` and ``wait`` 90-230 µs (ratio 0.07-0.22; design.md measured
     80-110 µs for the stdlib pool on a quiet machine). The parent spends about 11 µs of CPU
     per task. ``submit`` itself is a lock, a dict store and a deque append (plus one pipe
-    write per burst). A worker's start-up (a spawn child importing ``taskvisor`` and the
-    main module: 0.3 s or more) is paid once, in the background, by the manager thread.
+    write per burst). A worker's start-up (a spawn child: the interpreter, multiprocessing's
+    bootstrap, the ``taskvisor`` package ``__init__``, :mod:`taskvisor._worker` and the
+    main module; ``benchmarks/worker_start.py`` measures it) is paid once per worker, in
+    the background, by the manager thread; again for each replacement of a killed one.
 """
 
 from __future__ import annotations
@@ -95,7 +103,6 @@ import multiprocessing.util  # its atexit hook must run after ours (atexit is LI
 import os
 import pickle
 import selectors
-import struct
 import threading
 import time
 import weakref
@@ -106,7 +113,13 @@ from typing import Any, Final, cast
 from ._errors import ClosedError, SpecError, WorkerCrashed
 from ._executors import Job, Outcome, Result, Sink
 from ._result import ExceptionInfo
-from ._worker import decode, run_pickled
+from ._worker import ANSWER as _ANSWER
+from ._worker import FLOOR as _FLOOR
+from ._worker import HEADER as _HEADER
+from ._worker import RUN as _RUN
+from ._worker import STARTED as _STARTED
+from ._worker import STOP as _STOP
+from ._worker import child_main, decode
 
 __all__ = ["PREFETCH", "PREFETCH_BYTES", "PREFETCH_TIME", "STEAL_AFTER", "ProcessPool"]
 
@@ -118,15 +131,9 @@ PREFETCH_BYTES: Final = 1 << 20  # ... and beyond its first job, this many paylo
 STEAL_AFTER: Final = 0.010  # a job running longer than this: revoke what waits behind it
 _GRACE: Final = 5.0  # shutdown: how long an idle worker gets to exit on its own
 _LOCK_TIMEOUT: Final = 1.0  # the child holds the shared lock for microseconds
+_WITHDRAW_WAIT: Final = 0.05  # cancel() on the caller's thread waits no longer for it
 _PROTO: Final = pickle.HIGHEST_PROTOCOL
-_HEADER = struct.Struct("<Q")
-_STOP: Final = _HEADER.pack(0)  # an empty frame: exit
 _READ_SIZE: Final = 1 << 18
-
-# frames a worker sends: (kind, seq, answer)
-_READY: Final = 0
-_STARTED: Final = 1
-_ANSWER: Final = 2
 
 # selector keys' data
 _WAKE: Final = 0
@@ -134,90 +141,7 @@ _IN: Final = 1
 _DEATH: Final = 2
 _OUT: Final = 3
 
-# the shared array: [started, floor]
-_RUN: Final = 0
-_FLOOR: Final = 1
-
 _MISSING: Final[Any] = object()
-
-
-# ---------------------------------------------------------------------------- the child
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
-
-
-def _run_payload(name: str, payload: bytes) -> tuple[Any, ...]:
-    try:
-        fn, args, kwargs, shared = pickle.loads(payload)
-    except Exception as exc:
-        err = SpecError(
-            f"task {name!r}: its function or arguments could not be unpickled in process "
-            f"worker pid {os.getpid()}: {type(exc).__name__}: {exc}"
-        )
-        err.__cause__ = exc
-        return run_pickled(_raise, (err,), {}, None)
-    return run_pickled(fn, args, kwargs, shared)
-
-
-def _child_main(
-    jobs: Connection, answers: Connection, lock: Any, ctl: Any, inherited: list[Connection]
-) -> None:
-    """A worker: run the jobs of each batch in order, send each answer at once.
-
-    Ends on an empty frame, when the parent closes the job pipe (EOF) or goes away (a
-    broken answer pipe). ``inherited``: the parent's ends of the pipes a ``fork`` copied
-    into this process; closed, or the parent closing its end would never be an EOF here.
-    """
-    for conn in inherited:
-        conn.close()
-    del inherited
-    # Ctrl-C reaches the whole process group: an idle worker exits quietly (one running a
-    # job reports it as that job's error first); SIGINT is not ignored, as the processes
-    # a task starts would inherit that
-    with contextlib.suppress(KeyboardInterrupt):
-        _serve(jobs, answers.fileno(), lock, ctl)
-
-
-def _serve(jobs: Connection, wfd: int, lock: Any, ctl: Any) -> None:
-    header = _HEADER
-
-    def send(kind: int, seq: int, answer: tuple[Any, ...] | None) -> None:
-        data = pickle.dumps((kind, seq, answer), _PROTO)
-        _write_all(wfd, header.pack(len(data)) + data)
-
-    with open(jobs.fileno(), "rb", closefd=False) as reader:
-        send(_READY, 0, None)
-        while True:
-            head = reader.read(header.size)
-            if len(head) < header.size:
-                return
-            (size,) = header.unpack(head)
-            body = reader.read(size)
-            if not size or len(body) < size:  # an empty frame says stop
-                return
-            batch: list[tuple[int, str, bool, bytes]] = pickle.loads(body)
-            del body
-            for seq, name, watch, payload in batch:
-                with lock:
-                    revoked = seq <= ctl[_FLOOR]
-                    if not revoked:
-                        ctl[_RUN] = seq
-                if revoked:
-                    continue
-                if watch:
-                    send(_STARTED, seq, None)
-                answer = _run_payload(name, payload)
-                send(_ANSWER, seq, answer)
-                del answer
-            del batch
 
 
 # --------------------------------------------------------------------------- the parent
@@ -342,6 +266,8 @@ class ProcessPool:
         self._queue: deque[Job] = deque()
         self._pending: dict[Job, _Slot | None] = {}
         self._cancels: list[Job] = []
+        # what cancel() revoked on a worker: (worker, its started, the floor set)
+        self._withdrawn: list[tuple[_Worker, int, int]] = []
         self._woken = False
         self._closed = False
         self._broken: BaseException | None = None
@@ -393,21 +319,24 @@ class ProcessPool:
         self._call_sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
     def cancel(self, job: Job) -> bool:
-        """Stop a job (thread-safe): queued → ``CANCELLED`` now; running → kill its worker.
+        """Stop a job (thread-safe): not started → ``CANCELLED`` now; running → kill its worker.
 
-        True if the job never reached a worker (it was reported CANCELLED here, now).
+        True if no worker ever started the job: it was queued, or sent to a worker that
+        had not started it yet (revoked there, see :meth:`_withdraw`); it was reported
+        ``CANCELLED`` here, now. False if it has ended already or a worker runs it (the
+        manager kills that worker and reports the job).
         """
         with self._lock:
             where = self._pending.get(job, _MISSING)
             if where is _MISSING:
                 return False
-            if where is not None:  # on a worker: the manager settles it
-                self._cancels.append(job)
+            if where is not None and not self._withdraw(where):
+                self._cancels.append(job)  # it runs: the manager kills its worker
                 if not self._woken:
                     self._woken = True
                     self._wake()
                 return False
-            del self._pending[job]  # not on a worker: ours to report
+            del self._pending[job]  # it never started: ours to report
         self._call_sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
         return True
 
@@ -463,6 +392,49 @@ class ProcessPool:
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):  # full: it is due to wake anyway
                 os.write(self._wake_w, b"\0")
+
+    def _withdraw(self, slot: _Slot) -> bool:
+        """Revoke a job its worker was sent but has not started (caller's thread, _lock held).
+
+        The race this closes. A supervisor closing (``aclose(wait=...)`` at its deadline,
+        ``cancel=True``, an exception in ``async with``) with one process task running and
+        one queued behind it cancels them one at a time, the running one first. That
+        cancel wakes the manager, which kills the worker and, in the same pass, starts a
+        replacement (the killed one no longer counts) and sends it the queued job: the
+        wake-up write releases the GIL, so this can all happen before the supervisor's
+        next statement. The queued job's cancel then found it "on a worker" and returned
+        False, and the supervisor counted an attempt for a job no worker ever started
+        (its ``_never_ran`` needs True); and the replacement, once up, could even run the
+        job the supervisor had cancelled. On a loaded machine the aclose-with-deadline test
+        failed so intermittently. Now whether cancel() returns True depends only on what
+        the worker did, never on how far the manager got: not started → withdrawn, True.
+
+        Exact because the worker records ``started`` under this same lock after checking
+        ``floor``: once we read ``started < seq`` and raise ``floor`` it can never start
+        the job. Like :meth:`_revoke`, the floor revokes every job sent so far that has not
+        started; the manager takes the others back (:meth:`_take_withdrawals`). False (the
+        manager settles the job, as before) if the worker started it, is being killed or
+        reaped, or its lock is not free within ``_WITHDRAW_WAIT`` (it died holding it).
+        """
+        w = slot.worker
+        if w is None or w.killed or w.dead:
+            return False
+        if not w.lock.acquire(timeout=_WITHDRAW_WAIT):
+            return False
+        try:
+            started = int(w.ctl[_RUN])
+            if started >= slot.seq:
+                return False
+            floor = w.last_seq  # (assigned under _lock, which we hold)
+            if w.ctl[_FLOOR] < floor:
+                w.ctl[_FLOOR] = floor
+        finally:
+            w.lock.release()
+        self._withdrawn.append((w, started, floor))
+        if not self._woken:
+            self._woken = True
+            self._wake()
+        return True
 
     def _call_sink(self, job: Job, result: Result) -> None:
         try:
@@ -535,6 +507,7 @@ class ProcessPool:
                     self._queue.clear()
             if closing:
                 return
+            self._take_withdrawals()
             for job in cancels:
                 self._cancel_sent(job, now)
             self._steal(now)
@@ -570,13 +543,13 @@ class ProcessPool:
                     continue
                 ready.appendleft(slot)
                 break
-            with self._lock:
+            with self._lock:  # (cancel() reads these three under it: see _withdraw)
                 if pending.get(job, _MISSING) is not None:
                     continue
                 pending[job] = slot
-            w.last_seq += 1
-            slot.seq = w.last_seq
-            slot.worker = w
+                w.last_seq += 1
+                slot.seq = w.last_seq
+                slot.worker = w
             if not w.window:
                 w.busy_since = now
             w.window.append(slot)
@@ -620,8 +593,9 @@ class ProcessPool:
             return ready
         if booting is not None and not booting.window:
             return booting
-        # after a failed start, try again only when a worker goes or none is left
-        if live < self.size and (self._spawn_error is None or live == 0):
+        # after a failed start, try again only when a worker goes or none is left; never
+        # once shutdown began (an unlocked read: a stale False costs one worker it kills)
+        if live < self.size and (self._spawn_error is None or live == 0) and not self._closed:
             fresh = self._spawn()
             if fresh is not None:
                 return fresh
@@ -645,7 +619,7 @@ class ProcessPool:
                 inherited += [c for w in self._workers for c in (w.jobs, w.answers) if not c.closed]
             self._spawned += 1
             proc = ctx.Process(
-                target=_child_main,
+                target=child_main,
                 args=(jobs_r, answers_w, lock, ctl, inherited),
                 name=f"taskvisor-{self.label}-worker-{self._spawned}",
             )
@@ -714,6 +688,8 @@ class ProcessPool:
 
     def _read(self, w: _Worker, now: float) -> None:
         """Read what the worker sent and handle every complete frame."""
+        if self._withdrawn:  # before any answer to a job sent after a revoke's floor
+            self._take_withdrawals()
         buf = w.inbuf
         while w.rfd >= 0:
             try:
@@ -818,6 +794,23 @@ class ProcessPool:
         w.window_bytes = sum(len(slot.payload or b"") for slot in keep)
         self._put_back(back)
 
+    def _take_withdrawals(self) -> None:
+        """Take back the jobs cancel() revoked along with the one it withdrew.
+
+        The worker skips everything up to the floor that it had not started; what else is
+        in that range goes back to the ready queue. Done before reading any answer: an
+        answer to a job sent after the floor comes only after those were skipped (that
+        job's ``seq`` was assigned under ``_lock`` after the note was left under it).
+        """
+        with self._lock:
+            notes, self._withdrawn = self._withdrawn, []
+        for w, started, floor in notes:
+            back = [slot for slot in w.window if started < slot.seq <= floor]
+            if back:  # (none if a revoke, a reap or an answer got there first)
+                w.window = deque(s for s in w.window if not started < s.seq <= floor)
+                w.window_bytes = sum(len(s.payload or b"") for s in w.window)
+                self._put_back(back)
+
     def _put_back(self, slots: list[_Slot]) -> None:
         """Jobs that never started go back to the front of the ready queue, in order."""
         again = []
@@ -838,6 +831,15 @@ class ProcessPool:
         """A cancel of a job that was on a worker when cancel() looked."""
         with self._lock:
             where = self._pending.get(job, _MISSING)
+        if isinstance(where, _Slot):
+            w = where.worker
+            assert w is not None
+            if not w.usable():  # going: _reap settles it
+                self._cancelling.add(job)
+                return
+            self._read(w, now)  # an answer that already arrived wins
+            with self._lock:  # (or a withdrawal took it back meanwhile)
+                where = self._pending.get(job, _MISSING)
         if where is _MISSING:
             return
         if where is None:  # requeued since
@@ -845,12 +847,6 @@ class ProcessPool:
             return
         w = where.worker
         assert w is not None
-        if not w.usable():  # going: _reap settles it
-            self._cancelling.add(job)
-            return
-        self._read(w, now)  # an answer that already arrived wins
-        if job not in self._pending:
-            return
         started = self._revoke(w)
         if started is None:  # cannot tell what it runs: report now, drop its answer later
             self._cancelled(job, None)
@@ -944,16 +940,18 @@ class ProcessPool:
     def _close_down(self) -> None:
         sel = self._sel
         assert sel is not None
+        self._take_withdrawals()  # (what they take back is cancelled just below)
         with self._lock:
             queued = list(self._queue)
             self._queue.clear()
         for job in queued:
             self._cancelled(job, None)
-        for slot in self._ready:
-            self._cancelled(slot.job, None)
-        self._ready.clear()
+        self._cancel_ready()
         for w in list(self._workers):
-            if any(slot.job in self._pending for slot in w.window):
+            # busy: killed. Still starting: killed too, it has nothing to finish (a close
+            # right after a cancel killed a worker would otherwise wait out the start-up
+            # of the replacement). Idle: told to exit.
+            if not w.ready or any(slot.job in self._pending for slot in w.window):
                 self._kill(w)
             else:
                 self._close_input(w)
@@ -987,8 +985,18 @@ class ProcessPool:
                 cancels, self._cancels = self._cancels, []
                 self._woken = False
             del cancels  # whatever is still on a worker ends CANCELLED with it
+            self._take_withdrawals()
+            self._cancel_ready()
             self._flush()
+        self._take_withdrawals()
+        self._cancel_ready()
         self._flush()
+
+    def _cancel_ready(self) -> None:
+        """Closing: what is in the ready queue (taken back from a worker) ends CANCELLED."""
+        for slot in self._ready:
+            self._cancelled(slot.job, None)
+        self._ready.clear()
 
     def _close_input(self, w: _Worker) -> None:
         """Tell an idle worker to exit: a stop frame, then EOF on its job pipe."""

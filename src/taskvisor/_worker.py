@@ -1,33 +1,142 @@
 """Code that runs inside a worker process (or any pickling backend), and its decoder.
 
+Runs in the worker (its own main thread): :func:`child_main`, the loop of a
+:class:`~taskvisor._procpool.ProcessPool` worker, and :func:`run_pickled`, which also runs
+each job of a pickling backend. :func:`decode` runs in the parent (the pool's manager
+thread, a backend's done callback).
+
 The child pickles its own answer, so nothing it returns can break the pool: a result,
 exception or ``shared`` dict that cannot be pickled becomes a :class:`RemoteError` that
 keeps the type name, message and traceback text (as Dask does). The answer is an outer
 tuple of strings and bytes, which always unpickles; each inner payload is unpickled
 separately in the parent, so one that fails to unpickle there is contained too.
+
+Import-light, because a spawned worker imports this module before it can take its first
+job: at module level only what the loop needs (``os``, ``pickle``, ``struct``,
+``contextlib``, ``types`` and ``_errors``, which imports nothing heavy). ``asyncio`` is
+imported when a task returns a coroutine, ``tblib`` and ``traceback`` when one fails,
+``_result`` (and with it the planner) only in the parent. ``benchmarks/worker_start.py``
+measures what a worker's start-up costs; a test checks what this module imports.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+import contextlib
 import os
 import pickle
-import traceback
+import struct
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from tblib import pickling_support
+from ._errors import RemoteError, SpecError
 
-from ._errors import RemoteError
-from ._result import ExceptionInfo
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
-__all__ = ["Decoded", "decode", "run_pickled"]
+    from ._result import ExceptionInfo
 
-_PROTO = pickle.HIGHEST_PROTOCOL
+__all__ = ["Decoded", "child_main", "decode", "run_pickled"]
+
+_PROTO: Final = pickle.HIGHEST_PROTOCOL
 
 # (ok, ret, shared, excinfo, worker)
-Decoded = tuple[bool, Any, dict[str, Any] | None, ExceptionInfo | None, str]
+Decoded = tuple[bool, Any, "dict[str, Any] | None", "ExceptionInfo | None", str]
+
+# ---------------------------------------------------- the pool worker's loop and its frames
+
+HEADER: Final = struct.Struct("<Q")  # every frame: its length, then a pickle
+STOP: Final = HEADER.pack(0)  # an empty frame: exit
+
+# frames a worker sends: (kind, seq, answer)
+READY: Final = 0
+STARTED: Final = 1
+ANSWER: Final = 2
+
+# the array a worker shares with the parent: [started, floor]
+RUN: Final = 0
+FLOOR: Final = 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _run_payload(name: str, payload: bytes) -> tuple[Any, ...]:
+    try:
+        fn, args, kwargs, shared = pickle.loads(payload)
+    except Exception as exc:
+        err = SpecError(
+            f"task {name!r}: its function or arguments could not be unpickled in process "
+            f"worker pid {os.getpid()}: {type(exc).__name__}: {exc}"
+        )
+        err.__cause__ = exc
+        return run_pickled(_raise, (err,), {}, None)
+    return run_pickled(fn, args, kwargs, shared)
+
+
+def child_main(
+    jobs: Connection, answers: Connection, lock: Any, ctl: Any, inherited: list[Connection]
+) -> None:
+    """A pool worker: run the jobs of each batch in order, send each answer at once.
+
+    Ends on an empty frame, when the parent closes the job pipe (EOF) or goes away (a
+    broken answer pipe). ``inherited``: the parent's ends of the pipes a ``fork`` copied
+    into this process; closed, or the parent closing its end would never be an EOF here.
+    """
+    for conn in inherited:
+        conn.close()
+    del inherited
+    # Ctrl-C reaches the whole process group: an idle worker exits quietly (one running a
+    # job reports it as that job's error first); SIGINT is not ignored, as the processes
+    # a task starts would inherit that
+    with contextlib.suppress(KeyboardInterrupt):
+        _serve(jobs, answers.fileno(), lock, ctl)
+
+
+def _serve(jobs: Connection, wfd: int, lock: Any, ctl: Any) -> None:
+    header = HEADER
+
+    def send(kind: int, seq: int, answer: tuple[Any, ...] | None) -> None:
+        data = pickle.dumps((kind, seq, answer), _PROTO)
+        _write_all(wfd, header.pack(len(data)) + data)
+
+    with open(jobs.fileno(), "rb", closefd=False) as reader:
+        send(READY, 0, None)
+        while True:
+            head = reader.read(header.size)
+            if len(head) < header.size:
+                return
+            (size,) = header.unpack(head)
+            body = reader.read(size)
+            if not size or len(body) < size:  # an empty frame says stop
+                return
+            batch: list[tuple[int, str, bool, bytes]] = pickle.loads(body)
+            del body
+            for seq, name, watch, payload in batch:
+                # the parent revokes jobs (raises FLOOR) and reads RUN under this lock:
+                # after the check below, a job either starts here or never does
+                with lock:
+                    revoked = seq <= ctl[FLOOR]
+                    if not revoked:
+                        ctl[RUN] = seq
+                if revoked:
+                    continue
+                if watch:
+                    send(STARTED, seq, None)
+                answer = _run_payload(name, payload)
+                send(ANSWER, seq, answer)
+                del answer
+            del batch
+
+
+# ------------------------------------------------------------- any pickling worker
 
 
 def run_pickled(
@@ -45,7 +154,9 @@ def run_pickled(
         if shared is not None:
             kwargs = {**kwargs, "shared": shared}
         ret = fn(*args, **kwargs)
-        if inspect.iscoroutine(ret):
+        if isinstance(ret, types.CoroutineType):  # (what inspect.iscoroutine checks)
+            import asyncio  # only now: most workers never need it
+
             ret = asyncio.run(ret)
     except BaseException as exc:
         return _error_answer(exc, shared, worker)
@@ -63,12 +174,16 @@ def run_pickled(
 
 
 def _format(exc: BaseException) -> str:
+    import traceback  # (errors only)
+
     return "".join(traceback.format_exception(exc))
 
 
 def _error_answer(
     exc: BaseException, shared: dict[str, Any] | None, worker: str
 ) -> tuple[Any, ...]:
+    from tblib import pickling_support  # (errors only)
+
     text = _format(exc)
     pickling_support.install(exc)
     try:
@@ -102,7 +217,7 @@ def decode(answer: tuple[Any, ...]) -> Decoded:
                 f"the result of type {type_name} could not be unpickled: {exc}",
                 _format(exc),
             )
-            return False, None, None, ExceptionInfo.from_exc(err), worker
+            return False, None, None, _info(err), worker
         return True, ret, shared, None, worker
     _, data, type_name, message, text, shared_data, worker = answer
     error: BaseException
@@ -116,4 +231,10 @@ def decode(answer: tuple[Any, ...]) -> Decoded:
         shared = pickle.loads(shared_data)
     except Exception:
         shared = None
-    return False, None, shared, ExceptionInfo.from_exc(error, text), worker
+    return False, None, shared, _info(error, text), worker
+
+
+def _info(exc: BaseException, text: str | None = None) -> ExceptionInfo:
+    from ._result import ExceptionInfo  # (parent only, errors only: never in a worker)
+
+    return ExceptionInfo.from_exc(exc, text)
