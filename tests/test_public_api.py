@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,34 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
     for name in tv.__all__:
         assert hasattr(tv, name), name
     # taskvisor.testing is a public submodule: an attribute once anything imported it
-    public = {n for n in vars(tv) if not n.startswith("_")} - {"annotations", "logging", "testing"}
+    public = {n for n in vars(tv) if not n.startswith("_")} - {
+        "annotations",
+        "importlib",
+        "logging",
+        "testing",
+        "TYPE_CHECKING",
+        "Any",
+    }
     assert public == set(tv.__all__)
+    assert set(dir(tv)) >= set(tv.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        tv.Nope  # noqa: B018
+
+
+def test_importing_the_package_or_the_worker_loads_no_runtime() -> None:
+    """Public names are imported on first use: a process worker (which imports
+    taskvisor._worker, and so the package) never loads asyncio, psutil or uvloop."""
+    code = (
+        "import sys, taskvisor, taskvisor._worker\n"
+        "heavy = {'asyncio', 'psutil', 'uvloop', 'taskvisor._supervisor', 'concurrent.futures'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+        "taskvisor.Supervisor\n"
+        "print('taskvisor._supervisor' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out
 
 
 def test_every_public_name_is_documented() -> None:

@@ -8,33 +8,36 @@ aloops, a thread pool or a process pool under a :class:`Supervisor`; read every 
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from ._clock import Clock, SystemClock
-from ._errors import (
-    CapacityError,
-    ClosedError,
-    CycleError,
-    DependencyError,
-    DuplicateTaskError,
-    LockError,
-    NotRunError,
-    RemoteError,
-    ResourceError,
-    SpecError,
-    TaskCancelled,
-    TaskFailError,
-    TaskTimeout,
-    TaskvisorError,
-    TaskvisorWarning,
-    WorkerCrashed,
-)
-from ._executors import Aloop
-from ._helpers import controlled_failure
-from ._planner import State
-from ._result import ExceptionInfo, RunReport, TaskRes
-from ._spec import CRITICAL, HIGH, LOW, NORMAL, ResultRef, Task, Tier, task
-from ._supervisor import Statistics, StoryEvent, Supervisor, SupervisorState, TaskHandle, run
+if TYPE_CHECKING:
+    from ._clock import Clock, SystemClock
+    from ._errors import (
+        CapacityError,
+        ClosedError,
+        CycleError,
+        DependencyError,
+        DuplicateTaskError,
+        LockError,
+        NotRunError,
+        RemoteError,
+        ResourceError,
+        SpecError,
+        TaskCancelled,
+        TaskFailError,
+        TaskTimeout,
+        TaskvisorError,
+        TaskvisorWarning,
+        WorkerCrashed,
+    )
+    from ._executors import Aloop
+    from ._helpers import controlled_failure
+    from ._planner import State
+    from ._result import ExceptionInfo, RunReport, TaskRes
+    from ._spec import CRITICAL, HIGH, LOW, NORMAL, ResultRef, Task, Tier, task
+    from ._supervisor import Statistics, StoryEvent, Supervisor, SupervisorState, TaskHandle, run
 
 __version__ = "0.1.0"
 
@@ -80,3 +83,56 @@ __all__ = [
 ]
 
 logging.getLogger("taskvisor").addHandler(logging.NullHandler())
+
+# Every public name is imported on first use (PEP 562), not with the package: a process
+# worker imports taskvisor._worker, which runs this file, and must not pay for asyncio,
+# psutil, uvloop and the supervisor it never uses (~250 ms a worker start; the numbers
+# are in benchmarks/README.md, "Worker start").
+_HOME = {
+    **dict.fromkeys(["Clock", "SystemClock"], "_clock"),
+    **dict.fromkeys(
+        [
+            "CapacityError",
+            "ClosedError",
+            "CycleError",
+            "DependencyError",
+            "DuplicateTaskError",
+            "LockError",
+            "NotRunError",
+            "RemoteError",
+            "ResourceError",
+            "SpecError",
+            "TaskCancelled",
+            "TaskFailError",
+            "TaskTimeout",
+            "TaskvisorError",
+            "TaskvisorWarning",
+            "WorkerCrashed",
+        ],
+        "_errors",
+    ),
+    "Aloop": "_executors",
+    "controlled_failure": "_helpers",
+    "State": "_planner",
+    **dict.fromkeys(["ExceptionInfo", "RunReport", "TaskRes"], "_result"),
+    **dict.fromkeys(
+        ["CRITICAL", "HIGH", "LOW", "NORMAL", "ResultRef", "Task", "Tier", "task"], "_spec"
+    ),
+    **dict.fromkeys(
+        ["Statistics", "StoryEvent", "Supervisor", "SupervisorState", "TaskHandle", "run"],
+        "_supervisor",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'taskvisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # the next access is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
