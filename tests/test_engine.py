@@ -476,3 +476,93 @@ async def test_story_tells_a_retried_task_from_submit_to_its_end() -> None:
     ids = [e.id for e in story]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(isinstance(e, tv.StoryEvent) and e.task == "flaky" for e in story)
+
+
+# ------------------------------------------------------------------ review regressions
+
+
+async def test_a_name_reused_while_the_old_tasks_settle_waits_for_the_loop() -> None:
+    """result_buffer=1. A thread of the user's submits X and Y (both waiting for an item
+    nobody provides), cancels both (their Settles go to the loop, which is held), and
+    submits a new X (the planner forgot the old one). Each task gets its own TaskRes:
+    the queued Settle is about the old X, never the new one."""
+    async with tv.Supervisor(result_buffer=1, threads=2, aloops=()) as sup:
+        hs: dict[str, tv.TaskHandle[Any]] = {}
+
+        def user() -> None:
+            hs["X_old"] = sup.submit(noop, name="X", requires="never")
+            sup.cancel("X")
+            hs["Y"] = sup.submit(noop, name="Y", requires="never")
+            sup.cancel("Y")
+            hs["X_new"] = sup.submit(identity, "new", name="X", runs_on="thread")
+
+        t = threading.Thread(target=user)
+        t.start()
+        t.join()  # the loop's thread is held: nothing queued for it has run yet
+        res = {k: await h for k, h in hs.items()}
+    assert res["X_old"].state is State.CANCELLED and res["Y"].state is State.CANCELLED
+    assert (res["X_new"].state, res["X_new"].ret) == (State.DONE, "new")
+
+
+async def test_an_ended_tasks_handle_never_cancels_the_task_that_reused_its_name() -> None:
+    async with tv.Supervisor(result_buffer=1, aloops=()) as sup:
+        old = sup.submit(noop, name="X", runs_on="thread")
+        await old
+        await sup.submit(noop, name="Y", runs_on="thread")  # X forgotten (result_buffer=1)
+        new = sup.submit(identity, "new", name="X", requires="later")
+        old.cancel()  # an ended task is left as it is
+        sup.provide("later")
+        res = await new
+    assert (res.state, res.ret) == (State.DONE, "new")
+
+
+async def test_an_internal_error_on_a_pool_thread_finishing_its_own_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same internal error, whichever thread finishes the task (its pool thread, under
+    the engine lock, or the loop): the task ends FAILED with it, and closing never hangs."""
+    real = tv.Supervisor._deliver
+    broken = [True]
+
+    def deliver(sup: tv.Supervisor, rec: Any, state: State, *args: Any) -> None:
+        if rec.spec.name == "victim" and state is State.DONE and broken:
+            broken.clear()
+            raise ZeroDivisionError("a bug in taskvisor")
+        real(sup, rec, state, *args)
+
+    monkeypatch.setattr(tv.Supervisor, "_deliver", deliver)
+    gate = threading.Event()
+    async with tv.Supervisor(aloops=()) as sup:
+        h = sup.submit(gate.wait, WAIT, name="victim", runs_on="thread")
+        await end_of_turn()  # dispatched; the loop holds no lock from here on
+        gate.set()  # its pool thread finishes it itself (the loop is idle, in await)
+        res = await h
+    assert res.state is State.FAILED and isinstance(res.error, ZeroDivisionError)
+
+
+def test_cancel_from_a_thread_while_closing_under_asyncio_debug() -> None:
+    """asyncio's debug mode refuses non-thread-safe calls from other threads: a cancel from
+    a thread of the user's while aclose waits must not touch the loop's objects."""
+    code = """
+import asyncio, threading
+import taskvisor as tv
+
+async def main():
+    sup = tv.Supervisor(aloops=())
+    await sup.start()
+    blocker = asyncio.Event()
+    h = sup.submit(blocker.wait, name="w", runs_on="main")
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(sup.aclose())
+    await asyncio.sleep(0)
+    t = threading.Thread(target=sup.cancel, args=("w",))
+    t.start()
+    t.join()
+    await asyncio.wait_for(closing, 10)
+    print((await h).state.name)
+
+asyncio.run(main(), debug=True)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "CANCELLED", out

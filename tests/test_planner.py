@@ -123,6 +123,31 @@ def test_reserves_atasker_scenario() -> None:
     p.validate_state()
 
 
+def test_tasks_submitted_without_admission_wait_for_admit_not_for_other_events() -> None:
+    """submit(admit=False) holds its ready tasks out of the tier queues: a finish in
+    between admits none of them, admit() admits them all together, in tier order."""
+    p = Planner(pool_size=1)
+    assert p.submit([T("busy")]) == [D("busy")]
+    assert p.submit([T("lo", tier=LOW)], admit=False) == []
+    assert p.state("lo") is State.QUEUED
+    p.validate_state()
+    assert p.finish("busy", DONE) == []  # the slot is free, but lo waits for admit()
+    p.validate_state()
+    assert p.submit([T("hi", tier=HIGH)], admit=False) == []
+    assert p.admit() == [D("hi")]
+    assert p.finish("hi", DONE) == [D("lo")]
+    p.validate_state()
+
+
+def test_a_held_task_cancelled_before_admit() -> None:
+    p = Planner(pool_size=1)
+    assert p.submit([T("x")], admit=False) == []
+    assert shape(p.cancel("x")) == [("settle", "x", CANCELLED, TaskCancelled)]
+    assert p.admit() == []
+    assert p.live() == []
+    p.validate_state()
+
+
 def test_nine_task_graph_runs_in_forced_order() -> None:
     """Edges, tiers and priorities leave exactly one choice at every step with one slot.
 

@@ -361,7 +361,9 @@ class Planner:
         self.busy = 0  # slots used by running non-critical tasks
         self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
         self.paused = False
-        self._admit_due = False  # submitted with admit=False, admission not run since
+        # QUEUED by submit(admit=False): out of the tier queues until admit()
+        self._held: list[_T] = []
+        self._holding = False
         self.gate_closed = False  # live system gate: holds non-critical admissions
         self._tasks: dict[str, _T] = {}
         self._items: dict[Hashable, _Item] = {}
@@ -415,9 +417,10 @@ class Planner:
 
         ``sealed``: every dependency must be satisfied or provided by a known task now;
         what nobody can provide is settled at once with ``DependencyError``.
-        ``admit=False``: enter the tasks but leave admission to a later :meth:`admit` (or
-        any other event): the supervisor admits everything one turn of its loop submitted
-        together, so tier order holds among back-to-back submits.
+        ``admit=False``: enter the tasks, but those ready for a slot wait outside the tier
+        queues until :meth:`admit` (no other event admits them): the supervisor admits
+        everything one turn of its loop submitted together, so tier order holds among
+        back-to-back submits.
         """
         self._clock(now)
         try:
@@ -440,17 +443,28 @@ class Planner:
                 awaited.discard(t.name)
                 self._items[OutputItem(t.name)].providers.add(t)
                 t.out_item = True
-        for t in new:
-            self._enter(t, sealed)
         if admit:
+            for t in new:
+                self._enter(t, sealed)
             self._admit()
         else:
-            self._admit_due = True
+            self._holding = True  # what gets QUEUED now waits in _held for admit()
+            try:
+                for t in new:
+                    self._enter(t, sealed)
+            finally:
+                self._holding = False
         return self._flush()
 
     def admit(self, *, now: float = 0.0) -> list[Instruction]:
-        """Admit what fits (after ``submit(admit=False)``)."""
+        """Admit what fits, the tasks held by ``submit(admit=False)`` included: those
+        join their tier queues only now, so no other event admits some of them early."""
         self._clock(now)
+        held, self._held = self._held, []
+        queues = self._queues
+        for t in held:
+            if t.state is State.QUEUED:
+                heapq.heappush(queues[t.spec.tier], (t.spec.priority, t.seq, t))
         self._admit()
         return self._flush()
 
@@ -847,7 +861,10 @@ class Planner:
 
     def _queue(self, t: _T) -> None:
         self._move(t, State.QUEUED)
-        heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
+        if self._holding:
+            self._held.append(t)
+        else:
+            heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
         self.stats.queued_by_tier[t.spec.tier] += 1
         if self._alarm_after:
             t.queued_at = self._now
@@ -869,7 +886,6 @@ class Planner:
     # ------------------------------------------------------------ admission
 
     def _admit(self) -> None:
-        self._admit_due = False
         self._admit_heads()
         if self._just_queued:
             self._arm_alarms()
@@ -1167,8 +1183,9 @@ class Planner:
                 _check(lock.excl is None and not lock.shared, f"lock {r!r}: granted over holder")
         for tier, q in self._queues.items():
             n = sum(1 for *_, t in q if t.state is State.QUEUED)
+            n += sum(1 for t in self._held if t.state is State.QUEUED and t.spec.tier is tier)
             _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
-        if not self.paused and not self._admit_due:  # admission is maximal: no head fits now
+        if not self.paused:  # admission is maximal: no head fits now (held ones wait)
             for tier, q in self._queues.items():
                 heads = [t for *_, t in sorted(q) if t.state is State.QUEUED][:1]
                 for t in heads:

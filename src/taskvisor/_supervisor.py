@@ -550,7 +550,8 @@ class Supervisor:
         self._deferred: deque[tuple[object, Any]] = deque()
         self._pending_exec = 0  # instruction lists among them (results are harmless)
         # the instructions to carry out, in the planner's order; one drain at a time
-        self._todo: deque[Instruction] = deque()
+        # each with the records it names, bound when the planner gave it (see _execute)
+        self._todo: deque[tuple[Instruction, Any]] = deque()
         self._draining = False
         # admission of single submits on the loop runs once per turn (tier order holds
         # among back-to-back submits)
@@ -849,12 +850,13 @@ class Supervisor:
         """``admit=False``: admit at the end of this turn of the loop. (Another thread has
         no turns: its submits are admitted at once, and its thread tasks start from it.)"""
         targets = [self._target(s) for s in specs]  # (no lock needed: the caller's thread)
-        admit = admit or threading.get_ident() != self._tid
+        on_loop = threading.get_ident() == self._tid
+        admit = admit or not on_loop
         with self._engine:
             self._check_running("submit")
             now = self._now()
-            if self._gates_on:
-                self._sample(now)
+            if self._gates_on and on_loop:  # (its timer lives on the loop; the loop samples
+                self._sample(now)  # again on every completion it takes in)
             # graph errors raise here, before anything changed
             instrs = self._planner.submit(specs, sealed=sealed, admit=admit, now=now)
             recs = []
@@ -938,6 +940,10 @@ class Supervisor:
         with self._engine:
             if self._loop is None:
                 raise ClosedError(self.state.value, "cancel")
+            if isinstance(task, TaskHandle) and (
+                task._rec.res is not None or self._recs.get(name) is not task._rec
+            ):
+                return  # its task ended (the name may be a newer task's now)
             if name not in self._planner:
                 if name in self._recs:
                     return  # ended, and the planner already forgot it
@@ -1062,10 +1068,8 @@ class Supervisor:
                 if self.state is SupervisorState.RUNNING and not self._pending_exec:
                     try:
                         self._on_done(job, result)
-                    except BaseException:  # a taskvisor bug: report it; the thread goes on
-                        logger.critical(
-                            "internal error handling the end of %r", job.name, exc_info=True
-                        )
+                    except Exception as exc:  # a taskvisor bug: the task fails loudly
+                        self._internal_error(job.name, exc, job=job)
                     return
             finally:
                 self._engine.release()
@@ -1088,16 +1092,20 @@ class Supervisor:
                     self._internal_error(what.name, exc, job=what)
             self._check_quiet()
 
-    def _internal_error(self, name: str, exc: Exception, job: Job | None = None) -> None:
+    def _internal_error(
+        self, name: str, exc: Exception, job: Job | None = None, rec: _Rec | None = None
+    ) -> None:
         """A bug in taskvisor while handling one task's event: log it at CRITICAL and end
-        that task FAILED with the exception, so it never waits for ever without a TaskRes."""
+        that task FAILED with the exception, so it never waits for ever without a TaskRes.
+        (Engine held.)"""
         logger.critical("internal error handling task %r", name, exc_info=exc)
-        rec = self._recs.get(name)
+        if rec is None:
+            rec = self._recs.get(name)
         if rec is None or rec.res is not None or (job is not None and rec.job is not job):
             return
         try:
             info = ExceptionInfo.from_exc(exc)
-            if name in self._planner and self._planner.state(name) is State.RUNNING:
+            if self._recs.get(name) is rec and self._planner.state(name) is State.RUNNING:
                 if rec.job is None:  # (a dispatch that broke before its attempt began)
                     rec.job = Job(name, rec.spec.fn, (), {}, None, rec.target)
                 self._finish(rec, State.FAILED, None, None, info, None)
@@ -1123,9 +1131,10 @@ class Supervisor:
             try:
                 if what is _NOTIFY:
                     self._notify(*arg)
-                else:
+                else:  # instructions already bound to their records (see _execute)
                     self._pending_exec -= 1
-                    self._execute(arg)
+                    self._todo.extend(arg)
+                    self._run_todo()
             except Exception:  # a taskvisor bug: report it, and go on
                 logger.critical("internal error running deferred work", exc_info=True)
 
@@ -1140,8 +1149,28 @@ class Supervisor:
         before an earlier one is carried out: a Cancel before its Dispatch is a lost
         cancel.) Off the loop's thread, only thread dispatches are carried out here;
         from the first other instruction on, the rest goes to the loop, in order.
+
+        Each instruction is queued with the records of the tasks it names as they are
+        *now*, under the same lock as the planner call that gave it: by the time it is
+        carried out, a name may belong to a newer task (the planner forgot the old one and
+        a submit reused the name), and the instruction is about the old one.
         """
-        self._todo.extend(instrs)
+        recs, bind = self._recs, self._todo.append
+        bound: Any
+        for ins in instrs:
+            if type(ins) is Dispatch:
+                parents = ins.parents
+                bound = (recs[ins.name], [recs.get(p) for p in parents] if parents else ())
+            elif type(ins) is Settle or type(ins) is Cancel:
+                bound = recs[ins.name]
+            elif type(ins) is Forget:
+                bound = [recs.get(n) for n in ins.names]
+            else:
+                bound = None
+            bind((ins, bound))
+        self._run_todo()
+
+    def _run_todo(self) -> None:
         if self._draining:
             return
         self._draining = True
@@ -1149,26 +1178,26 @@ class Supervisor:
             self._carry_out()
         finally:
             self._draining = False
-        if self._quiet is not None and self.state is SupervisorState.CLOSING:
-            self._check_quiet()
+        if self.state is SupervisorState.CLOSING and threading.get_ident() == self._tid:
+            self._check_quiet()  # (an asyncio.Event: the loop's thread only)
 
     def _carry_out(self) -> None:
         todo, recs = self._todo, self._recs
         on_loop = threading.get_ident() == self._tid
         while todo:
-            ins = todo[0]
-            if not on_loop and (type(ins) is not Dispatch or recs[ins.name].target != "thread"):
+            ins, bound = todo[0]
+            if not on_loop and (type(ins) is not Dispatch or bound[0].target != "thread"):
                 self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
                 todo.clear()
                 return
             todo.popleft()
             try:
                 if type(ins) is Dispatch:
-                    self._dispatch(ins)
+                    self._dispatch(ins, bound[0], bound[1])
                 elif type(ins) is Settle:
-                    self._settle(ins.name, ins.state, ins.error)
+                    self._settle(bound, ins.state, ins.error)
                 elif type(ins) is Cancel:
-                    self._cancel_running(ins.name, ins.reason)
+                    self._cancel_running(bound, ins.reason)
                 elif type(ins) is Warn:
                     _warn(ins.message)
                 elif type(ins) is WakeAt:
@@ -1176,27 +1205,29 @@ class Supervisor:
                 elif type(ins) is Alarm:
                     self._engine.after.append((self._alarm, (ins,)))
                 elif type(ins) is Forget:
-                    for name in ins.names:
-                        rec = recs.get(name)
-                        if rec is not None and rec.res is not None:  # (not a reused name's)
+                    for name, rec in zip(ins.names, bound, strict=True):
+                        if rec is not None and recs.get(name) is rec:  # (not a reused name's)
                             del recs[name]
             except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
-                self._internal_error(getattr(ins, "name", "?"), exc)
+                if type(ins) in (Dispatch, Settle, Cancel):
+                    rec = bound[0] if type(ins) is Dispatch else bound
+                    self._internal_error(rec.spec.name, exc, rec=rec)
+                else:
+                    logger.critical("internal error carrying out %r", ins, exc_info=exc)
 
-    def _dispatch(self, ins: Dispatch) -> None:
-        rec = self._recs[ins.name]
+    def _dispatch(self, ins: Dispatch, rec: _Rec, parents: list[_Rec | None] | tuple[()]) -> None:
         spec = rec.spec
         now = self._now()
         shared = dict(self._shared) if self._shared else {}
-        for p in ins.parents:
-            prec = self._recs.get(p)
+        for prec in parents:
             pres = None if prec is None else prec.res
             if pres is not None and pres.shared:
                 shared.update(pres.shared)
         rec.shared_in = shared
         args, kwargs = spec.args, spec.kwargs
         if spec.refs:
-            values = {r: cast(TaskRes[Any], self._recs[r].res).ret for r in spec.refs}
+            by_name = {p.spec.name: p for p in parents if p is not None}
+            values = {r: cast(TaskRes[Any], by_name[r].res).ret for r in spec.refs}
             try:
                 args, kwargs = substitute_call(args, kwargs, values)
             except BaseException as exc:  # a projection is user code: it fails the task
@@ -1270,12 +1301,11 @@ class Supervisor:
             self._event(job.name, "timed out", f"attempt {job.attempt}")
             self._cancel_job(rec, job)
 
-    def _cancel_running(self, name: str, reason: str) -> None:
-        rec = self._recs[name]
+    def _cancel_running(self, rec: _Rec, reason: str) -> None:
         job = rec.job
         if job is not None and job.cancelled is None:
             job.cancelled = reason
-            self._event(name, "cancelling", reason)
+            self._event(rec.spec.name, "cancelling", reason)
             self._cancel_job(rec, job)
 
     def _cancel_job(self, rec: _Rec, job: Job) -> None:
@@ -1429,8 +1459,7 @@ class Supervisor:
             )
         )
 
-    def _settle(self, name: str, state: State, error: NotRunError) -> None:
-        rec = self._recs[name]
+    def _settle(self, rec: _Rec, state: State, error: NotRunError) -> None:
         self._deliver(
             rec,
             state,
