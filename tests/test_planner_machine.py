@@ -163,6 +163,9 @@ class PlannerMachine(RuleBasedStateMachine):
         self.busy = 0
         self.used: dict[str, float] = {}
         self.paused = False
+        # QUEUED by submit(admit=False) and not admitted since: out of the tier queues
+        # until the admit rule (the supervisor's end-of-turn admission)
+        self.held: set[str] = set()
         self.gate = False
         self.failed_once = False
         self.fail_fast = False
@@ -392,10 +395,14 @@ class PlannerMachine(RuleBasedStateMachine):
         Dispatches come last in a step, from one admission pass over the tasks queued at that
         point: those still QUEUED now plus those dispatched.
         """
+        early = self.held.intersection(dispatched)
+        assert not early, f"held by submit(admit=False), dispatched before admit: {early}"
         if self.paused:
             assert not dispatched, f"dispatch while paused: {dispatched}"
             return
-        queued = [n for n, s in self.states().items() if s is State.QUEUED] + dispatched
+        queued = [
+            n for n, s in self.states().items() if s is State.QUEUED and n not in self.held
+        ] + dispatched
         heads = {
             t: sorted(
                 (self.recs[n] for n in queued if self.recs[n].spec.tier is t),
@@ -480,8 +487,9 @@ class PlannerMachine(RuleBasedStateMachine):
         batch=st.lists(drafts, min_size=1, max_size=4),
         sealed=st.booleans(),
         dup=st.sampled_from(("",) * 8 + ("old", "batch")),
+        admit=st.sampled_from((True, True, False)),
     )
-    def submit(self, batch: list[Draft], sealed: bool, dup: str) -> None:
+    def submit(self, batch: list[Draft], sealed: bool, dup: str, admit: bool) -> None:
         specs = [self.build(d) for d in batch]
         before = self.p.live()
         counts = dict(self.p.stats.by_state)
@@ -494,7 +502,7 @@ class PlannerMachine(RuleBasedStateMachine):
             assert not any(s.name in self.p for s in specs)
             return
         try:
-            out = self.p.submit(specs, sealed=sealed, now=self.now)
+            out = self.p.submit(specs, sealed=sealed, admit=admit, now=self.now)
         except CycleError as exc:
             assert self.p.live() == before and dict(self.p.stats.by_state) == counts
             assert not any(s.name in self.p for s in specs)
@@ -503,8 +511,17 @@ class PlannerMachine(RuleBasedStateMachine):
         base = len(self.recs)
         for k, s in enumerate(specs):
             self.recs[s.name] = Rec(s, seq=base + k, sealed=sealed, due=self.now + s.delay)
+        if not admit:  # what this submit made QUEUED waits for the admit rule
+            assert not any(isinstance(i, Dispatch) for i in out), out
+            self.held |= {s.name for s in specs if self.p.state(s.name) is State.QUEUED}
         step = Step("submit", batch=frozenset(s.name for s in specs), sealed=sealed)
         self.run(step, out)
+
+    @rule()
+    def admit(self) -> None:
+        """The end of the supervisor loop's turn: held single submits are admitted."""
+        self.held.clear()
+        self.run(Step("admit"), self.p.admit(now=self.now))
 
     def check_cycle(self, cycle: tuple[str, ...], specs: Sequence[Task[None]]) -> None:
         assert len(cycle) >= 2 and cycle[0] == cycle[-1], cycle
@@ -702,7 +719,10 @@ class PlannerMachine(RuleBasedStateMachine):
         """With admission open and nothing running, every live task waits for an item or time."""
         if self.paused or self.gate or any(r.phase == "running" for r in self.recs.values()):
             return
-        for n, s in self.states().items():
+        states = self.states()
+        if any(states[n] is State.QUEUED for n in self.held):
+            return  # the admit at the end of the turn is on its way (others queue behind)
+        for n, s in states.items():
             assert s.terminal or s in (State.WAITING, State.DELAYED), f"{n} hangs in {s.name}"
 
     @invariant()
