@@ -566,3 +566,105 @@ asyncio.run(main(), debug=True)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "CANCELLED", out
+
+
+# ------------------------------------------------------------------ instruments
+
+
+class Recorder:
+    """An instrument with every hook: what it was told, on which thread, and whether the
+    supervisor's lock was free (outside the critical section)."""
+
+    def __init__(self, sup_ref: list[tv.Supervisor]) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.threads: set[str] = set()
+        self.lock_free: set[bool] = set()
+        self.sup_ref = sup_ref
+        self.closed: list[tv.RunReport] = []
+
+    def _note(self, hook: str, name: str) -> None:
+        self.calls.append((hook, name))
+        self.threads.add(threading.current_thread().name)
+        if self.sup_ref:
+            self.lock_free.add(self.sup_ref[0]._engine.depth == 0)
+
+    def task_submitted(self, info: tv.TaskInfo) -> None:
+        assert info.attempt == 0 and info.worker is None
+        self._note("submitted", info.name)
+
+    def task_started(self, info: tv.TaskInfo) -> None:
+        self._note(f"started {info.attempt} on {info.runs_on}", info.name)
+
+    def task_finished(self, res: tv.TaskRes[Any]) -> None:
+        self._note(f"finished {res.state.name}", res.name)
+
+    def worker_crashed(self, info: tv.TaskInfo) -> None:
+        self._note(f"crashed attempt {info.attempt}", info.name)
+
+    def supervisor_closed(self, report: tv.RunReport) -> None:
+        self.closed.append(report)
+
+
+class Broken:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def task_finished(self, res: tv.TaskRes[Any]) -> None:
+        self.calls += 1
+        raise RuntimeError("instrument bug")
+
+
+async def test_instruments_hear_every_step_on_the_loop_outside_the_engine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ref: list[tv.Supervisor] = []
+    rec, broken = Recorder(ref), Broken()
+    flaky_runs: list[int] = []
+
+    def flaky() -> str:
+        flaky_runs.append(1)
+        if len(flaky_runs) == 1:
+            raise ValueError("once")
+        return "ok"
+
+    async with tv.Supervisor(instruments=[rec, broken], aloops=()) as sup:
+        ref.append(sup)
+        await sup.submit(flaky, name="f", runs_on="thread", retries=1)
+        await in_threads(1, lambda i: sup.submit(noop, name="g", runs_on="thread").result(WAIT))
+        await sup.submit(noop, name="h", runs_on="main")
+    assert [c for c in rec.calls if c[1] == "f"] == [
+        ("submitted", "f"),
+        ("started 1 on thread", "f"),
+        ("started 2 on thread", "f"),
+        ("finished DONE", "f"),
+    ]
+    assert [c[0] for c in rec.calls if c[1] == "g"] == [
+        "submitted",
+        "started 1 on thread",
+        "finished DONE",
+    ]
+    assert rec.threads == {threading.current_thread().name} and rec.lock_free == {True}
+    assert len(rec.closed) == 1
+    assert broken.calls == 1  # raised once: logged and removed, the tasks went on
+    assert any(
+        "instrument" in r.getMessage() and "removed" in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.slow
+async def test_an_instrument_hears_a_worker_crash() -> None:
+    from .workloads import die
+
+    rec = Recorder([])
+    async with tv.Supervisor(instruments=[rec], processes=1, aloops=()) as sup:
+        res = await sup.submit(die, 3, name="d", runs_on="process")
+    assert isinstance(res.error, tv.WorkerCrashed)
+    assert ("crashed attempt 1", "d") in rec.calls
+    assert rec.calls[-1] == ("finished FAILED", "d")
+
+
+def test_bad_instruments_are_spec_errors() -> None:
+    with pytest.raises(tv.SpecError, match="has none of the hooks"):
+        tv.Supervisor(instruments=[object()])
+    with pytest.raises(tv.SpecError, match="iterable of instruments"):
+        tv.Supervisor(instruments=3)  # type: ignore[arg-type]

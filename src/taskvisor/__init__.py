@@ -37,7 +37,15 @@ if TYPE_CHECKING:
     from ._planner import State
     from ._result import ExceptionInfo, RunReport, TaskRes
     from ._spec import CRITICAL, HIGH, LOW, NORMAL, ResultRef, Task, Tier, task
-    from ._supervisor import Statistics, StoryEvent, Supervisor, SupervisorState, TaskHandle, run
+    from ._supervisor import (
+        Statistics,
+        StoryEvent,
+        Supervisor,
+        SupervisorState,
+        TaskHandle,
+        TaskInfo,
+        run,
+    )
 
 __version__ = "0.1.0"
 
@@ -71,6 +79,7 @@ __all__ = [
     "TaskCancelled",
     "TaskFailError",
     "TaskHandle",
+    "TaskInfo",
     "TaskRes",
     "TaskTimeout",
     "TaskvisorError",
@@ -119,7 +128,15 @@ _HOME = {
         ["CRITICAL", "HIGH", "LOW", "NORMAL", "ResultRef", "Task", "Tier", "task"], "_spec"
     ),
     **dict.fromkeys(
-        ["Statistics", "StoryEvent", "Supervisor", "SupervisorState", "TaskHandle", "run"],
+        [
+            "Statistics",
+            "StoryEvent",
+            "Supervisor",
+            "SupervisorState",
+            "TaskHandle",
+            "TaskInfo",
+            "run",
+        ],
         "_supervisor",
     ),
 }

@@ -59,6 +59,7 @@ from ._errors import (
     TaskFailError,
     TaskTimeout,
     TaskvisorWarning,
+    WorkerCrashed,
 )
 from ._executors import (
     Aloop,
@@ -97,7 +98,15 @@ from ._spec import (
     whole_number,
 )
 
-__all__ = ["Statistics", "StoryEvent", "Supervisor", "SupervisorState", "TaskHandle", "run"]
+__all__ = [
+    "Statistics",
+    "StoryEvent",
+    "Supervisor",
+    "SupervisorState",
+    "TaskHandle",
+    "TaskInfo",
+    "run",
+]
 
 logger = logging.getLogger("taskvisor")
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
@@ -143,12 +152,26 @@ class StoryEvent(NamedTuple):
     detail: str  # the executor, the worker, the reason, the final state ...
 
 
+class TaskInfo(NamedTuple):
+    """What an instrument is told about a task (``task_submitted``, ``task_started``,
+    ``worker_crashed``)."""
+
+    name: str
+    task: Task[Any]
+    runs_on: str  # the resolved target: "thread", "process", "aloop:default", "main", ...
+    attempt: int  # 0 when submitted; 1, 2 ... for each attempt
+    worker: str | None  # the worker that reported (a crash), when known
+    time: float  # the supervisor's clock
+
+
+_HOOKS = ("task_submitted", "task_started", "task_finished", "worker_crashed", "supervisor_closed")
+
 _NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call
 
 
 Listener = Callable[[TaskRes[Any]], None]
-# work queued to the loop by other threads: tell listeners, run instructions
-_NOTIFY, _EXECUTE, _DEFERRED = object(), object(), object()
+# work queued to the loop by other threads: tell listeners, run instructions, call hooks
+_NOTIFY, _EXECUTE, _CALL, _DEFERRED = object(), object(), object(), object()
 
 
 class _Engine:
@@ -430,6 +453,7 @@ class Supervisor:
         on_wait_warning: WaitCallback | None = None,
         on_wait_critical: WaitCallback | None = None,
         backends: Mapping[str, Any] | None = None,
+        instruments: Iterable[object] | None = None,
         clock: Clock | None = None,
         start_method: str = "spawn",
         sampler: Sampler | None = None,
@@ -540,6 +564,7 @@ class Supervisor:
             if not callable(submit):
                 raise SpecError(f"backend {bname!r} has no submit(): give an Executor")
             self._backend_execs[bname] = ex
+        self._instruments: list[object] = _instruments(instruments)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._now: Callable[[], float] = self._clock.now  # read on every event
         self._report: Sink = self._sink  # bound once: every main-loop job carries it
@@ -671,7 +696,10 @@ class Supervisor:
         if await self._close_down(deadline):
             raise asyncio.CancelledError
         results = [r.res for r in pending if r.res is not None]
-        return RunReport.build(results, started, self._clock.now() - t0)
+        report = RunReport.build(results, started, self._clock.now() - t0)
+        if self._instruments:
+            self._call_hook("supervisor_closed", (report,))
+        return report
 
     async def _close_down(self, deadline: TimerHandle | None) -> bool:
         """Stop the executors and settle every task still open; True if cancelled meanwhile.
@@ -866,6 +894,9 @@ class Supervisor:
                 self._recs[spec.name] = rec
                 recs.append(rec)
                 story.append((next(self._event_ids), now, spec.name, "submitted", target))
+            if self._instruments:
+                for rec in recs:
+                    self._instrument("task_submitted", self._info(rec, 0, None))
             if not admit:
                 self._admit_later()
             self._execute(instrs)
@@ -1131,6 +1162,8 @@ class Supervisor:
             try:
                 if what is _NOTIFY:
                     self._notify(*arg)
+                elif what is _CALL:
+                    self._engine.after.append(arg)
                 else:  # instructions already bound to their records (see _execute)
                     self._pending_exec -= 1
                     self._todo.extend(arg)
@@ -1257,6 +1290,8 @@ class Supervisor:
         job.started = now = self._now()
         target = rec.target
         self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
+        if self._instruments:
+            self._instrument("task_started", self._info(rec, rec.attempts, None))
         if spec.timeout is not None:
             if target in ("thread", "process") or target.startswith("aloop:"):
                 job.watch = True  # the timeout runs from when a worker really starts it
@@ -1416,6 +1451,8 @@ class Supervisor:
             return
         assert excinfo is not None
         exc = excinfo.val
+        if self._instruments and isinstance(exc, WorkerCrashed):
+            self._instrument("worker_crashed", self._info(rec, job.attempt, worker))
         # a controlled failure, or a call that cannot even be sent (SpecError), is final
         retry = job.cancelled is None and not isinstance(exc, TaskFailError | SpecError)
         if retry and rec.attempts <= spec.retries:
@@ -1513,6 +1550,8 @@ class Supervisor:
 
     def _notify(self, rec: _Rec, res: TaskRes[Any]) -> None:
         """Tell whoever waits for a task's result (on the loop's thread)."""
+        if self._instruments:
+            self._instrument("task_finished", res)
         if rec.fut is not None and not rec.fut.done():
             rec.fut.set_result(res)
         listeners, rec.listeners = rec.listeners, None
@@ -1523,6 +1562,34 @@ class Supervisor:
             else:
                 listeners(res)
         _log(res)
+
+    def _info(self, rec: _Rec, attempt: int, worker: str | None) -> TaskInfo:
+        spec = rec.spec
+        return TaskInfo(spec.name, spec, rec.target, attempt, worker, self._now())
+
+    def _instrument(self, hook: str, arg: Any) -> None:
+        """Call ``hook(arg)`` on every instrument that has it, outside the critical
+        section: after the engine lock is released, on the loop's thread (engine held)."""
+        call = (self._call_hook, (hook, (arg,)))
+        if threading.get_ident() == self._tid:
+            self._engine.after.append(call)
+        else:
+            assert self._inbox is not None
+            self._deferred.append((_CALL, call))
+            self._inbox.put((_DEFERRED, None))
+
+    def _call_hook(self, hook: str, args: tuple[Any, ...]) -> None:
+        """Like trio's instruments: one that raises is logged and removed."""
+        for inst in list(self._instruments):
+            fn = getattr(inst, hook, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("instrument %r raised in %s; it is removed", inst, hook)
+                if inst in self._instruments:
+                    self._instruments.remove(inst)
 
     def _alarm(self, ins: Alarm) -> None:
         cb = self._on_alarm[ins.level]
@@ -1629,6 +1696,28 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _instruments(value: Any) -> list[object]:
+    """``instruments=``: objects with any of the hook methods (trio's ``Instrument``)."""
+    if value is None:
+        return []
+    try:
+        items = list(value)
+    except Exception:
+        raise SpecError(
+            f"instruments must be an iterable of instruments, got {safe_repr(value)}"
+        ) from None
+    for inst in items:
+        try:
+            hooks = [h for h in _HOOKS if callable(getattr(inst, h, None))]
+        except Exception:
+            hooks = []
+        if not hooks:
+            raise SpecError(
+                f"instrument {safe_repr(inst)} has none of the hooks {', '.join(_HOOKS)}"
+            )
+    return items
 
 
 def _seconds(label: str, v: Any) -> float | None:
