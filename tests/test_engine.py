@@ -668,3 +668,36 @@ def test_bad_instruments_are_spec_errors() -> None:
         tv.Supervisor(instruments=[object()])
     with pytest.raises(tv.SpecError, match="iterable of instruments"):
         tv.Supervisor(instruments=3)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ admission rules
+
+
+async def test_an_admit_rule_keeps_two_db_tasks_apart(gates: Gates) -> None:
+    """rule(task, running): at most one task named db* at once; the others go by."""
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def one_db(task: tv.Task[Any], running: tuple[tv.Task[Any], ...]) -> bool:
+        seen.append((task.name, tuple(sorted(r.name for r in running))))
+        return not (task.name.startswith("db") and any(r.name.startswith("db") for r in running))
+
+    async with tv.Supervisor(admit=one_db, aloops=()) as sup:
+        report_task = asyncio.ensure_future(
+            sup.gather([task_on_main(gates, n) for n in ("db1", "db2", "web")])
+        )
+        await gates.wait_started("db1", "web")
+        assert sup.task_state("db2") is State.QUEUED
+        gates.release("web")
+        await gates.wait_started("web")
+        assert sup.task_state("db2") is State.QUEUED  # asked again when web ended: refused
+        gates.release("db1")
+        await gates.wait_started("db2")
+        gates.release("db2")
+        report = await report_task
+    assert report.ok and gates.order == ["db1", "web", "db2"]
+    assert ("db2", ("db1",)) in seen
+
+
+def test_admit_must_be_callable() -> None:
+    with pytest.raises(tv.SpecError, match="admit must be a callable"):
+        tv.Supervisor(admit="fifo")  # type: ignore[arg-type]

@@ -148,6 +148,39 @@ def test_a_held_task_cancelled_before_admit() -> None:
     p.validate_state()
 
 
+def one_heavy_at_a_time(task: Any, running: tuple[Any, ...]) -> bool:
+    return not (task.name.startswith("heavy") and any(r.name.startswith("heavy") for r in running))
+
+
+def test_an_admit_rule_holds_back_a_task_and_is_asked_again_when_one_ends() -> None:
+    p = Planner(admit_rule=one_heavy_at_a_time)
+    assert p.submit([T("heavy1")]) == [D("heavy1")]
+    # heavy2 is refused; light, behind it in the same tier, is not held up by it
+    assert p.submit([T("heavy2"), T("light")]) == [D("light")]
+    assert p.state("heavy2") is State.QUEUED
+    p.validate_state()
+    assert p.finish("light", DONE) == []  # asked again: heavy1 still runs
+    assert p.finish("heavy1", DONE) == [D("heavy2")]
+    assert p.finish("heavy2", DONE) == []
+    p.validate_state()
+
+
+def test_an_admit_rule_that_raises_or_refuses_with_nothing_running_is_overruled() -> None:
+    def broken(task: Any, running: tuple[Any, ...]) -> bool:
+        raise ZeroDivisionError("rule bug")
+
+    p = Planner(admit_rule=broken)
+    out = p.submit([T("a")])
+    assert shape(out) == [("warn",), ("dispatch", "a", ())]
+    assert "raised" in only(out, Warn).message
+
+    p = Planner(admit_rule=lambda task, running: False)
+    out = p.submit([T("b")])
+    assert shape(out) == [("warn",), ("dispatch", "b", ())]
+    assert "nothing runs" in only(out, Warn).message
+    p.validate_state()
+
+
 def test_nine_task_graph_runs_in_forced_order() -> None:
     """Edges, tiers and priorities leave exactly one choice at every step with one slot.
 

@@ -46,7 +46,7 @@ import graphlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -329,6 +329,7 @@ class Planner:
         wait_warning: float | None = None,
         wait_critical: float | None = None,
         keep_ended: int | None = None,
+        admit_rule: Callable[[Spec, tuple[Spec, ...]], object] | None = None,
     ) -> None:
         for label, v in (
             ("pool_size", pool_size),
@@ -361,6 +362,10 @@ class Planner:
         self.busy = 0  # slots used by running non-critical tasks
         self.used: dict[str, float] = dict.fromkeys(self.capacity, 0.0)
         self.paused = False
+        # taylorism's pluggable scheduler: rule(task, running specs) -> may it start now?
+        self._rule = admit_rule
+        self._running_specs: dict[str, Spec] = {}  # (kept only with a rule)
+        self._rule_held: list[_T] = []  # refused by the rule; offered again when one ends
         # QUEUED by submit(admit=False): out of the tier queues until admit()
         self._held: list[_T] = []
         self._holding = False
@@ -901,10 +906,41 @@ class Planner:
                 while q and q[0][2].state is not State.QUEUED:
                     heapq.heappop(q)  # cancelled while queued
                 if q and self._fits(q[0][2]):
-                    self._start(heapq.heappop(q)[2])
+                    t = heapq.heappop(q)[2]
+                    if self._rule is not None and not self._rule_allows(t):
+                        self._rule_held.append(t)  # the next in its tier may go
+                    else:
+                        self._start(t)
                     break
             else:
                 return
+
+    def _rule_allows(self, t: _T) -> bool:
+        """Ask the admission rule. A rule that raises, or that refuses while nothing runs
+        (nothing would end to ask it again: a hang), is overruled with a warning."""
+        assert self._rule is not None
+        running = tuple(self._running_specs.values())
+        try:
+            ok = bool(self._rule(t.spec, running))
+        except Exception as exc:
+            self._out.append(Warn(f"the admit rule raised {exc!r} for {t.name!r}; admitted"))
+            return True
+        if not ok and not running:
+            self._out.append(
+                Warn(
+                    f"the admit rule held back {t.name!r} while nothing runs (nothing would "
+                    "ask it again); admitted"
+                )
+            )
+            return True
+        return ok
+
+    def _reoffer(self) -> None:
+        """Something ended: what the admission rule refused is asked again."""
+        held, self._rule_held = self._rule_held, []
+        for t in held:
+            if t.state is State.QUEUED:
+                heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
 
     def _fits(self, t: _T) -> bool:
         spec = t.spec
@@ -921,6 +957,8 @@ class Planner:
 
     def _start(self, t: _T) -> None:
         spec = t.spec
+        if self._rule is not None:
+            self._running_specs[t.name] = spec
         self.stats.queued_by_tier[spec.tier] -= 1
         self._move(t, State.RUNNING)
         if spec.tier is not Tier.CRITICAL:
@@ -947,6 +985,10 @@ class Planner:
 
     def _free(self, t: _T) -> None:
         spec = t.spec
+        if self._rule is not None:
+            self._running_specs.pop(t.name, None)
+            if self._rule_held:
+                self._reoffer()
         if spec.tier is not Tier.CRITICAL:
             self.busy -= spec.weight
         if spec.resources:
@@ -1183,7 +1225,11 @@ class Planner:
                 _check(lock.excl is None and not lock.shared, f"lock {r!r}: granted over holder")
         for tier, q in self._queues.items():
             n = sum(1 for *_, t in q if t.state is State.QUEUED)
-            n += sum(1 for t in self._held if t.state is State.QUEUED and t.spec.tier is tier)
+            n += sum(
+                1
+                for t in (*self._held, *self._rule_held)
+                if t.state is State.QUEUED and t.spec.tier is tier
+            )
             _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
         if not self.paused:  # admission is maximal: no head fits now (held ones wait)
             for tier, q in self._queues.items():

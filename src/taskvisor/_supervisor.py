@@ -454,6 +454,7 @@ class Supervisor:
         on_wait_critical: WaitCallback | None = None,
         backends: Mapping[str, Any] | None = None,
         instruments: Iterable[object] | None = None,
+        admit: Callable[[Task[Any], tuple[Task[Any], ...]], object] | None = None,
         clock: Clock | None = None,
         start_method: str = "spawn",
         sampler: Sampler | None = None,
@@ -488,6 +489,10 @@ class Supervisor:
                     f"{label} must be a callable (name, waited) or None, got {safe_repr(cb)}"
                 )
         self._on_alarm = {"warning": on_wait_warning, "critical": on_wait_critical}
+        if admit is not None and not callable(admit):
+            raise SpecError(
+                f"admit must be a callable (task, running) -> bool or None, got {safe_repr(admit)}"
+            )
         try:
             self._planner = Planner(
                 pool_size=pool_size,
@@ -498,6 +503,7 @@ class Supervisor:
                 wait_warning=warn_after,
                 wait_critical=critical_after,
                 keep_ended=result_buffer,
+                admit_rule=cast(Any, admit),
             )
         except ValueError as exc:
             raise SpecError(str(exc)) from None
