@@ -149,38 +149,6 @@ async def test_a_main_function_may_submit_follow_ups() -> None:
 # ------------------------------------------------------------------ one turn, one admission
 
 
-async def test_atasker_reserve_scenario_with_six_submit_calls(gates: Gates) -> None:
-    """The reserve scenario of test_supervisor, the six tasks arriving as six submit()
-    calls in one turn: the same order as one batch (H1, H2, C1 at once; then N1, N2, L2)."""
-    async with tv.Supervisor(pool_size=1, reserve_normal=1, reserve_high=1) as sup:
-        first = sup.submit(task_on_main(gates, "L1", tier=tv.LOW))
-        await gates.wait_started("L1")
-        handles = [
-            sup.submit(task_on_main(gates, "L2", tier=tv.LOW)),
-            sup.submit(task_on_main(gates, "N1", tier=tv.NORMAL)),
-            sup.submit(task_on_main(gates, "N2", tier=tv.NORMAL)),
-            sup.submit(task_on_main(gates, "H1", tier=tv.HIGH)),
-            sup.submit(task_on_main(gates, "H2", tier=tv.HIGH)),
-            sup.submit(task_on_main(gates, "C1", tier=tv.CRITICAL)),
-        ]
-        await gates.wait_started("H1", "H2", "C1")
-        assert sorted(gates.order[1:]) == ["C1", "H1", "H2"]
-        assert [sup.task_state(n) for n in ("N1", "N2", "L2")] == [State.QUEUED] * 3
-        gates.release("H1", "H2")
-        await gates.wait_started("N1")
-        assert sup.task_state("N2") is State.QUEUED
-        gates.release("L1")
-        await gates.wait_started("N2")
-        assert sup.task_state("L2") is State.QUEUED
-        gates.release("C1", "N1", "N2")
-        await gates.wait_started("L2")
-        gates.release("L2")
-        results = [await h for h in handles]
-        assert (await first).ok
-    assert all(r.ok for r in results)
-    assert gates.order[4:] == ["N1", "N2", "L2"]
-
-
 async def test_a_submit_is_admitted_at_the_end_of_its_turn() -> None:
     async with tv.Supervisor(aloops=()) as sup:
         h = sup.submit(quick, runs_on="main")

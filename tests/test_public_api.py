@@ -33,6 +33,14 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
         tv.Nope  # noqa: B018
 
 
+def test_every_lazy_name_lives_where_the_package_says() -> None:
+    import importlib
+
+    assert set(tv._HOME) == set(tv.__all__)
+    for name, home in tv._HOME.items():
+        assert name in importlib.import_module(f"taskvisor.{home}").__all__, (name, home)
+
+
 def test_importing_the_package_or_the_worker_loads_no_runtime() -> None:
     """Public names are imported on first use: a process worker (which imports
     taskvisor._worker, and so the package) never loads asyncio, psutil or uvloop."""

@@ -22,8 +22,10 @@ def task_on_main(gates: Gates, name: str, **meta: Any) -> tv.Task[str]:
     return tv.Task(gates.task, (name,), name=name, runs_on="main", **meta)
 
 
-async def test_atasker_reserve_scenario(gates: Gates) -> None:
-    """pool 1, reserves 1 and 1, a LOW running: H1, H2, C1 start at once, then N1, N2, L2."""
+@pytest.mark.parametrize("how", ["one batch", "six submits in one turn"])
+async def test_atasker_reserve_scenario(gates: Gates, how: str) -> None:
+    """pool 1, reserves 1 and 1, a LOW running: H1, H2, C1 start at once, then N1, N2, L2,
+    whether the six arrive as one batch or as six submit() calls in one turn of the loop."""
     async with tv.Supervisor(pool_size=1, reserve_normal=1, reserve_high=1) as sup:
         first = sup.submit(task_on_main(gates, "L1", tier=tv.LOW))
         await gates.wait_started("L1")
@@ -35,7 +37,10 @@ async def test_atasker_reserve_scenario(gates: Gates) -> None:
             task_on_main(gates, "H2", tier=tv.HIGH),
             task_on_main(gates, "C1", tier=tv.CRITICAL),
         ]
-        stream = sup.run(batch)
+        if how == "one batch":
+            stream = sup.run(batch)
+        else:
+            handles = [sup.submit(t) for t in batch]
         await gates.wait_started("H1", "H2", "C1")
         assert sorted(gates.order[1:]) == ["C1", "H1", "H2"]
         assert [sup.task_state(n) for n in ("N1", "N2", "L2")] == [State.QUEUED] * 3
@@ -49,9 +54,9 @@ async def test_atasker_reserve_scenario(gates: Gates) -> None:
         gates.release("C1", "N1", "N2")
         await gates.wait_started("L2")
         gates.release("L2")
-        results = [r async for r in stream]
+        done = [r async for r in stream] if how == "one batch" else [await h for h in handles]
         assert (await first).ok
-    assert all(r.ok for r in results)
+    assert all(r.ok for r in done)
     assert gates.order[0] == "L1"
     assert sorted(gates.order[1:4]) == ["C1", "H1", "H2"]
     assert gates.order[4:] == ["N1", "N2", "L2"]

@@ -12,6 +12,8 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import _errors  # (standard library only: the process worker imports it anyway)
+
 if TYPE_CHECKING:
     from ._clock import Clock, SystemClock
     from ._errors import (
@@ -99,27 +101,7 @@ logging.getLogger("taskvisor").addHandler(logging.NullHandler())
 # are in benchmarks/README.md, "Worker start").
 _HOME = {
     **dict.fromkeys(["Clock", "SystemClock"], "_clock"),
-    **dict.fromkeys(
-        [
-            "CapacityError",
-            "ClosedError",
-            "CycleError",
-            "DependencyError",
-            "DuplicateTaskError",
-            "LockError",
-            "NotRunError",
-            "RemoteError",
-            "ResourceError",
-            "SpecError",
-            "TaskCancelled",
-            "TaskFailError",
-            "TaskTimeout",
-            "TaskvisorError",
-            "TaskvisorWarning",
-            "WorkerCrashed",
-        ],
-        "_errors",
-    ),
+    **dict.fromkeys(_errors.__all__, "_errors"),
     "Aloop": "_executors",
     "controlled_failure": "_helpers",
     "State": "_planner",
