@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 import taskvisor as tv
+import taskvisor.abc as tv_abc
 from taskvisor import State, _executors
 from taskvisor.testing import MockClock
 
@@ -669,3 +671,103 @@ async def test_an_admit_rule_keeps_two_db_tasks_apart(gates: Gates) -> None:
 def test_admit_must_be_callable() -> None:
     with pytest.raises(tv.SpecError, match="admit must be a callable"):
         tv.Supervisor(admit="fifo")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the executor seam
+
+
+class OneThread(tv_abc.Executor):
+    """A third party's executor: one thread of its own, a queue; a queued job can be
+    withdrawn, a running one cannot be stopped (the supervisor abandons it)."""
+
+    label = "one-thread worker"
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_executors.Job | None] = queue.SimpleQueue()
+        self.taken: set[str] = set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._work, name="one-thread")
+        self.sink: Any = None
+        self.shut = False
+
+    def start(self, sink: Any) -> None:
+        self.sink = sink
+        self.thread.start()
+
+    def submit(self, job: _executors.Job) -> None:
+        self.jobs.put(job)
+
+    def cancel(self, job: _executors.Job) -> tv_abc.CancelResult:
+        with self.lock:
+            if job.name in self.taken:
+                return tv_abc.CancelResult.RUNNING
+            self.taken.add(job.name)  # never to be started
+        self.sink(job, (_executors.Outcome.CANCELLED, None, job.shared, None, None))
+        return tv_abc.CancelResult.WITHDRAWN
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            with self.lock:
+                if job.name in self.taken:
+                    continue
+                self.taken.add(job.name)
+            try:
+                ret = job.fn(*job.args, **job.kwargs)
+            except Exception as exc:
+                info = tv.ExceptionInfo.from_exc(exc)
+                self.sink(job, (_executors.Outcome.ERROR, None, job.shared, info, "one"))
+            else:
+                self.sink(job, (_executors.Outcome.OK, ret, job.shared, None, "one"))
+
+    def shutdown(self) -> list[str]:
+        self.shut = True
+        self.jobs.put(None)
+        self.thread.join()
+        return []
+
+
+async def test_a_third_party_executor_on_the_seam(gates: Gates) -> None:
+    mine = OneThread()
+    gate = threading.Event()
+    async with tv.Supervisor(executors={"mine": mine}, aloops=()) as sup:
+        blocked = sup.submit(gate.wait, WAIT, name="blocked", runs_on="mine")
+        queued = sup.submit(add, 1, 2, name="queued", runs_on="mine")
+        fails = sup.submit(add, 1, "x", name="fails", runs_on="mine")
+        await end_of_turn()
+        sup.cancel(queued)  # still in the executor's queue: withdrawn, no attempt
+        gate.set()
+        rb, rq, rf = await blocked, await queued, await fails
+        assert (await sup.submit(add, 2, 3, runs_on="mine")).ret == 5
+    assert (rb.state, rb.ret, rb.worker, rb.runs_on) == (State.DONE, True, "one", "mine")
+    assert (rq.state, rq.attempts) == (State.CANCELLED, 0)
+    assert rf.state is State.FAILED and isinstance(rf.error, TypeError)
+    assert mine.shut
+
+
+async def test_a_running_job_an_executor_cannot_stop_is_abandoned() -> None:
+    mine = OneThread()
+    gate, started = threading.Event(), threading.Event()
+
+    def work() -> str:
+        started.set()
+        gate.wait(WAIT)
+        return "late"
+
+    try:
+        async with tv.Supervisor(executors={"mine": mine}, aloops=()) as sup:
+            h = sup.submit(work, name="w", runs_on="mine")
+            await end_of_turn()
+            await in_threads(1, lambda i: started.wait(WAIT))
+            with pytest.warns(tv.TaskvisorWarning, match="one-thread worker could not be"):
+                sup.cancel(h)
+            res = await h
+            assert res.state is State.CANCELLED and isinstance(res.error, tv.TaskCancelled)
+            assert "abandoned" in res.error.reason
+            gate.set()  # it returns: its slot is given back, closing joins the thread
+    finally:
+        gate.set()
+
+
+def test_executors_and_backends_cannot_name_the_same_target() -> None:
+    with pytest.raises(tv.SpecError, match="given twice"):
+        tv.Supervisor(executors={"x": OneThread()}, backends={"x": OneThread()})

@@ -33,10 +33,16 @@ from typing import Any, Protocol
 from ._errors import ClosedError, WorkerCrashed
 from ._result import ExceptionInfo
 from ._worker import decode, run_pickled
+from .abc import CancelResult, Executor
 
 __all__ = [
     "Aloop",
+    "AloopExecutor",
     "AloopState",
+    "FuturesExecutor",
+    "MainExecutor",
+    "ProcessExecutor",
+    "ThreadExecutor",
     "Inbox",
     "Job",
     "Outcome",
@@ -580,3 +586,138 @@ class PickledPool:
         for ex in self._made:
             ex.shutdown(wait=True, cancel_futures=True)
         self._made.clear()
+
+
+# ---------------------------------------------------------------- the executor seam
+
+
+class MainExecutor(Executor):
+    """``runs_on="main"``: the supervisor's own loop (a plain function runs inline)."""
+
+    runs_coroutines = True
+    kills_running = True
+    label = "main loop"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sink: Sink | None = None
+
+    def start(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def submit(self, job: Job) -> None:
+        assert self._sink is not None
+        run_inline(job, self._loop, self._sink)
+
+    def cancel(self, job: Job) -> CancelResult:
+        if job.handle is not None:
+            job.handle.cancel()
+        return CancelResult.STOPPING
+
+
+class AloopExecutor(Executor):
+    """``runs_on="aloop:NAME"``: one :class:`Aloop` (started by the supervisor itself)."""
+
+    runs_coroutines = True
+    kills_running = True
+    reports_start = True
+    label = "aloop"
+
+    def __init__(self, aloop: Aloop) -> None:
+        self.aloop = aloop
+
+    def submit(self, job: Job) -> None:
+        self.aloop.submit(job)
+
+    def cancel(self, job: Job) -> CancelResult:
+        self.aloop.cancel(job)
+        return CancelResult.STOPPING
+
+    def shutdown(self) -> list[str]:
+        self.aloop.stop()
+        return []
+
+
+class ThreadExecutor(Executor):
+    """``runs_on="thread"``: the :class:`ThreadPool`. A thread cannot be interrupted:
+    a job a thread has taken is abandoned, unless it has already returned."""
+
+    reports_start = True
+    label = "thread"
+    finishes_inline = True  # its threads may finish their own tasks (Supervisor._sink)
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self._sink: Sink | None = None
+
+    def start(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def submit(self, job: Job) -> None:
+        self.pool.submit(job)
+
+    def cancel(self, job: Job) -> CancelResult:
+        assert self._sink is not None
+        if self.pool.withdraw(job):
+            self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
+            return CancelResult.WITHDRAWN
+        if job.returned:  # its real ending is on its way; it wins
+            return CancelResult.STOPPING
+        return CancelResult.RUNNING
+
+    def shutdown(self) -> list[str]:
+        return self.pool.shutdown()
+
+
+class ProcessExecutor(Executor):
+    """``runs_on="process"``: the crash-tolerant process pool (``_procpool``)."""
+
+    kills_running = True
+    pickles = True
+    reports_start = True
+    label = "process"
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool  # a taskvisor._procpool.ProcessPool
+
+    def submit(self, job: Job) -> None:
+        self.pool.submit(job)
+
+    def cancel(self, job: Job) -> CancelResult:
+        # True: no worker had started it (the pool reports it); else its worker is killed
+        return CancelResult.WITHDRAWN if self.pool.cancel(job) else CancelResult.STOPPING
+
+    def shutdown(self) -> list[str]:
+        self.pool.shutdown()
+        return []
+
+
+class FuturesExecutor(Executor):
+    """Any ``concurrent.futures.Executor`` (a user's ``executors={"name": pool}``), its
+    payloads pickled through :func:`run_pickled` (see :class:`PickledPool`). A future no
+    worker has taken is withdrawn; a running one is abandoned."""
+
+    pickles = True
+    label = "worker"
+
+    def __init__(self, executor: concurrent.futures.Executor, name: str) -> None:
+        self.executor = executor
+        self.name = name
+        self._pool: PickledPool | None = None
+
+    def start(self, sink: Sink) -> None:
+        self._pool = PickledPool(sink, executor=self.executor, label=f"executor {self.name!r}")
+
+    def submit(self, job: Job) -> None:
+        assert self._pool is not None
+        self._pool.submit(job)
+
+    def cancel(self, job: Job) -> CancelResult:
+        if job.handle is not None and job.handle.cancel():
+            return CancelResult.WITHDRAWN  # its done-callback reports CANCELLED
+        return CancelResult.RUNNING
+
+    def shutdown(self) -> list[str]:
+        if self._pool is not None:
+            self._pool.shutdown()  # (a user's executor stays theirs: not shut down)
+        return []

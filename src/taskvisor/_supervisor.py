@@ -63,14 +63,17 @@ from ._errors import (
 )
 from ._executors import (
     Aloop,
+    AloopExecutor,
+    FuturesExecutor,
     Inbox,
     Job,
+    MainExecutor,
     Outcome,
-    PickledPool,
+    ProcessExecutor,
     Result,
     Sink,
+    ThreadExecutor,
     ThreadPool,
-    run_inline,
 )
 from ._planner import (
     Alarm,
@@ -97,6 +100,7 @@ from ._spec import (
     substitute_call,
     whole_number,
 )
+from .abc import CancelResult, Executor
 
 __all__ = [
     "Statistics",
@@ -452,6 +456,7 @@ class Supervisor:
         wait_critical: float | None = None,
         on_wait_warning: WaitCallback | None = None,
         on_wait_critical: WaitCallback | None = None,
+        executors: Mapping[str, Any] | None = None,
         backends: Mapping[str, Any] | None = None,
         instruments: Iterable[object] | None = None,
         admit: Callable[[Task[Any], tuple[Task[Any], ...]], object] | None = None,
@@ -547,29 +552,10 @@ class Supervisor:
             raise SpecError(f"shared must be a mapping, got {type(shared).__name__}")
         self._shared = dict(shared or {})
         self._results: deque[TaskRes[Any]] = deque(maxlen=result_buffer)
-        self._backend_execs: dict[str, Any] = {}
-        if backends is not None and not isinstance(backends, Mapping):
-            raise SpecError(
-                f"backends must be a mapping of name to Executor, got {type(backends).__name__} "
-                f"{safe_repr(backends)}"
-            )
-        for bname, ex in backends.items() if backends is not None else ():
-            if (
-                not isinstance(bname, str)
-                or not bname
-                or bname in ("thread", "process", "main", "aloop")
-                or (bname.startswith("aloop:"))
-            ):
-                raise SpecError(
-                    f"backend name {safe_repr(bname)} is empty, reserved or not a string"
-                )
-            try:
-                submit = getattr(ex, "submit", None)
-            except Exception:
-                submit = None
-            if not callable(submit):
-                raise SpecError(f"backend {bname!r} has no submit(): give an Executor")
-            self._backend_execs[bname] = ex
+        # runs_on names of the user's executors (backends= is the older name of executors=)
+        self._user_execs: dict[str, Executor] = {}
+        for label, given in (("executors", executors), ("backends", backends)):
+            self._user_execs.update(_user_executors(label, given, self._user_execs))
         self._instruments: list[object] = _instruments(instruments)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._now: Callable[[], float] = self._clock.now  # read on every event
@@ -601,7 +587,8 @@ class Supervisor:
         self._inbox: Inbox | None = None
         self._thread_pool: ThreadPool | None = None
         self._process_pool: ProcessPool | None = None
-        self._backends: dict[str, PickledPool] = {}
+        self._executors: dict[str, Executor] = {}
+        self._inline_targets: frozenset[str] = frozenset()
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
         self._quiet: asyncio.Event | None = None
@@ -632,10 +619,21 @@ class Supervisor:
         self._process_pool = ProcessPool(
             self.processes, self._sink, start_method=self._start_method
         )
-        self._backends = {
-            n: PickledPool(self._sink, executor=ex, label=f"backend {n!r}")
-            for n, ex in self._backend_execs.items()
+        # the registry: every runs_on target, resolved once per task (see _target)
+        execs: dict[str, Executor] = {
+            f"aloop:{n}": AloopExecutor(a) for n, a in self._aloops.items()
         }
+        execs["main"] = MainExecutor(loop)
+        execs["thread"] = ThreadExecutor(self._thread_pool)
+        execs["process"] = ProcessExecutor(self._process_pool)
+        execs.update(self._user_execs)
+        for ex in execs.values():
+            ex.start(self._sink)
+        self._executors = execs
+        # targets whose pool threads may finish their own tasks under the engine lock
+        self._inline_targets = frozenset(
+            n for n, ex in execs.items() if getattr(ex, "finishes_inline", False)
+        )
         if self._gates_on and self._sampler is _psutil_sample:
             psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
         # pool threads handle their own completions only on the real clock: a mock clock's
@@ -751,19 +749,15 @@ class Supervisor:
         """Join every worker thread and process off the loop; True if cancelled meanwhile."""
 
         def stop_all() -> None:
-            for aloop in self._aloops.values():
+            for aloop in self._aloops.values():  # (also when start() failed half-way)
                 aloop.stop()
-            if self._thread_pool is not None:
-                left = self._thread_pool.shutdown()
+            for ex in self._executors.values():
+                left = ex.shutdown()
                 if left:
                     _warn(
-                        f"{len(left)} abandoned thread(s) still running at close, not joined: "
-                        + ", ".join(repr(n) for n in left)
+                        f"{len(left)} abandoned {ex.label}(s) still running at close, not "
+                        "joined: " + ", ".join(repr(n) for n in left)
                     )
-            if self._process_pool is not None:
-                self._process_pool.shutdown()
-            for backend in self._backends.values():
-                backend.shutdown()
 
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -940,7 +934,7 @@ class Supervisor:
                     f"(aloops: {', '.join(self._aloops) or 'none'})"
                 )
             target = on
-        elif on in self._backend_execs:
+        elif on in self._user_execs:
             target = on
         else:
             known = [
@@ -949,7 +943,7 @@ class Supervisor:
                 "main",
                 "aloop",
                 *(f"aloop:{a}" for a in self._aloops),
-                *self._backend_execs,
+                *self._user_execs,
             ]
             raise SpecError(
                 f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})"
@@ -1095,7 +1089,7 @@ class Supervisor:
         if (
             self._inline
             and result[0] is Outcome.OK
-            and job.target == "thread"
+            and job.target in self._inline_targets
             and not job.watch
             and self._pool_busy() == 1
             and self._engine.try_acquire()
@@ -1225,7 +1219,9 @@ class Supervisor:
         on_loop = threading.get_ident() == self._tid
         while todo:
             ins, bound = todo[0]
-            if not on_loop and (type(ins) is not Dispatch or bound[0].target != "thread"):
+            if not on_loop and (
+                type(ins) is not Dispatch or bound[0].target not in self._inline_targets
+            ):
                 self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
                 todo.clear()
                 return
@@ -1298,24 +1294,14 @@ class Supervisor:
         self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
         if self._instruments:
             self._instrument("task_started", self._info(rec, rec.attempts, None))
+        ex = self._executors[target]
         if spec.timeout is not None:
-            if target in ("thread", "process") or target.startswith("aloop:"):
+            if ex.reports_start:
                 job.watch = True  # the timeout runs from when a worker really starts it
             else:
                 self._arm_timeout(rec, job)
         try:
-            if target == "thread":
-                assert self._thread_pool is not None
-                self._thread_pool.submit(job)
-            elif target.startswith("aloop:"):
-                self._aloops[target[6:]].submit(job)
-            elif target == "main":
-                run_inline(job, self._loop_or_raise(), self._report)
-            elif target == "process":
-                assert self._process_pool is not None
-                self._process_pool.submit(job)
-            else:
-                self._backends[target].submit(job)
+            ex.submit(job)
         except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
 
@@ -1350,30 +1336,15 @@ class Supervisor:
             self._cancel_job(rec, job)
 
     def _cancel_job(self, rec: _Rec, job: Job) -> None:
-        """Stop a running attempt (``job.cancelled`` says why): a coroutine is cancelled on
-        its loop, a process worker killed; a thread that has started is abandoned."""
-        target = rec.target
-        if target.startswith("aloop:"):
-            self._aloops[target[6:]].cancel(job)
-        elif target == "main":
-            if job.handle is not None:
-                job.handle.cancel()
-        elif target == "thread":
-            assert self._thread_pool is not None
-            if self._thread_pool.withdraw(job):
-                self._never_ran(rec, job)
-                self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
-            elif not job.returned:  # (returned: its real ending is on its way; it wins)
-                job.abandoned = True
-                self._abandon(rec, job, "thread")
-        elif target == "process":
-            assert self._process_pool is not None
-            if self._process_pool.cancel(job):  # (a running one's worker is killed)
-                self._never_ran(rec, job)  # it never reached a worker
-        elif job.handle is not None and job.handle.cancel():
-            self._never_ran(rec, job)  # a backend future no worker took: its callback reports
-        else:
-            self._abandon(rec, job, "worker")
+        """Stop a running attempt (``job.cancelled`` says why), as its executor can: a job
+        no worker took is withdrawn (no attempt counted), a coroutine cancelled on its
+        loop, a process worker killed; what cannot be stopped is abandoned."""
+        ex = self._executors[rec.target]
+        done = ex.cancel(job)
+        if done is CancelResult.WITHDRAWN:
+            self._never_ran(rec, job)
+        elif done is CancelResult.RUNNING:
+            self._abandon(rec, job, ex.label)
 
     @staticmethod
     def _never_ran(rec: _Rec, job: Job) -> None:
@@ -1386,6 +1357,7 @@ class Supervisor:
         """End a task whose attempt cannot be interrupted; its slot stays busy until the
         attempt really returns (then ``_on_done`` releases it)."""
         spec = rec.spec
+        job.abandoned = True
         self._abandoned[job] = rec
         err: BaseException
         if job.cancelled == "timeout":
@@ -1702,6 +1674,45 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _user_executors(label: str, given: Any, taken: Mapping[str, Executor]) -> dict[str, Executor]:
+    """``executors=`` (or its older name ``backends=``): runs_on name -> a taskvisor
+    :class:`~taskvisor.abc.Executor`, or any ``concurrent.futures.Executor``-like object
+    with ``submit()`` (wrapped: its payloads are pickled)."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise SpecError(
+            f"{label} must be a mapping of name to Executor, got {type(given).__name__} "
+            f"{safe_repr(given)}"
+        )
+    out: dict[str, Executor] = {}
+    one = label[:-1]  # "executor" or "backend", as the caller called it
+    for name, ex in given.items():
+        if (
+            not isinstance(name, str)
+            or not name
+            or name in ("thread", "process", "main", "aloop")
+            or name.startswith("aloop:")
+        ):
+            raise SpecError(f"{one} name {safe_repr(name)} is empty, reserved or not a string")
+        if name in taken or name in out:
+            raise SpecError(f"{one} name {name!r} given twice (executors= and backends=)")
+        if isinstance(ex, Executor):
+            out[name] = ex
+            continue
+        try:
+            submit = getattr(ex, "submit", None)
+        except Exception:
+            submit = None
+        if not callable(submit):
+            raise SpecError(
+                f"{one} {name!r} has no submit(): give a taskvisor.abc.Executor or a "
+                "concurrent.futures.Executor"
+            )
+        out[name] = FuturesExecutor(ex, name)
+    return out
 
 
 def _instruments(value: Any) -> list[object]:

@@ -1,0 +1,69 @@
+"""The executor seam: one interface for every place a task can run.
+
+Every ``runs_on`` target — ``"main"``, each ``"aloop:NAME"``, ``"thread"``,
+``"process"`` and each name given in ``Supervisor(executors={...})`` — is an
+:class:`Executor`, resolved once per task through the supervisor's registry. What differs
+between them is stated by capability flags, not by ``if target == ...`` in the
+supervisor (the model is anyio's ``AsyncBackend`` and httpx's ``BaseTransport``).
+
+Threads: ``start``, ``submit`` and ``cancel`` are called with the supervisor's engine lock
+held (on its loop's thread, or, for ``submit`` of a thread task, on the thread that
+handles a completion or calls ``submit``); ``shutdown`` from a helper thread while the
+supervisor closes. An executor reports every end of a job exactly once, from any thread,
+through the ``sink`` it was started with: ``sink(job, (outcome, ret, shared, excinfo,
+worker))``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ._executors import Job, Sink
+
+__all__ = ["CancelResult", "Executor"]
+
+
+class CancelResult(enum.Enum):
+    """What :meth:`Executor.cancel` did with a job."""
+
+    WITHDRAWN = "withdrawn"  # no worker had started it; the executor reports it CANCELLED
+    STOPPING = "stopping"  # it is being stopped (or already ended); its end is reported
+    RUNNING = "running"  # it cannot be stopped: the supervisor abandons it
+
+
+class Executor(abc.ABC):
+    """Where admitted jobs run. Subclass it and pass an instance in
+    ``Supervisor(executors={"name": executor})``; tasks use it with ``runs_on="name"``."""
+
+    #: ``cancel`` can stop a job that has started (a coroutine, a process worker)
+    kills_running: ClassVar[bool] = False
+    #: a coroutine function's coroutine runs on it (else it is run to its end in a thread)
+    runs_coroutines: ClassVar[bool] = False
+    #: jobs cross a process boundary (function, arguments and results are pickled)
+    pickles: ClassVar[bool] = False
+    #: it reports ``Outcome.STARTED`` for jobs with ``job.watch`` set, when a worker really
+    #: starts them: their ``timeout`` runs from then (else from the dispatch)
+    reports_start: ClassVar[bool] = False
+    #: what the supervisor calls a job it abandons ("its worker could not be interrupted")
+    label: ClassVar[str] = "worker"
+
+    def start(self, sink: Sink) -> None:  # noqa: B027 - optional hook
+        """Called once, when the supervisor starts: keep ``sink`` to report endings."""
+
+    @abc.abstractmethod
+    def submit(self, job: Job) -> None:
+        """Run ``job`` (``job.fn(*job.args, **job.kwargs)``, plus ``shared=job.shared``
+        when that is not None) and report its end through the sink. Raising here fails
+        the attempt with that exception."""
+
+    def cancel(self, job: Job) -> CancelResult:
+        """Stop ``job`` (``job.cancelled`` says why). The default cannot stop anything."""
+        return CancelResult.RUNNING
+
+    def shutdown(self) -> list[str]:
+        """Stop and join what this executor started (closing, from a helper thread).
+        Returns the names of abandoned jobs still running that were not joined."""
+        return []
