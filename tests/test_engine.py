@@ -522,9 +522,9 @@ async def main():
     await sup.start()
     blocker = asyncio.Event()
     h = sup.submit(blocker.wait, name="w", runs_on="main")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a yield, not a wait: the end-of-turn admission runs w
     closing = asyncio.ensure_future(sup.aclose())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a yield: aclose starts and waits for w
     t = threading.Thread(target=sup.cancel, args=("w",))
     t.start()
     t.join()

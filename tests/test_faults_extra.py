@@ -611,18 +611,26 @@ async def test_aclose_wait_seconds_kills_running_process_tasks_at_the_deadline(
             assert not closing.done() and not hung.done() and not queued.done()
             clock.advance(0.1)
             report = await closing
-        assert [r.name for r in report] == ["hung", "queued"]
-        reason = "supervisor closing: aclose waited 10 s"
-        err = expect(
-            hung.result(), State.CANCELLED, name="hung", attempts=1, worker=f"pid {pid}",
-            error=tv.TaskCancelled, run_time=10.0,
-        )  # fmt: skip
-        assert err.reason == reason
-        err = expect(
-            queued.result(), State.CANCELLED, name="queued", attempts=0, worker=None,
-            error=tv.TaskCancelled, run_time=10.0,
-        )  # fmt: skip
-        assert err.reason == reason
+        expect_closed_at_the_deadline(report, hung, queued, pid)
+
+
+def expect_closed_at_the_deadline(
+    report: tv.RunReport, hung: tv.TaskHandle[Any], queued: tv.TaskHandle[Any], pid: int
+) -> None:
+    """aclose(wait=10) ran out: the running 'hung' was killed (1 attempt), the queued one
+    never started (0 attempts); both CANCELLED, naming the deadline."""
+    assert [r.name for r in report] == ["hung", "queued"]
+    reason = "supervisor closing: aclose waited 10 s"
+    err = expect(
+        hung.result(), State.CANCELLED, name="hung", attempts=1, worker=f"pid {pid}",
+        error=tv.TaskCancelled, run_time=10.0,
+    )  # fmt: skip
+    assert err.reason == reason
+    err = expect(
+        queued.result(), State.CANCELLED, name="queued", attempts=0, worker=None,
+        error=tv.TaskCancelled, run_time=10.0,
+    )  # fmt: skip
+    assert err.reason == reason
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -686,18 +694,7 @@ async def test_aclose_deadline_withdraws_a_queued_task_already_sent_to_a_new_wor
         os.close(hold_r)
         os.close(hold_w)
     assert forced == [True]  # the interleaving happened
-    assert [r.name for r in report] == ["hung", "queued"]
-    reason = "supervisor closing: aclose waited 10 s"
-    err = expect(
-        hung.result(), State.CANCELLED, name="hung", attempts=1, worker=f"pid {pid}",
-        error=tv.TaskCancelled, run_time=10.0,
-    )  # fmt: skip
-    assert err.reason == reason
-    err = expect(
-        queued.result(), State.CANCELLED, name="queued", attempts=0, worker=None,
-        error=tv.TaskCancelled, run_time=10.0,
-    )  # fmt: skip
-    assert err.reason == reason
+    expect_closed_at_the_deadline(report, hung, queued, pid)
 
 
 async def test_leaving_async_with_on_an_exception_kills_process_tasks(tmp_path: Path) -> None:
