@@ -771,3 +771,103 @@ async def test_a_running_job_an_executor_cannot_stop_is_abandoned() -> None:
 def test_executors_and_backends_cannot_name_the_same_target() -> None:
     with pytest.raises(tv.SpecError, match="given twice"):
         tv.Supervisor(executors={"x": OneThread()}, backends={"x": OneThread()})
+
+
+# ------------------------------------------------------------------ registered executors
+
+PLUGIN = '''
+import threading
+
+import taskvisor.abc as tv_abc
+
+SEEN = []  # (job name, tier name, priority), in submission order
+LIFE = []  # "start" / "shutdown"
+
+
+class Plugged(tv_abc.Executor):
+    """Runs each job on a new thread of its own."""
+
+    def start(self, sink):
+        self.sink = sink
+        LIFE.append("start")
+
+    def submit(self, job):
+        SEEN.append((job.name, job.task.tier.name, job.task.priority))
+
+        def run():
+            ret = job.fn(*job.args, **job.kwargs)
+            self.sink(job, (tv_abc.Outcome.OK, ret, job.shared, None, "plugged"))
+
+        threading.Thread(target=run).start()
+
+    def shutdown(self):
+        LIFE.append("shutdown")
+        return []
+
+
+def broken():
+    raise RuntimeError("no GPU here")
+
+
+def wrong():
+    return 42
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A real installed distribution (a dist-info on sys.path) registering executors in
+    the ``taskvisor.executors`` entry point group, as a third-party package would."""
+    (tmp_path / "tv_plugin_exec.py").write_text(PLUGIN)
+    info = tmp_path / "tv_plugin_exec-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tv-plugin-exec\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[taskvisor.executors]\n"
+        "plugged = tv_plugin_exec:Plugged\n"
+        "broken = tv_plugin_exec:broken\n"
+        "wrong = tv_plugin_exec:wrong\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("tv_plugin_exec", None)
+
+
+async def test_a_registered_executor_by_name_in_executors(plugin: None) -> None:
+    async with tv.Supervisor(executors={"fast": "plugged"}, aloops=()) as sup:
+        res = await sup.submit(add, 1, 2, name="a", runs_on="fast", tier="high", priority=3)
+        import tv_plugin_exec  # type: ignore[import-not-found]
+
+        assert tv_plugin_exec.LIFE == ["start"]
+    assert (res.state, res.ret, res.worker, res.runs_on) == (State.DONE, 3, "plugged", "fast")
+    assert tv_plugin_exec.SEEN == [("a", "HIGH", 3.0)]  # the executor sees the Task
+    assert tv_plugin_exec.LIFE == ["start", "shutdown"]
+
+
+async def test_a_registered_executor_is_created_on_first_use(plugin: None) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        first = sup.submit(add, 1, 1, name="one", runs_on="plugged")
+        second = sup.submit(add, 2, 2, name="two", runs_on="plugged")
+        assert ((await first).ret, (await second).ret) == (2, 4)
+        import tv_plugin_exec
+
+        assert tv_plugin_exec.LIFE == ["start"]  # one executor for both tasks
+        with pytest.raises(tv.SpecError, match=r"unknown runs_on 'nope' \(known: .*plugged"):
+            sup.submit(add, 1, 1, runs_on="nope")
+    assert tv_plugin_exec.LIFE == ["start", "shutdown"]
+
+
+def test_registered_executor_errors_name_the_entry_point(plugin: None) -> None:
+    with pytest.raises(tv.SpecError, match=r"no executor is registered as 'gpu'.*plugged"):
+        tv.Supervisor(executors={"x": "gpu"})
+    with pytest.raises(tv.SpecError, match=r"'broken'.*failed: RuntimeError\('no GPU here'\)"):
+        tv.Supervisor(executors={"x": "broken"})
+    with pytest.raises(tv.SpecError, match=r"'wrong'.*made int, not a taskvisor.abc.Executor"):
+        tv.Supervisor(executors={"x": "wrong"})
+
+
+async def test_a_registered_executor_that_fails_to_load_fails_the_submit(plugin: None) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        with pytest.raises(tv.SpecError, match=r"runs_on 'broken'.*no GPU here"):
+            sup.submit(add, 1, 1, runs_on="broken")
+        assert (await sup.submit(add, 1, 1)).ret == 2  # nothing else is affected

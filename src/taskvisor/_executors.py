@@ -28,9 +28,11 @@ import types
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from importlib import metadata
+from typing import Any
 
-from ._errors import ClosedError, WorkerCrashed
+from ._errors import ClosedError, SpecError, WorkerCrashed
+from ._job import Job, Outcome, Result, Sink
 from ._result import ExceptionInfo
 from ._worker import decode, run_pickled
 from .abc import CancelResult, Executor
@@ -47,8 +49,11 @@ __all__ = [
     "Job",
     "Outcome",
     "PickledPool",
+    "Result",
     "Sink",
     "ThreadPool",
+    "as_executor",
+    "registered_executors",
     "run_inline",
 ]
 
@@ -58,73 +63,6 @@ try:  # uvloop is a runtime dependency except on Windows
     _new_uvloop: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
 except ImportError:  # pragma: no cover - Windows
     _new_uvloop = None
-
-
-class Job:
-    """One attempt of a task, as an executor sees it."""
-
-    __slots__ = (
-        "abandoned",
-        "args",
-        "attempt",
-        "began",
-        "cancelled",
-        "ended",
-        "fn",
-        "handle",
-        "kwargs",
-        "name",
-        "returned",
-        "running",
-        "shared",
-        "started",
-        "target",
-        "watch",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shared: dict[str, Any] | None,
-        target: str,
-    ) -> None:
-        self.name = name
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.shared = shared  # passed as the ``shared`` keyword when not None
-        self.attempt = 0
-        self.started = 0.0
-        self.cancelled: str | None = None  # why the supervisor asked it to stop
-        self.handle: Any = None  # the asyncio.Task running it, for cancellation
-        self.running = False  # a pool thread has taken it (ThreadPool, under its lock)
-        self.returned = False  # its function returned; the report is on its way
-        self.abandoned = False  # the supervisor ended its task while a thread still ran it
-        # when a worker really began and ended it (watched thread jobs: the deadline is
-        # judged by these, not by when the loop got round to the reports)
-        self.began: float | None = None
-        self.ended: float | None = None
-        self.target = target
-        # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
-        self.watch = False
-
-
-class Outcome(enum.Enum):
-    OK = "ok"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-    STARTED = "started"  # not an ending: a watched job has reached a worker
-
-
-# (outcome, ret, shared, excinfo, worker, ended_at)
-Result = tuple[Outcome, Any, dict[str, Any] | None, ExceptionInfo | None, str | None]
-
-
-class Sink(Protocol):
-    def __call__(self, job: Job, result: Result) -> None: ...
 
 
 class Inbox:
@@ -690,6 +628,54 @@ class ProcessExecutor(Executor):
     def shutdown(self) -> list[str]:
         self.pool.shutdown()
         return []
+
+
+ENTRY_POINTS = "taskvisor.executors"
+
+
+def registered_executors() -> dict[str, metadata.EntryPoint]:
+    """The executors installed packages register (entry point group
+    ``taskvisor.executors``), by name."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINTS)}
+
+
+def as_executor(name: str, value: Any, what: str = "executor") -> Executor:
+    """One ``executors=`` value as an :class:`Executor`: an Executor as it is, the name of a
+    registered one (created with no arguments), or a ``concurrent.futures.Executor``-like
+    object with ``submit()`` (wrapped: its payloads are pickled). Raises ``SpecError``."""
+    if isinstance(value, Executor):
+        return value
+    if isinstance(value, str):
+        ep = registered_executors().get(value)
+        if ep is None:
+            known = ", ".join(sorted(registered_executors())) or "none installed"
+            raise SpecError(
+                f"{what} {name!r}: no executor is registered as {value!r} (entry point group "
+                f"{ENTRY_POINTS!r}: {known})"
+            )
+        try:
+            made = ep.load()()
+        except Exception as exc:
+            raise SpecError(
+                f"{what} {name!r}: creating the registered executor {value!r} ({ep.value}) "
+                f"failed: {exc!r}"
+            ) from exc
+        if not isinstance(made, Executor):
+            raise SpecError(
+                f"{what} {name!r}: the registered executor {value!r} ({ep.value}) made "
+                f"{type(made).__name__}, not a taskvisor.abc.Executor"
+            )
+        return made
+    try:
+        submit = getattr(value, "submit", None)
+    except Exception:
+        submit = None
+    if not callable(submit):
+        raise SpecError(
+            f"{what} {name!r} has no submit(): give a taskvisor.abc.Executor, the name of a "
+            "registered one, or a concurrent.futures.Executor"
+        )
+    return FuturesExecutor(value, name)
 
 
 class FuturesExecutor(Executor):

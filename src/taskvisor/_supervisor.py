@@ -64,7 +64,6 @@ from ._errors import (
 from ._executors import (
     Aloop,
     AloopExecutor,
-    FuturesExecutor,
     Inbox,
     Job,
     MainExecutor,
@@ -74,6 +73,8 @@ from ._executors import (
     Sink,
     ThreadExecutor,
     ThreadPool,
+    as_executor,
+    registered_executors,
 )
 from ._planner import (
     Alarm,
@@ -937,6 +938,14 @@ class Supervisor:
         elif on in self._user_execs:
             target = on
         else:
+            target = self._registered(spec, on)
+        return target
+
+    def _registered(self, spec: Task[Any], on: str) -> str:
+        """A ``runs_on`` name no ``executors=`` entry gives: an executor an installed
+        package registers under that name (entry point group ``taskvisor.executors``),
+        created on first use, started and shut down with the supervisor."""
+        if on not in registered_executors():
             known = [
                 "thread",
                 "process",
@@ -944,11 +953,18 @@ class Supervisor:
                 "aloop",
                 *(f"aloop:{a}" for a in self._aloops),
                 *self._user_execs,
+                *sorted(registered_executors()),
             ]
             raise SpecError(
                 f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})"
             )
-        return target
+        ex = as_executor(on, on, f"task {spec.name!r}: runs_on")  # (imports: not under lock)
+        with self._engine:
+            self._check_running("submit")
+            if on not in self._user_execs:  # (else another thread created it meanwhile)
+                ex.start(self._sink)
+                self._user_execs[on] = self._executors[on] = ex
+        return on
 
     # ------------------------------------------------------------ control
 
@@ -1285,6 +1301,7 @@ class Supervisor:
             rec.kwargs,
             dict(rec.shared_in or ()) if spec.wants_shared else None,
             rec.target,
+            spec,
         )
         rec.job = job
         rec.attempts += 1
@@ -1699,19 +1716,7 @@ def _user_executors(label: str, given: Any, taken: Mapping[str, Executor]) -> di
             raise SpecError(f"{one} name {safe_repr(name)} is empty, reserved or not a string")
         if name in taken or name in out:
             raise SpecError(f"{one} name {name!r} given twice (executors= and backends=)")
-        if isinstance(ex, Executor):
-            out[name] = ex
-            continue
-        try:
-            submit = getattr(ex, "submit", None)
-        except Exception:
-            submit = None
-        if not callable(submit):
-            raise SpecError(
-                f"{one} {name!r} has no submit(): give a taskvisor.abc.Executor or a "
-                "concurrent.futures.Executor"
-            )
-        out[name] = FuturesExecutor(ex, name)
+        out[name] = as_executor(name, ex, one)
     return out
 
 

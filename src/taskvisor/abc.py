@@ -12,18 +12,28 @@ handles a completion or calls ``submit``); ``shutdown`` from a helper thread whi
 supervisor closes. An executor reports every end of a job exactly once, from any thread,
 through the ``sink`` it was started with: ``sink(job, (outcome, ret, shared, excinfo,
 worker))``.
+
+A package can make its executor available by name through the entry point group
+``taskvisor.executors``, as pytest plugins register through ``pytest11``::
+
+    [project.entry-points."taskvisor.executors"]
+    gpu = "taskvisor_gpu:GpuExecutor"   # an Executor subclass, or a function returning one
+
+Then ``Supervisor(executors={"fast": "gpu"})`` creates it (called with no arguments) under
+the name ``fast``, and a task with ``runs_on="gpu"`` that no ``executors=`` entry names
+creates it under its own name on first use. It is started and shut down with the
+supervisor like any other.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from ._executors import Job, Sink
+from ._job import Job, Outcome, Result, Sink
 
-__all__ = ["CancelResult", "Executor"]
+__all__ = ["CancelResult", "Executor", "Job", "Outcome", "Result", "Sink"]
 
 
 class CancelResult(enum.Enum):

@@ -1,0 +1,101 @@
+"""A job (one attempt of a task, as an executor sees it) and how its end is reported.
+
+Shared by the supervisor, the built-in executors and third-party ones (re-exported by
+:mod:`taskvisor.abc`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._result import ExceptionInfo
+
+if TYPE_CHECKING:
+    from ._spec import Task
+
+__all__ = ["Job", "Outcome", "Result", "Sink"]
+
+
+class Job:
+    """One attempt of a task, as an executor sees it.
+
+    An executor reads ``fn``, ``args``, ``kwargs`` and ``shared`` (passed as the ``shared``
+    keyword when it is not None) to run it, ``task`` for what the user asked of it (its
+    ``tier``, ``priority``, ``resources``, ``timeout``: a cluster executor maps them to
+    its own), ``name`` and ``attempt`` to name it, and ``cancelled`` for why the
+    supervisor asked it to stop. It may keep what it needs to cancel it in ``handle``.
+    Every other slot belongs to the supervisor and the built-in pools.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "args",
+        "attempt",
+        "began",
+        "cancelled",
+        "ended",
+        "fn",
+        "handle",
+        "kwargs",
+        "name",
+        "returned",
+        "running",
+        "shared",
+        "started",
+        "target",
+        "task",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        shared: dict[str, Any] | None,
+        target: str,
+        task: Task[Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.shared = shared  # passed as the ``shared`` keyword when not None
+        self.attempt = 0
+        self.started = 0.0
+        self.cancelled: str | None = None  # why the supervisor asked it to stop
+        self.handle: Any = None  # the asyncio.Task running it, for cancellation
+        self.running = False  # a pool thread has taken it (ThreadPool, under its lock)
+        self.returned = False  # its function returned; the report is on its way
+        self.abandoned = False  # the supervisor ended its task while a thread still ran it
+        # when a worker really began and ended it (watched thread jobs: the deadline is
+        # judged by these, not by when the loop got round to the reports)
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.target = target
+        self.task = task  # the Task it is an attempt of (None in pool-level tests)
+        # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
+        self.watch = False
+
+
+class Outcome(enum.Enum):
+    """How a job ended, as its executor reports it through the sink."""
+
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    STARTED = "started"  # not an ending: a watched job has reached a worker
+
+
+#: what an executor reports: (outcome, the return value, the job's ``shared`` after it ran,
+#: the error for ERROR, the worker's name or None)
+Result = tuple[Outcome, Any, dict[str, Any] | None, ExceptionInfo | None, str | None]
+
+
+class Sink(Protocol):
+    """The supervisor's report function an executor is started with; any thread."""
+
+    def __call__(self, job: Job, result: Result) -> None: ...
