@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import psutil
 import pytest
 
-from taskvisor import _procpool, _worker
+from taskvisor import _procwindow, _worker
 from taskvisor._errors import ClosedError, RemoteError, SpecError, WorkerCrashed
 from taskvisor._executors import Job, Outcome, Result
 from taskvisor._procpool import ProcessPool
@@ -578,7 +578,7 @@ def test_withdrawing_a_prefetched_job_gives_back_the_rest_of_the_window(
 ) -> None:
     """Withdrawing one job of a window revokes the whole unstarted window (one floor);
     the others are taken back, sent again and run, each reported once."""
-    monkeypatch.setattr(_procpool, "STEAL_AFTER", 3600.0)  # the manager revokes nothing
+    monkeypatch.setattr(_procwindow, "STEAL_AFTER", 3600.0)  # the manager revokes nothing
     pool = make_pool(1, start_method="fork")
     held, replacement, queued = replacement_holding(pool, reports, hold, 4)
     withdrawn = queued[1], queued[3]

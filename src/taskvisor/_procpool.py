@@ -1,4 +1,13 @@
-"""The crash-tolerant process pool behind ``runs_on="process"``.
+"""The crash-tolerant process pool behind ``runs_on="process"``: its manager.
+
+Three modules
+    This one is the parent's side: :class:`ProcessPool`, its manager thread (all the I/O,
+    starting, revoking, reaping and killing workers, reporting jobs, closing down).
+    :mod:`taskvisor._worker` is the child protocol: the worker's loop, its frames and the
+    shared ``[started, floor]`` words (import-light: a spawned worker imports it).
+    :mod:`taskvisor._procwindow` is the window policy, pure code the manager asks which
+    worker gets the next job, how many jobs a worker may hold (the prefetch window) and
+    when to take jobs back from a worker whose current job runs long (stealing).
 
 Why not ``concurrent.futures.ProcessPoolExecutor``
     When one of its workers dies the stdlib pool breaks as a whole: every pending future
@@ -16,7 +25,8 @@ Threads and processes
     answers, reaping dead ones and calling the sink. It sleeps in one ``epoll`` (a
     ``selectors`` selector) over the wake-up pipe, every worker's answer pipe and every
     worker's process sentinel: no polling, no sleeps. Its only timeout is a deadline (the
-    prefetch steal below, or the grace period of a shutdown).
+    policy's next steal, :func:`taskvisor._procwindow.next_steal`, or the grace period of a
+    shutdown).
 
     A worker is a ``multiprocessing`` process (spawn by default) running
     :func:`taskvisor._worker.child_main` (the child's side lives there, in a module that
@@ -28,15 +38,14 @@ Threads and processes
     full) never blocks the manager, which keeps the rest in a per-worker buffer until the
     pipe is writable.
 
-Prefetch window, and knowing what a dead worker was running
-    A pipe round trip per job would leave a worker idle between short jobs, so the manager
-    keeps several jobs in flight per worker, sent as one message per burst: about
-    ``PREFETCH_TIME`` (2 ms) of work by the moving average of the worker's recent job
-    durations, at most ``PREFETCH`` (32) jobs and, beyond the first, ``PREFETCH_BYTES``
-    (1 MiB) of payload. Each job sent to a worker gets a sequence number. The worker runs its
-    jobs in order; before running one it takes a small lock it shares with the parent,
-    checks the job was not revoked (``seq > floor``) and records ``started = seq`` in a
-    two-word shared array. So the parent always knows exactly which job a worker runs:
+Windows, and knowing what a dead worker was running
+    The manager keeps several jobs in flight per worker (its window), sent as one message
+    per burst; :mod:`taskvisor._procwindow` (:func:`~taskvisor._procwindow.pick`) says
+    which worker each job goes to and how large a window may grow. Each job sent to a
+    worker gets a sequence number. The worker runs its jobs in order; before running one
+    it takes a small lock it shares with the parent, checks the job was not revoked
+    (``seq > floor``) and records ``started = seq`` in a two-word shared array. So the
+    parent always knows exactly which job a worker runs:
 
     * the worker dies → the answers already in its pipe are read first (an answer fully
       received wins over the death, a half-written one does not); the job with
@@ -52,11 +61,9 @@ Prefetch window, and knowing what a dead worker was running
       touching the worker (and returns True: no worker started it); ``cancel`` of the job
       the worker is running kills the worker (SIGKILL) and the replacement starts on
       demand;
-    * head-of-line blocking: a prefetched job must not wait behind a long one while other
-      workers idle. When a worker's current job has run for ``STEAL_AFTER`` (10 ms) with
-      jobs behind it (or it is still starting up), the manager revokes them (requeued at the
-      front: another worker takes them) and sends that worker one job at a time until one
-      takes less than ``STEAL_AFTER``. No job is ever sent behind a ``watch``-ed one.
+    * head-of-line blocking: when the policy says a worker's current job has run long
+      with jobs waiting behind it (:func:`~taskvisor._procwindow.steal_due`), the manager
+      revokes them the same way (requeued at the front: another worker takes them).
 
     A watched job (``job.watch``: a task with a timeout) reports ``Outcome.STARTED`` when the
     worker really starts it (the worker sends a notice first), so time spent waiting in a
@@ -112,6 +119,7 @@ from typing import Any, Final, cast
 
 from ._errors import ClosedError, SpecError, WorkerCrashed
 from ._executors import Job, Outcome, Result, Sink
+from ._procwindow import answered, next_steal, pick, steal_due
 from ._result import ExceptionInfo
 from ._worker import ANSWER as _ANSWER
 from ._worker import FLOOR as _FLOOR
@@ -121,14 +129,10 @@ from ._worker import STARTED as _STARTED
 from ._worker import STOP as _STOP
 from ._worker import child_main, decode
 
-__all__ = ["PREFETCH", "PREFETCH_BYTES", "PREFETCH_TIME", "STEAL_AFTER", "ProcessPool"]
+__all__ = ["ProcessPool"]
 
 log = logging.getLogger("taskvisor")
 
-PREFETCH: Final = 32  # at most this many jobs in flight per worker ...
-PREFETCH_TIME: Final = 0.002  # ... and about this much work by its recent job durations
-PREFETCH_BYTES: Final = 1 << 20  # ... and beyond its first job, this many payload bytes
-STEAL_AFTER: Final = 0.010  # a job running longer than this: revoke what waits behind it
 _GRACE: Final = 5.0  # shutdown: how long an idle worker gets to exit on its own
 _LOCK_TIMEOUT: Final = 1.0  # the child holds the shared lock for microseconds
 _WITHDRAW_WAIT: Final = 0.05  # cancel() on the caller's thread waits no longer for it
@@ -160,7 +164,11 @@ class _Slot:
 
 
 class _Worker:
-    """The parent's view of one worker process (touched by the manager thread only)."""
+    """The parent's view of one worker process (touched by the manager thread only).
+
+    A :class:`taskvisor._procwindow.WorkerView`: the policy reads its window and writes
+    ``fast``, ``mean`` and ``busy_since``.
+    """
 
     __slots__ = (
         "answers",
@@ -226,18 +234,6 @@ class _Worker:
     def usable(self) -> bool:
         """Alive as far as we know, and taking jobs."""
         return not (self.killed or self.dead or self.input_closed) and self.rfd >= 0
-
-    def has_room(self, size: int) -> bool:
-        """Whether a job of ``size`` payload bytes may join the window now."""
-        window = self.window
-        n = len(window)
-        if not n:
-            return True
-        if not self.fast or window[-1].job.watch or self.window_bytes + size > PREFETCH_BYTES:
-            return False
-        mean = self.mean
-        limit = PREFETCH if mean * PREFETCH <= PREFETCH_TIME else 1 + int(PREFETCH_TIME / mean)
-        return n < limit
 
 
 class ProcessPool:
@@ -513,13 +509,15 @@ class ProcessPool:
             self._steal(now)
             self._dispatch(now)
             self._flush()
-            timeout = self._next_steal()
+            timeout = next_steal(self._workers, time.monotonic())
 
     def _dispatch(self, now: float) -> None:
         """Send ready jobs to workers with room in their window (starting workers)."""
         ready = self._ready
         batches: dict[_Worker, list[tuple[int, str, bool, bytes]]] = {}
         pending = self._pending
+        workers = self._workers
+        spawn = self._spawn_for
         while ready:
             slot = ready.popleft()
             job = slot.job
@@ -536,7 +534,7 @@ class ProcessPool:
                     err.__cause__ = exc
                     self._error(job, err, None)
                     continue
-            w = self._pick(len(slot.payload))
+            w = pick(workers, len(slot.payload), spawn)
             if w is None:
                 if not self._live() and self._spawn_error is not None:
                     self._error(job, self._spawn_error, None)
@@ -567,39 +565,13 @@ class ProcessPool:
     def _live(self) -> list[_Worker]:
         return [w for w in self._workers if w.usable()]
 
-    def _pick(self, size: int) -> _Worker | None:
-        """Where a job of ``size`` payload bytes goes now, if anywhere.
-
-        An idle worker, else the least loaded one with room in its window, preferring
-        workers that have started up; a new worker rather than a window behind one that
-        is still starting (it may take a second).
-        """
-        ready: _Worker | None = None  # started up, least loaded with room
-        booting: _Worker | None = None  # still starting, least loaded with room
-        live = 0
-        for w in self._workers:
-            if not w.usable():
-                continue
-            live += 1
-            n = len(w.window)
-            if w.ready:
-                if n == 0:
-                    return w
-                if (ready is None or n < len(ready.window)) and w.has_room(size):
-                    ready = w
-            elif (booting is None or n < len(booting.window)) and w.has_room(size):
-                booting = w
-        if ready is not None:
-            return ready
-        if booting is not None and not booting.window:
-            return booting
+    def _spawn_for(self, live: int) -> _Worker | None:
+        """The policy wants a new worker (``live`` are usable): start one if we may."""
         # after a failed start, try again only when a worker goes or none is left; never
         # once shutdown began (an unlocked read: a stale False costs one worker it kills)
         if live < self.size and (self._spawn_error is None or live == 0) and not self._closed:
-            fresh = self._spawn()
-            if fresh is not None:
-                return fresh
-        return booting
+            return self._spawn()
+        return None
 
     def _spawn(self) -> _Worker | None:
         ctx = self._ctx
@@ -749,10 +721,7 @@ class ProcessPool:
         slot = window.popleft()
         job = slot.job
         w.window_bytes -= len(slot.payload or b"")
-        took = now - w.busy_since  # answers read together: the first takes it all
-        w.mean += (took - w.mean) / 4
-        w.fast = took < STEAL_AFTER
-        w.busy_since = now
+        answered(w, now)
         if job not in self._pending:
             return
         ok, ret, shared, excinfo, worker = decode(answer)
@@ -865,25 +834,12 @@ class ProcessPool:
         with contextlib.suppress(OSError, ValueError):
             w.proc.kill()
 
-    def _stealable(self) -> list[_Worker]:
-        """Workers with jobs waiting behind their current one (or behind their start-up)."""
-        return [w for w in self._workers if w.fast and len(w.window) > 1 and w.usable()]
-
     def _steal(self, now: float) -> None:
-        """Revoke what waits behind a job running for STEAL_AFTER already."""
-        for w in self._stealable():
-            if w.busy_since + STEAL_AFTER <= now:
-                w.fast = False  # one job at a time until one is short again
-                started = self._revoke(w)
-                if started is not None:
-                    self._requeue(w, started)
-
-    def _next_steal(self) -> float | None:
-        """Seconds until the next _steal is due, None if none can be."""
-        due = min((w.busy_since for w in self._stealable()), default=None)
-        if due is None:
-            return None
-        return max(due + STEAL_AFTER - time.monotonic(), 0.0)
+        """Revoke what waits behind a job that has run too long (the policy says which)."""
+        for w in steal_due(self._workers, now):
+            started = self._revoke(w)
+            if started is not None:
+                self._requeue(w, started)
 
     def _reap(self, w: _Worker, now: float, *, closing: bool) -> None:
         """A worker's sentinel fired: settle its window, forget it."""
