@@ -50,6 +50,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 import psutil
 
+from ._attempts import TIMEOUT, Act, Attempts
 from ._clock import Clock, SystemClock, TimerHandle
 from ._errors import (
     ClosedError,
@@ -101,7 +102,7 @@ from ._spec import (
     substitute_call,
     whole_number,
 )
-from .abc import CancelResult, Executor
+from .abc import Executor
 
 __all__ = [
     "Statistics",
@@ -235,20 +236,17 @@ class _Engine:
         self._lock.release()
 
 
-class _Rec:
-    """The supervisor's record of one task."""
+class _Rec(Attempts):
+    """The supervisor's record of one task: its attempt machine, and what the supervisor
+    keeps beside it."""
 
     __slots__ = (
         "args",
-        "attempts",
         "fut",
-        "job",
         "kwargs",
         "listeners",
-        "res",
         "run_time",
         "shared_in",
-        "spec",
         "started",
         "submitted",
         "target",
@@ -257,6 +255,7 @@ class _Rec:
     )
 
     def __init__(self, spec: Task[Any], target: str, now: float) -> None:
+        # (Attempts' slots set here, not through its __init__: one call less per task)
         self.spec = spec
         self.target = target
         self.submitted = now
@@ -1303,20 +1302,15 @@ class Supervisor:
             rec.target,
             spec,
         )
-        rec.job = job
-        rec.attempts += 1
-        job.attempt = rec.attempts
-        job.started = now = self._now()
         target = rec.target
+        ex = self._executors[target]
+        arm = rec.begin(job, ex.reports_start)
+        job.started = now = self._now()
         self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
         if self._instruments:
             self._instrument("task_started", self._info(rec, rec.attempts, None))
-        ex = self._executors[target]
-        if spec.timeout is not None:
-            if ex.reports_start:
-                job.watch = True  # the timeout runs from when a worker really starts it
-            else:
-                self._arm_timeout(rec, job)
+        if arm:
+            self._arm_timeout(rec, job)
         try:
             ex.submit(job)
         except Exception as exc:
@@ -1339,45 +1333,32 @@ class Supervisor:
             self._timed_out(rec, job)
 
     def _timed_out(self, rec: _Rec, job: Job) -> None:
-        if rec.job is job and rec.res is None and job.cancelled is None:
+        if rec.timed_out(job) is not None:
             rec.timer = None
-            job.cancelled = "timeout"
             self._event(job.name, "timed out", f"attempt {job.attempt}")
             self._cancel_job(rec, job)
 
     def _cancel_running(self, rec: _Rec, reason: str) -> None:
-        job = rec.job
-        if job is not None and job.cancelled is None:
-            job.cancelled = reason
+        job = rec.stop(reason)
+        if job is not None:
             self._event(rec.spec.name, "cancelling", reason)
             self._cancel_job(rec, job)
 
     def _cancel_job(self, rec: _Rec, job: Job) -> None:
         """Stop a running attempt (``job.cancelled`` says why), as its executor can: a job
-        no worker took is withdrawn (no attempt counted), a coroutine cancelled on its
-        loop, a process worker killed; what cannot be stopped is abandoned."""
+        no worker took is withdrawn, a coroutine cancelled on its loop, a process worker
+        killed; what cannot be stopped is abandoned (see the attempt machine)."""
         ex = self._executors[rec.target]
-        done = ex.cancel(job)
-        if done is CancelResult.WITHDRAWN:
-            self._never_ran(rec, job)
-        elif done is CancelResult.RUNNING:
+        if rec.stopped(job, ex.cancel(job)) is Act.ABANDONED:
             self._abandon(rec, job, ex.label)
-
-    @staticmethod
-    def _never_ran(rec: _Rec, job: Job) -> None:
-        """A cancelled attempt that never started is not counted; a timed-out one is (else
-        a timeout while queued in a backend would retry without end)."""
-        if job.cancelled != "timeout":
-            rec.attempts -= 1
 
     def _abandon(self, rec: _Rec, job: Job, what: str) -> None:
         """End a task whose attempt cannot be interrupted; its slot stays busy until the
         attempt really returns (then ``_on_done`` releases it)."""
         spec = rec.spec
-        job.abandoned = True
         self._abandoned[job] = rec
         err: BaseException
-        if job.cancelled == "timeout":
+        if job.cancelled == TIMEOUT:
             assert spec.timeout is not None
             err = TaskTimeout(spec.name, spec.timeout, abandoned=True)
             state = State.FAILED
@@ -1394,68 +1375,62 @@ class Supervisor:
         self._finish(rec, state, None, None, ExceptionInfo.from_exc(err), None, keep_slot=True)
 
     def _on_done(self, job: Job, result: Result) -> None:
+        """An executor's report about ``job``: the attempt machine decides (engine held)."""
         outcome, ret, shared, excinfo, worker = result
         if outcome is Outcome.STARTED:
             rec = self._recs.get(job.name)
-            if rec is not None and rec.job is job and rec.res is None and job.cancelled is None:
+            if rec is not None and rec.began(job):
                 self._event(job.name, "started", worker or "")
                 self._arm_timeout(rec, job, job.began)
             return
-        rec = self._abandoned.pop(job, None)
-        if rec is not None:  # an abandoned attempt really returned: its slot is free now
-            self._running[rec.target] -= 1
-            self._event(rec.spec.name, "abandoned attempt returned", outcome.value)
-            logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
-            self._execute(self._planner.release(rec.spec.name, now=self._now()))
+        abandoned = self._abandoned.pop(job, None)  # (its name may belong to a newer task)
+        rec = abandoned or self._recs.get(job.name)
+        if rec is None:
             return
-        rec = self._recs.get(job.name)
-        if rec is None or rec.job is not job or rec.res is not None:
+        exc = None if excinfo is None else excinfo.val
+        # a controlled failure, or a call that cannot even be sent (SpecError), is final
+        act = rec.report(job, outcome, not isinstance(exc, TaskFailError | SpecError))
+        if act is Act.NOTHING:
+            return
+        if act is Act.RELEASE:  # an abandoned attempt really returned: its slot is free now
+            if abandoned is not None:
+                self._running[rec.target] -= 1
+                self._event(rec.spec.name, "abandoned attempt returned", outcome.value)
+                logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
+                self._execute(self._planner.release(rec.spec.name, now=self._now()))
             return
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
-        now = self._now()
-        rec.run_time += now - job.started
+        rec.run_time += self._now() - job.started
         spec = rec.spec
-        if (
-            job.ended is not None
-            and job.began is not None
-            and spec.timeout is not None
-            and job.cancelled in (None, "timeout")
-            and job.ended - job.began > spec.timeout
-        ):  # it overran its deadline while the loop was too busy to see it: a timeout
-            job.cancelled = "timeout"
-            outcome = Outcome.CANCELLED
-        if outcome is Outcome.OK:  # it finished: a cancel or timeout that came late loses
-            self._finish(rec, State.DONE, ret, shared, None, worker)
-            return
-        if outcome is Outcome.CANCELLED:
-            if job.cancelled == "timeout":
-                assert spec.timeout is not None
-                if rec.attempts <= spec.retries:  # the attempt really stopped: try again
-                    logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
-                    self._event(spec.name, "retrying", f"attempt {rec.attempts} timed out")
-                    self._launch(rec)
-                    return
-                err: BaseException = TaskTimeout(spec.name, spec.timeout)
-                self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
-                return
-            reason = job.cancelled or "its coroutine was cancelled from inside"
-            err = TaskCancelled(spec.name, reason)
-            self._finish(rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker)
-            return
-        assert excinfo is not None
-        exc = excinfo.val
         if self._instruments and isinstance(exc, WorkerCrashed):
             self._instrument("worker_crashed", self._info(rec, job.attempt, worker))
-        # a controlled failure, or a call that cannot even be sent (SpecError), is final
-        retry = job.cancelled is None and not isinstance(exc, TaskFailError | SpecError)
-        if retry and rec.attempts <= spec.retries:
-            logger.warning("%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc)
-            self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
+        err: BaseException
+        if act is Act.DONE:
+            self._finish(rec, State.DONE, ret, shared, None, worker)
+        elif act is Act.RETRY:
+            if job.cancelled == TIMEOUT:
+                logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
+                self._event(spec.name, "retrying", f"attempt {rec.attempts} timed out")
+            else:
+                logger.warning(
+                    "%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc
+                )
+                self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
             self._launch(rec)
-            return
-        self._finish(rec, State.FAILED, None, shared, excinfo, worker)
+        elif act is Act.TIMED_OUT:
+            assert spec.timeout is not None
+            err = TaskTimeout(spec.name, spec.timeout)
+            self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
+        elif act is Act.CANCELLED:
+            err = TaskCancelled(
+                spec.name, job.cancelled or "its coroutine was cancelled from inside"
+            )
+            self._finish(rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker)
+        else:
+            assert act is Act.FAILED and excinfo is not None, act
+            self._finish(rec, State.FAILED, None, shared, excinfo, worker)
 
     def _finish(
         self,
