@@ -136,3 +136,12 @@ def test_exception_info_round_trips_with_its_traceback() -> None:
         back.reraise()
     typ, _val, tb = back
     assert typ is ValueError and tb is not None
+
+
+def test_the_supervisor_checks_every_argument_of_its_signature() -> None:
+    import inspect
+
+    from taskvisor._config import OPTIONS
+
+    params = list(inspect.signature(tv.Supervisor.__init__).parameters)[1:]
+    assert tuple(params) == OPTIONS  # (each is read by _config.Config)

@@ -1,0 +1,760 @@
+"""The engine: the supervisor's records, its planner, and the one instruction queue.
+
+Every event (a submit, a completion, a cancel, a timer) reaches the planner under the
+engine lock (:class:`EngineLock`), and the planner's instructions are carried out through
+one FIFO that is never re-entered (``Engine._execute``): an instruction that makes a new
+event queues that event's instructions behind the ones still waiting, as distributed's
+``handle_stimulus`` does. Each queued instruction carries the records it names as they
+were when the planner gave it.
+
+Threads. The loop's thread takes the lock at every entry point. A pool thread takes it
+without waiting, to finish a lone successful thread task itself and start the next one
+at once (``_sink``: a chain of thread tasks makes no loop round trip per link); a user's
+thread waits for it. Off the loop, only thread dispatches are carried out in the calling
+thread; everything the loop owns (futures, listeners, timers, warnings, other executors)
+is queued to it, in order (``_to_loop``, ``_catch_up``). User callbacks run after the
+outermost release of the lock, on the loop's thread.
+
+What happens to a task's attempts is decided by its record's attempt machine
+(``_attempts``); how its ``TaskRes`` reaches whoever waits is in ``_delivery``. See the
+design page, "One instruction queue, never re-entered".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import math
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from ._attempts import TIMEOUT, Act
+from ._clock import Clock, SystemClock, TimerHandle
+from ._config import Config
+from ._delivery import Record, TaskInfo, log_result
+from ._errors import (
+    ClosedError,
+    NotRunError,
+    SpecError,
+    TaskCancelled,
+    TaskFailError,
+    TaskTimeout,
+    TaskvisorWarning,
+    WorkerCrashed,
+)
+from ._executors import Inbox, Job, Outcome, Result, ThreadPool
+from ._gates import Gates
+from ._planner import (
+    Alarm,
+    Cancel,
+    Dispatch,
+    Forget,
+    Instruction,
+    Settle,
+    State,
+    WakeAt,
+    Warn,
+)
+from ._result import ExceptionInfo, TaskRes
+from ._spec import substitute_call
+from .abc import Executor
+
+__all__ = ["STORY_EVENTS", "Engine", "EngineLock", "SupervisorState", "warn"]
+
+logger = logging.getLogger("taskvisor")
+
+STORY_EVENTS = 10_000  # how many recent task events story() can look back on
+
+
+class SupervisorState(enum.Enum):
+    """``created → running → closing → closed``; each misuse raises ``ClosedError``."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# work queued to the loop by other threads: tell listeners, run instructions, call hooks
+_NOTIFY, _EXECUTE, _CALL, _DEFERRED = object(), object(), object(), object()
+
+
+class EngineLock:
+    """The engine lock (an ``RLock``) and what runs when its outermost holder leaves.
+
+    Entered on the loop's thread it first runs what other threads queued for the loop
+    (``_NOTIFY``/``_EXECUTE``), in order, so the planner never gets a new event
+    from the loop while instructions it gave earlier are still waiting to be carried out.
+    ``after`` holds user callbacks (wait alarms, done callbacks): the outermost exit on the
+    loop's thread releases the lock first and then calls them, so user code never runs
+    while an instruction list is half done, and may call the supervisor again. Pool
+    threads use ``try_acquire`` and never wait for the lock; threads of the user wait.
+    """
+
+    __slots__ = ("_lock", "_sup", "after", "depth")
+
+    def __init__(self, sup: Engine) -> None:
+        self._lock = threading.RLock()
+        self._sup = sup
+        self.depth = 0  # nesting of the holder (read and written only by the holder)
+        self.after: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.depth += 1
+        sup = self._sup
+        if self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid:
+            try:
+                sup._catch_up()
+            except BaseException:
+                self.depth -= 1
+                self._lock.release()
+                raise
+
+    def __exit__(self, *_: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.after and threading.get_ident() == self._sup._tid:
+            calls, self.after = self.after, []
+            self._lock.release()
+            for fn, args in calls:
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("a callback %r raised; ignored", fn)
+            return
+        self._lock.release()
+
+    def try_acquire(self) -> bool:
+        if self._lock.acquire(blocking=False):
+            self.depth += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        self.depth -= 1
+        self._lock.release()
+
+
+class Engine:
+    """The supervisor's core: its task records, the planner, and the one queue through
+    which the planner's instructions are carried out (see the module docstring).
+    :class:`~taskvisor.Supervisor` is the public API on top of it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.state = SupervisorState.CREATED
+        self._planner = cfg.planner
+        self._on_alarm = cfg.on_alarm
+        self._gates = Gates(cfg.limits, cfg.sampler, cfg.sample_interval)
+        self._gates_on = self._gates.on
+        self._shared = cfg.shared
+        self._instruments = cfg.instruments
+        self._clock: Clock = cfg.clock if cfg.clock is not None else SystemClock()
+        self._now: Callable[[], float] = self._clock.now  # read on every event
+        self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
+        self._recs: dict[str, Record] = {}
+        self._abandoned: dict[Job, Record] = {}  # attempts still running after their end
+        self._running: dict[str, int] = {}  # running attempts per target (slots in use)
+        # the engine lock: the planner and the task records change only under it, on the
+        # loop's thread or on a pool thread that handles its own completion (see _sink)
+        self._engine = EngineLock(self)
+        # what pool threads handling their own completions left for the loop, in order
+        self._deferred: deque[tuple[object, Any]] = deque()
+        self._pending_exec = 0  # instruction lists among them (results are harmless)
+        # the instructions to carry out, in the planner's order; one drain at a time
+        # each with the records it names, bound when the planner gave it (see _execute)
+        self._todo: deque[tuple[Instruction, Any]] = deque()
+        self._draining = False
+        # admission of single submits on the loop runs once per turn (tier order holds
+        # among back-to-back submits)
+        self._admit_soon = False
+        # recent events of every task, for story(): (id, time, task, kind, detail)
+        self._story: deque[tuple[int, float, str, str, str]] = deque(maxlen=STORY_EVENTS)
+        self._event_ids = itertools.count(1)
+        # set at start
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tid = 0
+        self._inbox: Inbox | None = None
+        self._thread_pool: ThreadPool | None = None
+        self._executors: dict[str, Executor] = {}
+        self._inline = False  # may pool threads handle their completions?
+        self._inline_targets: frozenset[str] = frozenset()
+        self._timer: TimerHandle | None = None
+        self._timer_at = math.inf
+        self._quiet: asyncio.Event | None = None
+
+    def _admit_later(self) -> None:
+        """Run admission once the current turn of the loop is over (loop thread)."""
+        if not self._admit_soon:
+            self._admit_soon = True
+            self._loop_or_raise().call_soon(self._admit_turn)
+
+    def _admit_turn(self) -> None:
+        with self._engine:
+            self._admit_soon = False
+            if self.state is not SupervisorState.CLOSED:
+                self._execute(self._planner.admit(now=self._now()))
+
+    def _event(self, name: str, kind: str, detail: str) -> None:
+        """Record an event of a task for story() (engine held)."""
+        self._story.append((next(self._event_ids), self._now(), name, kind, detail))
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise ClosedError(self.state.value, "use the supervisor")
+        return self._loop
+
+    def _check_running(self, action: str) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            raise ClosedError(self.state.value, action)
+
+    def _sink(self, job: Job, result: Result) -> None:
+        """Executors report here, from any thread.
+
+        A pool thread whose job succeeded while no other pool thread is busy handles the
+        completion itself, under the engine lock (if nobody holds it): the planner's answer
+        is usually "run the next thread task", which it starts right there, so a chain of
+        thread tasks flows without a round trip through the loop per link. Everything that
+        belongs to the loop (futures, listeners, timers, warnings, other executors) is
+        queued to it: see ``_execute`` and ``_deliver``. Anything else goes through the
+        inbox, and so does a burst: while several pool threads are busy, the loop taking
+        their completions in batches is cheaper than each thread taking the lock.
+        """
+        inbox = self._inbox
+        assert inbox is not None
+        if threading.get_ident() == self._tid:
+            inbox.put_local((job, result))
+            return
+        if (
+            self._inline
+            and result[0] is Outcome.OK
+            and job.target in self._inline_targets
+            and not job.watch
+            and self._pool_busy() == 1
+            and self._engine.try_acquire()
+        ):
+            try:
+                # (with instructions queued for the loop, the planner waits for the loop)
+                if self.state is SupervisorState.RUNNING and not self._pending_exec:
+                    try:
+                        self._on_done(job, result)
+                    except Exception as exc:  # a taskvisor bug: the task fails loudly
+                        self._internal_error(job.name, exc, job=job)
+                    return
+            finally:
+                self._engine.release()
+        inbox.put((job, result))
+
+    def _pool_busy(self) -> int:
+        pool = self._thread_pool
+        return 0 if pool is None else pool.busy
+
+    def _drain(self, batch: list[tuple[Any, Any]]) -> None:
+        with self._engine:
+            if self._gates_on:
+                self._sample(self._now())
+            for what, arg in batch:
+                if what is _DEFERRED:  # a wake-up for the deferred work: done on entry
+                    continue
+                try:
+                    self._on_done(what, arg)
+                except Exception as exc:  # a taskvisor bug: fail the task loudly, go on
+                    self._internal_error(what.name, exc, job=what)
+            self._check_quiet()
+
+    def _internal_error(
+        self, name: str, exc: Exception, job: Job | None = None, rec: Record | None = None
+    ) -> None:
+        """A bug in taskvisor while handling one task's event: log it at CRITICAL and end
+        that task FAILED with the exception, so it never waits for ever without a TaskRes.
+        (Engine held.)"""
+        logger.critical("internal error handling task %r", name, exc_info=exc)
+        if rec is None:
+            rec = self._recs.get(name)
+        if rec is None or rec.res is not None or (job is not None and rec.job is not job):
+            return
+        try:
+            info = ExceptionInfo.from_exc(exc)
+            if self._recs.get(name) is rec and self._planner.state(name) is State.RUNNING:
+                if rec.job is None:  # (a dispatch that broke before its attempt began)
+                    rec.job = Job(name, rec.spec.fn, (), {}, None, rec.target)
+                self._finish(rec, State.FAILED, None, None, info, None)
+            else:
+                self._deliver(rec, State.FAILED, None, {}, info, None, self._now())
+        except Exception:
+            logger.critical("could not end task %r after an internal error", name, exc_info=True)
+
+    def _to_loop(self, what: object, arg: Any) -> None:
+        """Queue work for the loop's thread (from another thread, engine held); the loop
+        runs it before anything else it does under the engine lock."""
+        assert self._inbox is not None
+        if what is _EXECUTE:
+            self._pending_exec += 1
+        self._deferred.append((what, arg))
+        self._inbox.put((_DEFERRED, None))
+
+    def _catch_up(self) -> None:
+        """Run what other threads queued for the loop, in order (loop thread, engine held)."""
+        deferred = self._deferred
+        while deferred:
+            what, arg = deferred.popleft()
+            try:
+                if what is _NOTIFY:
+                    self._notify(*arg)
+                elif what is _CALL:
+                    self._engine.after.append(arg)
+                else:  # instructions already bound to their records (see _execute)
+                    self._pending_exec -= 1
+                    self._todo.extend(arg)
+                    self._run_todo()
+            except Exception:  # a taskvisor bug: report it, and go on
+                logger.critical("internal error running deferred work", exc_info=True)
+
+    def _execute(self, instrs: list[Instruction]) -> None:
+        """Carry out the planner's instructions, in the order the planner gave them.
+
+        Never re-entered: when carrying out an instruction makes a new planner event (a
+        projection that raises at dispatch finishes its task; a ``runs_on="main"``
+        function cancels a sibling; closing abandons a thread), that event's instructions
+        join the queue behind the ones still waiting, as in distributed's
+        ``handle_stimulus``. (Running them at once would act on a later planner state
+        before an earlier one is carried out: a Cancel before its Dispatch is a lost
+        cancel.) Off the loop's thread, only thread dispatches are carried out here;
+        from the first other instruction on, the rest goes to the loop, in order.
+
+        Each instruction is queued with the records of the tasks it names as they are
+        *now*, under the same lock as the planner call that gave it: by the time it is
+        carried out, a name may belong to a newer task (the planner forgot the old one and
+        a submit reused the name), and the instruction is about the old one.
+        """
+        recs, bind = self._recs, self._todo.append
+        bound: Any
+        for ins in instrs:
+            if type(ins) is Dispatch:
+                parents = ins.parents
+                bound = (recs[ins.name], [recs.get(p) for p in parents] if parents else ())
+            elif type(ins) is Settle or type(ins) is Cancel:
+                bound = recs[ins.name]
+            elif type(ins) is Forget:
+                bound = [recs.get(n) for n in ins.names]
+            else:
+                bound = None
+            bind((ins, bound))
+        self._run_todo()
+
+    def _run_todo(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            self._carry_out()
+        finally:
+            self._draining = False
+        if self.state is SupervisorState.CLOSING and threading.get_ident() == self._tid:
+            self._check_quiet()  # (an asyncio.Event: the loop's thread only)
+
+    def _carry_out(self) -> None:
+        todo, recs = self._todo, self._recs
+        on_loop = threading.get_ident() == self._tid
+        while todo:
+            ins, bound = todo[0]
+            if not on_loop and (
+                type(ins) is not Dispatch or bound[0].target not in self._inline_targets
+            ):
+                self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
+                todo.clear()
+                return
+            todo.popleft()
+            try:
+                if type(ins) is Dispatch:
+                    self._dispatch(ins, bound[0], bound[1])
+                elif type(ins) is Settle:
+                    self._settle(bound, ins.state, ins.error)
+                elif type(ins) is Cancel:
+                    self._cancel_running(bound, ins.reason)
+                elif type(ins) is Warn:
+                    warn(ins.message)
+                elif type(ins) is WakeAt:
+                    self._wake_at(ins.when)
+                elif type(ins) is Alarm:
+                    self._engine.after.append((self._alarm, (ins,)))
+                elif type(ins) is Forget:
+                    for name, rec in zip(ins.names, bound, strict=True):
+                        if rec is not None and recs.get(name) is rec:  # (not a reused name's)
+                            del recs[name]
+            except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
+                if type(ins) in (Dispatch, Settle, Cancel):
+                    rec = bound[0] if type(ins) is Dispatch else bound
+                    self._internal_error(rec.spec.name, exc, rec=rec)
+                else:
+                    logger.critical("internal error carrying out %r", ins, exc_info=exc)
+
+    def _dispatch(
+        self, ins: Dispatch, rec: Record, parents: list[Record | None] | tuple[()]
+    ) -> None:
+        spec = rec.spec
+        now = self._now()
+        shared = dict(self._shared) if self._shared else {}
+        for prec in parents:
+            pres = None if prec is None else prec.res
+            if pres is not None and pres.shared:
+                shared.update(pres.shared)
+        rec.shared_in = shared
+        args, kwargs = spec.args, spec.kwargs
+        if spec.refs:
+            by_name = {p.spec.name: p for p in parents if p is not None}
+            values = {r: cast(TaskRes[Any], by_name[r].res).ret for r in spec.refs}
+            try:
+                args, kwargs = substitute_call(args, kwargs, values)
+            except BaseException as exc:  # a projection is user code: it fails the task
+                rec.started = now
+                self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
+                return
+        rec.args, rec.kwargs = args, kwargs
+        rec.started = now
+        self._running[rec.target] = self._running.get(rec.target, 0) + 1
+        self._launch(rec)
+
+    def _launch(self, rec: Record) -> None:
+        """Start one attempt. Each attempt is a new Job with its own copy of ``shared``: a
+        failed attempt's writes must not reach a retry, nor its late reports the next one."""
+        spec = rec.spec
+        job = Job(
+            spec.name,
+            spec.fn,
+            rec.args,
+            rec.kwargs,
+            dict(rec.shared_in or ()) if spec.wants_shared else None,
+            rec.target,
+            spec,
+        )
+        target = rec.target
+        ex = self._executors[target]
+        arm = rec.begin(job, ex.reports_start)
+        job.started = now = self._now()
+        self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
+        if self._instruments:
+            self._instrument("task_started", self._info(rec, rec.attempts, None))
+        if arm:
+            self._arm_timeout(rec, job)
+        try:
+            ex.submit(job)
+        except Exception as exc:
+            self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
+
+    def _arm_timeout(self, rec: Record, job: Job, began: float | None = None) -> None:
+        """The attempt's deadline: ``timeout`` after it began (when a worker reported it
+        began, or now)."""
+        assert rec.spec.timeout is not None
+        if rec.timer is not None:
+            rec.timer.cancel()
+        rec.timer = self._clock.call_at(
+            self._loop_or_raise(),
+            (self._now() if began is None else began) + rec.spec.timeout,
+            lambda: self._on_timeout(rec, job),
+        )
+
+    def _on_timeout(self, rec: Record, job: Job) -> None:
+        with self._engine:
+            self._timed_out(rec, job)
+
+    def _timed_out(self, rec: Record, job: Job) -> None:
+        if rec.timed_out(job) is not None:
+            rec.timer = None
+            self._event(job.name, "timed out", f"attempt {job.attempt}")
+            self._cancel_job(rec, job)
+
+    def _cancel_running(self, rec: Record, reason: str) -> None:
+        job = rec.stop(reason)
+        if job is not None:
+            self._event(rec.spec.name, "cancelling", reason)
+            self._cancel_job(rec, job)
+
+    def _cancel_job(self, rec: Record, job: Job) -> None:
+        """Stop a running attempt (``job.cancelled`` says why), as its executor can: a job
+        no worker took is withdrawn, a coroutine cancelled on its loop, a process worker
+        killed; what cannot be stopped is abandoned (see the attempt machine)."""
+        ex = self._executors[rec.target]
+        if rec.stopped(job, ex.cancel(job)) is Act.ABANDONED:
+            self._abandon(rec, job, ex.label)
+
+    def _abandon(self, rec: Record, job: Job, what: str) -> None:
+        """End a task whose attempt cannot be interrupted; its slot stays busy until the
+        attempt really returns (then ``_on_done`` releases it)."""
+        spec = rec.spec
+        self._abandoned[job] = rec
+        err: BaseException
+        if job.cancelled == TIMEOUT:
+            assert spec.timeout is not None
+            err = TaskTimeout(spec.name, spec.timeout, abandoned=True)
+            state = State.FAILED
+        else:
+            reason = f"{job.cancelled}; its {what} was abandoned and still runs"
+            err = TaskCancelled(spec.name, reason)
+            state = State.CANCELLED
+        warn(
+            f"task {spec.name!r}: its {what} could not be interrupted and still runs; "
+            "its slot stays busy until it returns"
+        )
+        self._event(spec.name, "abandoned", what)
+        rec.run_time += self._now() - job.started
+        self._finish(rec, state, None, None, ExceptionInfo.from_exc(err), None, keep_slot=True)
+
+    def _on_done(self, job: Job, result: Result) -> None:
+        """An executor's report about ``job``: the attempt machine decides (engine held)."""
+        outcome, ret, shared, excinfo, worker = result
+        if outcome is Outcome.STARTED:
+            rec = self._recs.get(job.name)
+            if rec is not None and rec.began(job):
+                self._event(job.name, "started", worker or "")
+                self._arm_timeout(rec, job, job.began)
+            return
+        abandoned = self._abandoned.pop(job, None)  # (its name may belong to a newer task)
+        rec = abandoned or self._recs.get(job.name)
+        if rec is None:
+            return
+        exc = None if excinfo is None else excinfo.val
+        # a controlled failure, or a call that cannot even be sent (SpecError), is final
+        act = rec.report(job, outcome, not isinstance(exc, TaskFailError | SpecError))
+        if act is Act.NOTHING:
+            return
+        if act is Act.RELEASE:  # an abandoned attempt really returned: its slot is free now
+            if abandoned is not None:
+                self._running[rec.target] -= 1
+                self._event(rec.spec.name, "abandoned attempt returned", outcome.value)
+                logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
+                self._execute(self._planner.release(rec.spec.name, now=self._now()))
+            return
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
+        rec.run_time += self._now() - job.started
+        spec = rec.spec
+        if self._instruments and isinstance(exc, WorkerCrashed):
+            self._instrument("worker_crashed", self._info(rec, job.attempt, worker))
+        err: BaseException
+        if act is Act.DONE:
+            self._finish(rec, State.DONE, ret, shared, None, worker)
+        elif act is Act.RETRY:
+            if job.cancelled == TIMEOUT:
+                logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
+                self._event(spec.name, "retrying", f"attempt {rec.attempts} timed out")
+            else:
+                logger.warning(
+                    "%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc
+                )
+                self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
+            self._launch(rec)
+        elif act is Act.TIMED_OUT:
+            assert spec.timeout is not None
+            err = TaskTimeout(spec.name, spec.timeout)
+            self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(err), worker)
+        elif act is Act.CANCELLED:
+            err = TaskCancelled(
+                spec.name, job.cancelled or "its coroutine was cancelled from inside"
+            )
+            self._finish(rec, State.CANCELLED, None, shared, ExceptionInfo.from_exc(err), worker)
+        else:
+            assert act is Act.FAILED and excinfo is not None, act
+            self._finish(rec, State.FAILED, None, shared, excinfo, worker)
+
+    def _finish(
+        self,
+        rec: Record,
+        state: State,
+        ret: Any,
+        shared: dict[str, Any] | None,
+        excinfo: ExceptionInfo | None,
+        worker: str | None,
+        *,
+        keep_slot: bool = False,
+    ) -> None:
+        spec = rec.spec
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
+        if rec.job is not None and not keep_slot:
+            self._running[rec.target] -= 1
+        deps_ok = locks_ok = False
+        if excinfo is not None and isinstance(excinfo.val, TaskFailError):
+            deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
+        elif excinfo is not None and isinstance(excinfo.val, SpecError):
+            locks_ok = True  # its call could not be made: it never touched the resources
+        if spec.wants_shared and shared is not None:
+            out_shared = shared
+        else:
+            out_shared = rec.shared_in if rec.shared_in is not None else {}
+        now = self._now()
+        self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
+        self._execute(
+            self._planner.finish(
+                spec.name, state, deps_ok=deps_ok, locks_ok=locks_ok, keep_slot=keep_slot, now=now
+            )
+        )
+
+    def _settle(self, rec: Record, state: State, error: NotRunError) -> None:
+        self._deliver(
+            rec,
+            state,
+            None,
+            rec.shared_in if rec.shared_in is not None else {},
+            ExceptionInfo(type(error), error, None),
+            None,
+            self._now(),
+        )
+
+    def _deliver(
+        self,
+        rec: Record,
+        state: State,
+        ret: Any,
+        shared: dict[str, Any],
+        excinfo: ExceptionInfo | None,
+        worker: str | None,
+        now: float,
+    ) -> None:
+        spec = rec.spec
+        wall = self._clock.to_wall
+        started = rec.started
+        res: TaskRes[Any] = TaskRes(
+            task=spec,
+            shared=shared,
+            ret=ret,
+            excinfo=excinfo,
+            name=spec.name,
+            state=state,
+            ok=state is State.DONE,
+            submitted_at=datetime.fromtimestamp(wall(rec.submitted), UTC),
+            started_at=None if started is None else datetime.fromtimestamp(wall(started), UTC),
+            finished_at=datetime.fromtimestamp(wall(now), UTC),
+            wait_time=(now if started is None else started) - rec.submitted,
+            run_time=rec.run_time,
+            attempts=rec.attempts,
+            runs_on=rec.target,
+            worker=worker,
+        )
+        rec.res = res
+        rec.job = None
+        if rec.waiter is not None:
+            rec.waiter.set()
+        self._results.append(res)
+        self._story.append((next(self._event_ids), now, spec.name, "ended", state.name))
+        if threading.get_ident() != self._tid:  # futures and listeners live on the loop
+            self._to_loop(_NOTIFY, (rec, res))
+        else:
+            self._notify(rec, res)
+
+    def _notify(self, rec: Record, res: TaskRes[Any]) -> None:
+        """Tell whoever waits for a task's result (on the loop's thread)."""
+        if self._instruments:
+            self._instrument("task_finished", res)
+        if rec.fut is not None and not rec.fut.done():
+            rec.fut.set_result(res)
+        listeners, rec.listeners = rec.listeners, None
+        if listeners is not None:
+            if isinstance(listeners, list):
+                for cb in listeners:
+                    cb(res)
+            else:
+                listeners(res)
+        log_result(res)
+
+    def _info(self, rec: Record, attempt: int, worker: str | None) -> TaskInfo:
+        spec = rec.spec
+        return TaskInfo(spec.name, spec, rec.target, attempt, worker, self._now())
+
+    def _instrument(self, hook: str, arg: Any) -> None:
+        """Call ``hook(arg)`` on every instrument that has it, outside the critical
+        section: after the engine lock is released, on the loop's thread (engine held)."""
+        call = (self._call_hook, (hook, (arg,)))
+        if threading.get_ident() == self._tid:
+            self._engine.after.append(call)
+        else:
+            assert self._inbox is not None
+            self._deferred.append((_CALL, call))
+            self._inbox.put((_DEFERRED, None))
+
+    def _call_hook(self, hook: str, args: tuple[Any, ...]) -> None:
+        """Like trio's instruments: one that raises is logged and removed."""
+        for inst in list(self._instruments):
+            fn = getattr(inst, hook, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("instrument %r raised in %s; it is removed", inst, hook)
+                if inst in self._instruments:
+                    self._instruments.remove(inst)
+
+    def _alarm(self, ins: Alarm) -> None:
+        cb = self._on_alarm[ins.level]
+        if cb is None:
+            log = logger.error if ins.level == "critical" else logger.warning
+            log("%r has waited %.3g s for admission (wait_%s)", ins.name, ins.waited, ins.level)
+            return
+        try:
+            cb(ins.name, ins.waited)
+        except Exception:
+            logger.exception("on_wait_%s callback failed for %r", ins.level, ins.name)
+
+    def _sample(self, now: float) -> None:
+        """Live gates: sample cpu/memory at most once per ``sample_interval``; while the
+        machine is above a limit, admission holds and one timer samples again."""
+        gates = self._gates
+        closed = gates.read(now)
+        if closed is None:
+            return
+        if closed != self._planner.gate_closed:
+            if closed:
+                logger.info("admission held: cpu %.0f%%, memory %.0f%%", *gates.last)
+            self._execute(self._planner.set_gate(closed))
+        if closed and gates.timer is None:
+            gates.timer = self._clock.call_at(
+                self._loop_or_raise(), now + gates.interval, self._on_sample_timer
+            )
+
+    def _on_sample_timer(self) -> None:
+        self._gates.timer = None
+        with self._engine:
+            if self.state in (SupervisorState.RUNNING, SupervisorState.CLOSING):
+                self._sample(self._now())
+
+    def _wake_at(self, when: float) -> None:
+        if when >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock.call_at(self._loop_or_raise(), when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._engine:
+            self._timer, self._timer_at = None, math.inf
+            self._execute(self._planner.tick(self._now()))
+
+    def _idle_except_waiting(self) -> bool:
+        by = self._planner.stats.by_state
+        return not any(
+            by[s] for s in (State.NEW, State.DELAYED, State.LOCKED, State.QUEUED, State.RUNNING)
+        )
+
+    def _check_quiet(self) -> None:
+        if (
+            self.state is SupervisorState.CLOSING
+            and self._quiet is not None
+            and (self._idle_except_waiting())
+        ):
+            self._quiet.set()
+
+
+def warn(message: str) -> None:
+    try:
+        warnings.warn(message, TaskvisorWarning, stacklevel=2)
+    except Warning as w:  # warnings turned into errors must not break the supervisor loop
+        logger.error("warning raised as an error: %s", w)
