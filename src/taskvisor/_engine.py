@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 import logging
 import math
 import threading
@@ -173,9 +172,11 @@ class Engine:
         # admission of single submits on the loop runs once per turn (tier order holds
         # among back-to-back submits)
         self._admit_soon = False
-        # recent events of every task, for story(): (id, time, task, kind, detail)
-        self._story: deque[tuple[int, float, str, str, str]] = deque(maxlen=STORY_EVENTS)
-        self._event_ids = itertools.count(1)
+        # recent events of every task, for story(): time, task, kind, detail, flat (four
+        # items per event: no tracked object per event for the cyclic GC to count, see
+        # story()); the newest event's id is _events
+        self._story: deque[Any] = deque(maxlen=4 * STORY_EVENTS)
+        self._events = 0
         # set at start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tid = 0
@@ -202,7 +203,8 @@ class Engine:
 
     def _event(self, name: str, kind: str, detail: str) -> None:
         """Record an event of a task for story() (engine held)."""
-        self._story.append((next(self._event_ids), self._now(), name, kind, detail))
+        self._events += 1
+        self._story.extend((self._now(), name, kind, detail))
 
     def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -345,6 +347,8 @@ class Engine:
             else:
                 bound = None
             bind((ins, bound))
+        if self._draining:  # (an instruction being carried out made this event)
+            return
         self._run_todo()
 
     def _run_todo(self) -> None:
@@ -437,7 +441,8 @@ class Engine:
         ex = self._executors[target]
         arm = rec.begin(job, ex.reports_start)
         job.started = now = self._now()
-        self._story.append((next(self._event_ids), now, spec.name, "dispatched", target))
+        self._events += 1
+        self._story.extend((now, spec.name, "dispatched", target))
         if self._instruments:
             self._instrument("task_started", self._info(rec, rec.attempts, None))
         if arm:
@@ -643,7 +648,8 @@ class Engine:
         if rec.waiter is not None:
             rec.waiter.set()
         self._results.append(res)
-        self._story.append((next(self._event_ids), now, spec.name, "ended", state.name))
+        self._events += 1
+        self._story.extend((now, spec.name, "ended", state))  # (State: named when read)
         if threading.get_ident() != self._tid:  # futures and listeners live on the loop
             self._to_loop(_NOTIFY, (rec, res))
         else:

@@ -587,12 +587,14 @@ class ThreadExecutor(Executor):
     def __init__(self, pool: ThreadPool) -> None:
         self.pool = pool
         self._sink: Sink | None = None
+        # one call less per thread task (measured: W1, W4): the pool's own submit
+        self.submit = pool.submit  # type: ignore[method-assign]
 
     def start(self, sink: Sink) -> None:
         self._sink = sink
 
     def submit(self, job: Job) -> None:
-        self.pool.submit(job)
+        self.pool.submit(job)  # (shadowed per instance, see __init__)
 
     def cancel(self, job: Job) -> CancelResult:
         assert self._sink is not None

@@ -415,12 +415,13 @@ class Supervisor(Engine):
             # graph errors raise here, before anything changed
             instrs = self._planner.submit(specs, sealed=sealed, admit=admit, now=now)
             recs = []
-            story = self._story
+            tell = self._story.extend
             for spec, target in zip(specs, targets, strict=True):
                 rec = Record(spec, target, now)
                 self._recs[spec.name] = rec
                 recs.append(rec)
-                story.append((next(self._event_ids), now, spec.name, "submitted", target))
+                tell((now, spec.name, "submitted", target))
+            self._events += len(specs)
             if self._instruments:
                 for rec in recs:
                     self._instrument("task_submitted", self._info(rec, 0, None))
@@ -532,7 +533,13 @@ class Supervisor(Engine):
         """
         name = task.name if isinstance(task, TaskHandle) else task
         with self._engine:
-            return [StoryEvent(*e) for e in self._story if e[2] == name]
+            flat, last = list(self._story), self._events
+        first = last - len(flat) // 4 + 1  # the id of the oldest event kept
+        return [
+            StoryEvent(first + i // 4, flat[i], name, flat[i + 2], _detail(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+            if flat[i + 1] == name
+        ]
 
     def report(self) -> RunReport:
         """An interim report: results kept so far (see ``result_buffer``) and pending names."""
@@ -619,3 +626,7 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _detail(value: object) -> str:
+    return value.name if isinstance(value, State) else str(value)
