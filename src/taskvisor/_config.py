@@ -42,6 +42,7 @@ OPTIONS = (
     "cpu_limit",
     "memory_limit",
     "fail_fast",
+    "grace",
     "shared",
     "result_buffer",
     "wait_warning",
@@ -67,6 +68,7 @@ class Config:
         "admit",
         "aloops",
         "clock",
+        "grace",
         "instruments",
         "limits",
         "on_alarm",
@@ -97,6 +99,7 @@ class Config:
             cpu_limit,
             memory_limit,
             fail_fast,
+            grace,
             shared,
             result_buffer,
             wait_warning,
@@ -124,6 +127,13 @@ class Config:
             if not isinstance(flag, bool):
                 raise SpecError(f"{label} must be a bool, got {safe_repr(flag)}")
         self.uvloop = uvloop
+        if grace is not None:
+            grace = real_number("grace", grace)
+            if not 0 <= grace < math.inf:
+                raise SpecError(
+                    f"grace must be a number of seconds >= 0 or None, got {safe_repr(grace)}"
+                )
+        self.grace: float | None = grace
         if clock is not None:
             try:
                 ok = all(callable(getattr(clock, m, None)) for m in ("now", "to_wall", "call_at"))

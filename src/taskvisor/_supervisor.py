@@ -15,6 +15,7 @@ with ``DependencyError``, stops the aloops and pools and joins their threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import (
@@ -98,6 +99,7 @@ class Supervisor(Engine):
         cpu_limit: float | str | None = None,
         memory_limit: float | str | None = None,
         fail_fast: bool = False,
+        grace: float | None = None,
         shared: Mapping[str, Any] | None = None,
         result_buffer: int | None = None,
         wait_warning: float | None = None,
@@ -122,6 +124,7 @@ class Supervisor(Engine):
         self._default_aloop = cfg.aloops[0] if cfg.aloops else None
         self._user_execs = cfg.user_execs
         self._start_method = cfg.start_method
+        self._grace = cfg.grace
         self._process_pool: ProcessPool | None = None
         self._closed_event: asyncio.Event | None = None
         self._started_wall = datetime.now(UTC)
@@ -131,7 +134,11 @@ class Supervisor(Engine):
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        await self.aclose(cancel=exc_type is not None)
+        """Leaving the block: wait for the work (at most ``grace`` seconds, then cancel
+        the rest), or cancel it at once when the block raised."""
+        await self.aclose(
+            wait=True if self._grace is None else self._grace, cancel=exc_type is not None
+        )
 
     async def start(self) -> None:
         """Start the aloops; ``async with`` calls it for you."""
@@ -348,6 +355,40 @@ class Supervisor(Engine):
                 else:
                     rec.add_listener(push)
         return stream
+
+    @overload
+    async def call(self, task: Task[T], /) -> T: ...
+    @overload
+    async def call(self, task: Callable[..., Awaitable[T]], /, *args: Any, **meta: Any) -> T: ...
+    @overload
+    async def call(self, task: Callable[..., T], /, *args: Any, **meta: Any) -> T: ...
+    async def call(self, task: Any, /, *args: Any, **meta: Any) -> Any:
+        """Run one task and return its value, or raise its exception (``submit`` then
+        ``await``, unwrapped).
+
+        ``await sup.call(fetch, url, timeout=5, tier="high")`` takes what ``submit`` takes.
+        A task that did not succeed raises what its ``TaskRes.error`` holds: the
+        function's own exception (with its traceback), ``TaskTimeout``,
+        ``TaskCancelled``, ``DependencyError`` ... Cancelling the awaiter cancels the
+        task, as with an ``asyncio.Task``: the awaiter's ``CancelledError`` is raised once
+        the task has ended (at once for a thread, which is abandoned; when its coroutine
+        has stopped for a coroutine). On the supervisor's loop only (from another
+        thread: ``submit(...).result()``).
+        """
+        self._own_loop("call")
+        handle = self.submit(task, *args, **meta)
+        try:
+            res = await handle
+        except asyncio.CancelledError:
+            if self.state is SupervisorState.RUNNING or self.state is SupervisorState.CLOSING:
+                self.cancel(handle)
+            while not handle.done():  # (a cancel scope may cancel us again meanwhile)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handle
+            raise
+        if res.excinfo is not None:
+            res.excinfo.reraise()
+        return res.ret
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
         """Submit a sealed batch, wait for all of it, return its :class:`RunReport`.

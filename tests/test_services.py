@@ -1,0 +1,147 @@
+"""Service mode: ``sup.call`` (one task, its value or its exception, cancelled with its
+awaiter) and ``grace`` (how long leaving the block waits before it cancels)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+import taskvisor as tv
+from taskvisor import State
+from taskvisor.testing import MockClock
+
+from .workloads import add
+
+WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
+
+
+async def double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+def boom(msg: str) -> None:
+    raise ValueError(msg)
+
+
+async def test_call_returns_the_value_of_a_function_or_a_coroutine() -> None:
+    async with tv.Supervisor(aloops=("default",)) as sup:
+        assert await sup.call(add, 2, 3) == 5
+        assert await sup.call(double, 21) == 42  # on the default aloop
+        assert await sup.call(double, 4, runs_on="main", tier="high") == 8
+        assert await sup.call(tv.Task(add, (1, 1), name="spec")) == 2
+
+
+async def test_call_raises_the_tasks_own_exception_with_its_traceback() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        with pytest.raises(ValueError, match="broken") as info:
+            await sup.call(boom, "broken")
+        assert any(f.name == "boom" for f in info.traceback)  # raised where it happened
+        with pytest.raises(tv.TaskTimeout):
+            await sup.call(asyncio.sleep, 3600, runs_on="main", timeout=0.01)
+        with pytest.raises(tv.SpecError, match="unknown option"):
+            await sup.call(add, 1, 2, tire="high")  # a bad option fails at submission
+
+
+async def test_cancelling_the_awaiter_cancels_a_coroutine_task_and_waits_for_it() -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+
+    async with tv.Supervisor(aloops=()) as sup:
+        caller = asyncio.create_task(sup.call(forever, runs_on="main", name="forever"))
+        await started.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert stopped.is_set()  # the task had ended when the awaiter's cancel came out
+        assert sup.task_state("forever") is State.CANCELLED
+
+
+async def test_cancelling_the_awaiter_abandons_a_thread_task() -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        gate.wait(WAIT)
+        return "late"
+
+    try:
+        async with tv.Supervisor(aloops=()) as sup:
+            caller = asyncio.create_task(sup.call(blocked, name="blocked"))
+            await asyncio.to_thread(started.wait, WAIT)
+            caller.cancel()
+            with (
+                pytest.warns(tv.TaskvisorWarning, match="could not be interrupted"),
+                pytest.raises(asyncio.CancelledError),
+            ):
+                await caller
+            assert sup.task_state("blocked") is State.CANCELLED
+            gate.set()  # the thread returns: closing joins it
+    finally:
+        gate.set()
+
+
+async def test_call_belongs_to_the_loop() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+
+        def from_thread() -> None:
+            coro = sup.call(add, 1, 2)
+            try:
+                with pytest.raises(RuntimeError, match="belongs to the supervisor's event loop"):
+                    coro.send(None)
+            finally:
+                coro.close()
+
+        await asyncio.to_thread(from_thread)
+
+
+async def test_grace_waits_that_long_then_cancels_running_work() -> None:
+    clock = MockClock()
+    quick_done = asyncio.Event()
+
+    async def quick() -> str:
+        await asyncio.sleep(0)
+        quick_done.set()
+        return "quick"
+
+    async with tv.Supervisor(aloops=(), clock=clock, grace=5.0) as sup:
+        slow = sup.submit(asyncio.sleep, 3600, runs_on="main", name="slow")
+        fast = sup.submit(quick, runs_on="main", name="fast")
+        t0 = clock.now()
+    assert (await fast).ret == "quick"
+    res = await slow
+    assert res.state is State.CANCELLED
+    assert "5 s" in str(res.error)  # "aclose waited 5 s"
+    assert clock.now() - t0 == pytest.approx(5.0)  # mock time: no real wait
+
+
+async def test_grace_none_waits_for_the_work_and_a_raising_block_cancels_at_once() -> None:
+    gate = asyncio.Event()
+
+    async def waits() -> str:
+        await gate.wait()
+        return "done"
+
+    async with tv.Supervisor(aloops=(), grace=None) as sup:
+        h = sup.submit(waits, runs_on="main")
+        asyncio.get_running_loop().call_soon(gate.set)
+    assert (await h).ret == "done"
+    with pytest.raises(KeyError):
+        async with tv.Supervisor(aloops=(), grace=3600) as sup:
+            h = sup.submit(asyncio.sleep, 3600, runs_on="main")
+            raise KeyError("the block failed")
+    assert (await h).state is State.CANCELLED
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "5", True])
+def test_grace_must_be_seconds(bad: object) -> None:
+    with pytest.raises(tv.SpecError, match="grace"):
+        tv.Supervisor(grace=bad)  # type: ignore[arg-type]
