@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import _errors  # (standard library only: the process worker imports it anyway)
 
 if TYPE_CHECKING:
+    from ._background import BackgroundSupervisor
     from ._clock import Clock, SystemClock
     from ._errors import (
         CapacityError,
@@ -57,6 +58,7 @@ __all__ = [
     "LOW",
     "NORMAL",
     "Aloop",
+    "BackgroundSupervisor",
     "CapacityError",
     "Clock",
     "ClosedError",
@@ -103,6 +105,7 @@ _HOME = {
     **dict.fromkeys(["Clock", "SystemClock"], "_clock"),
     **dict.fromkeys(_errors.__all__, "_errors"),
     "Aloop": "_executors",
+    "BackgroundSupervisor": "_background",
     "controlled_failure": "_helpers",
     "State": "_planner",
     **dict.fromkeys(["ExceptionInfo", "RunReport", "TaskRes"], "_result"),
