@@ -158,3 +158,44 @@ def test_a_signal_stops_the_service_gracefully(tmp_path: Path, sig: signal.Signa
     else:
         assert "KeyboardInterrupt" in err and proc.returncode != 0
         assert "left the block" not in out
+
+
+PARENT = """
+import asyncio, os, sys, time
+import taskvisor as tv
+
+def sleeper():
+    print(os.getpid(), flush=True)  # (the worker shares the parent's stdout)
+    time.sleep(3600)
+
+async def main():
+    async with tv.Supervisor(processes=1, aloops=()) as sup:
+        sup.submit(sleeper, runs_on="process")
+        await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_process_workers_die_with_their_parent(tmp_path: Path, sig: signal.Signals) -> None:
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(PARENT))
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            worker = psutil.Process(int(parent.stdout.readline()))  # running its job
+            parent.send_signal(sig)
+            parent.wait(WAIT)
+            worker.wait(WAIT)  # it ends too, in the middle of its one-hour job
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+            parent.communicate()
+    assert not worker.is_running()

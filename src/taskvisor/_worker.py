@@ -25,6 +25,7 @@ import contextlib
 import os
 import pickle
 import struct
+import threading
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -56,6 +57,8 @@ ANSWER: Final = 2
 # the array a worker shares with the parent: [started, floor]
 RUN: Final = 0
 FLOOR: Final = 1
+#: a worker's exit code when it ends because its parent process is gone
+ORPHANED: Final = 75
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -93,11 +96,34 @@ def child_main(
     for conn in inherited:
         conn.close()
     del inherited
+    _die_with_parent()
     # Ctrl-C reaches the whole process group: an idle worker exits quietly (one running a
     # job reports it as that job's error first); SIGINT is not ignored, as the processes
     # a task starts would inherit that
     with contextlib.suppress(KeyboardInterrupt):
         _serve(jobs, answers.fileno(), lock, ctl)
+
+
+def _die_with_parent() -> None:
+    """End this worker the moment its parent process is gone, however it went (SIGKILL
+    included): a watcher thread waits on multiprocessing's parent sentinel (a pipe whose
+    other end only the parent holds) and calls ``os._exit``. Without it a worker whose
+    parent died would run its job to the end as an orphan and only then find the pipes
+    broken. (A job that holds the GIL in C code for long delays the exit until it lets
+    go of it.)"""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    sentinel = None if parent is None else parent.sentinel
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(ORPHANED)
+
+    threading.Thread(target=watch, name="taskvisor-lifeline", daemon=True).start()
 
 
 def _serve(jobs: Connection, wfd: int, lock: Any, ctl: Any) -> None:
