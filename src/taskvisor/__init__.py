@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         TaskInfo,
         run,
     )
+    from ._workers import Worker
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,7 @@ __all__ = [
     "TaskvisorError",
     "TaskvisorWarning",
     "Tier",
+    "Worker",
     "WorkerCrashed",
     "controlled_failure",
     "run",
@@ -106,6 +108,7 @@ _HOME = {
     **dict.fromkeys(_errors.__all__, "_errors"),
     "Aloop": "_executors",
     "BackgroundSupervisor": "_background",
+    "Worker": "_workers",
     "controlled_failure": "_helpers",
     "State": "_planner",
     **dict.fromkeys(["ExceptionInfo", "RunReport", "TaskRes"], "_result"),

@@ -30,6 +30,7 @@ from ._planner import State
 from ._result import RunReport, TaskRes
 from ._spec import Task
 from ._supervisor import Statistics, Supervisor
+from ._workers import Worker
 
 __all__ = ["BackgroundSupervisor"]
 
@@ -197,6 +198,24 @@ class BackgroundSupervisor:
         batch = list(tasks)
         stream = portal.call(self._sup.run, batch)
         return _results(portal, stream.__anext__)
+
+    def every(self, seconds: float, fn: Callable[..., Any], /, *args: Any, **meta: Any) -> Worker:
+        """As :meth:`Supervisor.every` (the worker runs on the supervisor's loop)."""
+        every = functools.partial(self._sup.every, seconds, fn, *args, **meta)
+        worker: Worker = self._portal_or_raise("every").call(every)
+        return worker
+
+    def consume(self, source: Any, fn: Callable[..., Any], /, *args: Any, **meta: Any) -> Worker:
+        """As :meth:`Supervisor.consume` (a ``queue.Queue`` fed by your threads)."""
+        consume = functools.partial(self._sup.consume, source, fn, *args, **meta)
+        worker: Worker = self._portal_or_raise("consume").call(consume)
+        return worker
+
+    def on_event(self, event: Any, fn: Callable[..., Any], /, *args: Any, **meta: Any) -> Worker:
+        """As :meth:`Supervisor.on_event` (a ``threading.Event`` set by your threads)."""
+        on_event = functools.partial(self._sup.on_event, event, fn, *args, **meta)
+        worker: Worker = self._portal_or_raise("on_event").call(on_event)
+        return worker
 
     def cancel(self, task: str | TaskHandle[Any]) -> None:
         """As :meth:`Supervisor.cancel`."""

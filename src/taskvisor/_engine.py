@@ -188,6 +188,7 @@ class Engine:
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
         self._quiet: asyncio.Event | None = None
+        self._lock_releasing: set[str] = set()  # background workers' runs (see _finish)
 
     def _admit_later(self) -> None:
         """Run admission once the current turn of the loop is over (loop thread)."""
@@ -590,6 +591,9 @@ class Engine:
             deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
         elif excinfo is not None and isinstance(excinfo.val, SpecError):
             locks_ok = True  # its call could not be made: it never touched the resources
+        if self._lock_releasing:  # a background worker's run: its next run needs the locks
+            locks_ok = locks_ok or spec.name in self._lock_releasing
+            self._lock_releasing.discard(spec.name)
         if spec.wants_shared and shared is not None:
             out_shared = shared
         else:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import threading
 import weakref
 from collections.abc import (
@@ -49,7 +51,9 @@ from ._executors import (
 from ._planner import State
 from ._procpool import ProcessPool
 from ._result import ExceptionInfo, RunReport, TaskRes
-from ._spec import META_KEYS, Task, Tier, check_item
+from ._spec import META_KEYS, Task, Tier, check_item, real_number, safe_repr, whole_number
+from ._workers import Worker, is_event, is_source, next_item, wait_event, worker_options
+from ._workers import check_options as check_worker
 from .abc import Executor
 
 __all__ = [
@@ -63,6 +67,7 @@ __all__ = [
     "run",
 ]
 
+logger = logging.getLogger("taskvisor")
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
 T = TypeVar("T")
 
@@ -125,6 +130,7 @@ class Supervisor(Engine):
         self._user_execs = cfg.user_execs
         self._start_method = cfg.start_method
         self._grace = cfg.grace
+        self._workers: list[Worker] = []
         self._process_pool: ProcessPool | None = None
         self._closed_event: asyncio.Event | None = None
         self._started_wall = datetime.now(UTC)
@@ -202,6 +208,8 @@ class Supervisor(Engine):
             return RunReport.build((), datetime.now(UTC), 0.0)
         started, t0 = datetime.now(UTC), self._clock.now()
         deadline: TimerHandle | None = None
+        for worker in self._workers:  # workers first: they never hold closing open
+            worker.stop()
         with self._engine:
             self.state = SupervisorState.CLOSING
             pending = [self._recs[n] for n in self._planner.live()]
@@ -252,6 +260,9 @@ class Supervisor(Engine):
         cancelled = await self._shutdown_executors()
         with self._engine:
             self._settle_leftovers()
+        for worker in self._workers:  # (their runs have ended: at most a POLL's wait)
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.wait()
         for timer in (self._timer, self._gates.timer):
             if timer is not None:
                 timer.cancel()
@@ -389,6 +400,144 @@ class Supervisor(Engine):
         if res.excinfo is not None:
             res.excinfo.reraise()
         return res.ret
+
+    # ------------------------------------------------------------ background workers
+
+    def every(
+        self,
+        seconds: float,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        max_failures: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float = 60.0,
+        **meta: Any,
+    ) -> Worker:
+        """Run ``fn(*args)`` every ``seconds`` (the first run at once), as tasks named
+        ``NAME#1``, ``NAME#2``... with the Task options in ``meta`` (``name``, ``tier``,
+        ``runs_on``, ``claims``, ``timeout``, ``retries`` ...). A run never overlaps the
+        previous one: the next starts ``seconds`` after the previous one started, or when
+        it ends if it took longer. See :class:`Worker` for failures. On the loop."""
+        interval = real_number("seconds", seconds)
+        if not 0 < interval < math.inf:
+            raise SpecError(f"every(): seconds must be > 0, got {safe_repr(seconds)}")
+        worker = self._new_worker("every", fn, args, meta, max_failures, backoff, backoff_max)
+
+        async def body() -> None:
+            while await worker._gate():
+                started = self._now()
+                await worker._run(())
+                left = started + interval - self._now()
+                if left > 0 and not worker.stopped:
+                    await worker._sleep(left)
+
+        worker._start(body)
+        return worker
+
+    def consume(
+        self,
+        source: Any,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        concurrency: int = 1,
+        max_failures: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float = 60.0,
+        **meta: Any,
+    ) -> Worker:
+        """Run ``fn(item, *args)`` for each item of ``source`` (an ``asyncio.Queue``, a
+        ``queue.Queue`` or an anyio receive stream, which ends the worker when it ends),
+        at most ``concurrency`` runs at a time, in the order the items come. On the
+        loop."""
+        if not is_source(source):
+            raise SpecError(
+                "consume() takes an asyncio.Queue, a queue.Queue or an anyio receive stream, "
+                f"got {safe_repr(source)}"
+            )
+        lanes = whole_number("concurrency", concurrency, 1)
+        worker = self._new_worker("consume", fn, args, meta, max_failures, backoff, backoff_max)
+
+        async def lane() -> None:
+            while await worker._gate():
+                got, item = await next_item(source, worker)
+                if not got:
+                    return
+                try:
+                    await worker._run((item,))
+                except ClosedError:
+                    _put_back(source, item, worker.name)
+                    raise
+
+        async def body() -> None:
+            await asyncio.gather(*(lane() for _ in range(lanes)))
+
+        worker._start(body)
+        return worker
+
+    def on_event(
+        self,
+        event: asyncio.Event | threading.Event,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        max_failures: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float = 60.0,
+        **meta: Any,
+    ) -> Worker:
+        """Run ``fn(*args)`` each time ``event`` (an ``asyncio.Event`` or a
+        ``threading.Event``) is set; the worker clears it before the run, so a set
+        during a run asks for one more run. On the loop."""
+        if not is_event(event):
+            raise SpecError(
+                f"on_event() takes an asyncio.Event or a threading.Event, got {safe_repr(event)}"
+            )
+        worker = self._new_worker("on_event", fn, args, meta, max_failures, backoff, backoff_max)
+
+        async def body() -> None:
+            while await worker._gate() and await wait_event(event, worker):
+                await worker._run(())
+
+        worker._start(body)
+        return worker
+
+    def _new_worker(
+        self,
+        kind: str,
+        fn: Any,
+        args: tuple[Any, ...],
+        meta: dict[str, Any],
+        max_failures: Any,
+        backoff: Any,
+        backoff_max: Any,
+    ) -> Worker:
+        self._own_loop(kind)
+        self._check_running(kind)
+        name, meta = check_worker(kind, fn, meta)
+        if any(w.name == name and not w.stopped for w in self._workers):
+            raise SpecError(f"{kind}(): a worker named {name!r} is running already")
+        failures, pause, pause_max = worker_options(kind, max_failures, backoff, backoff_max)
+        kwargs = meta.pop("kwargs", None)
+
+        def make(n: int, first: tuple[Any, ...]) -> Task[Any]:
+            return Task(fn, (*first, *args), kwargs, name=f"{name}#{n}", **meta)
+
+        worker = Worker(
+            self, name, make, max_failures=failures, backoff=pause, backoff_max=pause_max
+        )
+        self._workers = [w for w in self._workers if not w.stopped] + [worker]
+        return worker
+
+    def _submit_run(self, task: Task[Any]) -> TaskHandle[Any]:
+        """A worker's run: a task whose failure releases its locks."""
+        self._lock_releasing.add(task.name)
+        try:
+            return self.submit(task)
+        except BaseException:
+            self._lock_releasing.discard(task.name)
+            raise
 
     async def gather(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> RunReport:
         """Submit a sealed batch, wait for all of it, return its :class:`RunReport`.
@@ -667,6 +816,16 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _put_back(source: Any, item: Any, name: str) -> None:
+    """An item taken from a queue when the supervisor began closing: back into it."""
+    try:
+        source.put_nowait(item)
+    except Exception:
+        logger.warning("worker %r: closing; an item it had taken is lost: %r", name, item)
+    else:
+        logger.info("worker %r: closing; an item it had taken is back in its queue", name)
 
 
 def _detail(value: object) -> str:
