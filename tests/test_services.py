@@ -145,3 +145,20 @@ async def test_grace_none_waits_for_the_work_and_a_raising_block_cancels_at_once
 def test_grace_must_be_seconds(bad: object) -> None:
     with pytest.raises(tv.SpecError, match="grace"):
         tv.Supervisor(grace=bad)  # type: ignore[arg-type]
+
+
+def noop() -> None:
+    pass
+
+
+async def test_a_long_running_supervisor_keeps_flat_memory_by_default() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        for batch in range(6):  # 12,000 tasks, in batches as a service would see them
+            report = await sup.gather(
+                [tv.Task(noop, name=f"t{batch}-{i}", runs_on="main") for i in range(2_000)]
+            )
+            assert report.ok
+        assert len(sup.report()) == 10_000  # the last 10,000 ended tasks
+        assert len(sup._recs) <= 10_000 and len(sup._planner._tasks) <= 10_000
+        # the oldest were forgotten: their names may be used again
+        assert (await sup.submit(noop, name="t0-0", runs_on="main")).ok

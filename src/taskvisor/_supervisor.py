@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import queue
 import threading
 import weakref
 from collections.abc import (
@@ -106,7 +107,7 @@ class Supervisor(Engine):
         fail_fast: bool = False,
         grace: float | None = None,
         shared: Mapping[str, Any] | None = None,
-        result_buffer: int | None = None,
+        result_buffer: int | None = 10_000,
         wait_warning: float | None = None,
         wait_critical: float | None = None,
         on_wait_warning: WaitCallback | None = None,
@@ -449,14 +450,16 @@ class Supervisor(Engine):
     ) -> Worker:
         """Run ``fn(item, *args)`` for each item of ``source`` (an ``asyncio.Queue``, a
         ``queue.Queue`` or an anyio receive stream, which ends the worker when it ends),
-        at most ``concurrency`` runs at a time, in the order the items come. On the
-        loop."""
+        at most ``concurrency`` runs at a time, in the order the items come. A queue's
+        ``task_done()`` is called after each run, so ``queue.join()`` waits for them. On
+        the loop."""
         if not is_source(source):
             raise SpecError(
                 "consume() takes an asyncio.Queue, a queue.Queue or an anyio receive stream, "
                 f"got {safe_repr(source)}"
             )
         lanes = whole_number("concurrency", concurrency, 1)
+        is_queue = isinstance(source, asyncio.Queue | queue.Queue)
         worker = self._new_worker("consume", fn, args, meta, max_failures, backoff, backoff_max)
 
         async def lane() -> None:
@@ -469,6 +472,9 @@ class Supervisor(Engine):
                 except ClosedError:
                     _put_back(source, item, worker.name)
                     raise
+                finally:
+                    if is_queue:  # queue.join() waits for the items consumed
+                        source.task_done()
 
         async def body() -> None:
             await asyncio.gather(*(lane() for _ in range(lanes)))
