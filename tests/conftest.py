@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
+import taskvisor as tv
 from taskvisor import _supervisor
 from taskvisor.testing import MockClock
 
@@ -63,6 +64,28 @@ def no_leaks() -> Iterator[None]:
     assert not alive, f"test left threads running: {alive}"
     assert not procs, f"test left child processes: {procs}"
     assert not open_sups, f"test left supervisors open: {open_sups}"
+
+
+@pytest.fixture(params=["inline", "loop"])
+def completion_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each path a thread task's completion can take into the engine.
+
+    ``"inline"``: as the supervisor sets it up (on the real clock a pool thread may finish
+    its own task under the engine lock, see ``Supervisor._sink``). ``"loop"``: every
+    supervisor started during the test keeps ``_inline`` off, so every completion goes
+    through the inbox and is taken in by ``_drain`` on the loop's thread.
+    """
+    path: str = request.param
+    if path == "loop":
+        start = tv.Supervisor.start
+
+        async def start_on_the_loop_path(sup: tv.Supervisor) -> None:
+            await start(sup)
+            # (no task can have been submitted yet: start() has not returned)
+            sup._inline = False
+
+        monkeypatch.setattr(tv.Supervisor, "start", start_on_the_loop_path)
+    return path
 
 
 class Gates:

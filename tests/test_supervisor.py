@@ -14,8 +14,11 @@ import pytest
 import taskvisor as tv
 from taskvisor import State
 
-from .conftest import Gates, noop
+from .conftest import Gates, end_of_turn, noop
 from .workloads import add, child_shared, fail_deep, identity, parent_shared, where
+
+# every test here runs on both paths a thread task's completion can take into the engine
+pytestmark = pytest.mark.usefixtures("completion_path")
 
 
 def task_on_main(gates: Gates, name: str, **meta: Any) -> tv.Task[str]:
@@ -557,3 +560,45 @@ async def test_zero_need_of_an_undeclared_resource_is_no_need() -> None:
         short = await sup.submit(noop, resources={"gpu": 0.5})
     assert res.ok
     assert isinstance(short.error, tv.ResourceError) and short.error.shortfall == {"gpu": 0.5}
+
+
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+async def test_the_completion_paths_differ(completion_path: str) -> None:
+    """The fixture really changes the path. A chain of six thread tasks, the first blocked
+    until the loop waits for the results and holds nothing: on the inline path its pool
+    thread takes in its own completion (off the loop's thread); on the loop path every
+    completion is taken in on the loop's thread, through the inbox."""
+    gate = threading.Event()
+
+    def first() -> int:
+        gate.wait()
+        return 0
+
+    chain = [tv.Task(first, name="c0", runs_on="thread")]
+    for i in range(1, 6):
+        chain.append(tv.Task(plus_one, (chain[-1].output,), name=f"c{i}", runs_on="thread"))
+    on_loop: list[tuple[str, bool]] = []  # per completion taken in: (task, on the loop?)
+    async with tv.Supervisor(threads=2, aloops=()) as sup:
+        assert sup._inline is (completion_path == "inline")
+        loop_thread = threading.get_ident()
+        take_in = sup._on_done
+
+        def counting(job: Any, result: Any) -> None:  # (called with the engine held)
+            on_loop.append((job.name, threading.get_ident() == loop_thread))
+            take_in(job, result)
+
+        sup._on_done = counting  # type: ignore[method-assign]
+        handles = [sup.submit(t) for t in chain]
+        await end_of_turn()  # c0 is dispatched; its thread waits at the gate
+        gate.set()  # the loop now only awaits the results: the engine lock is free
+        results = [await h for h in handles]
+    assert [r.ret for r in results] == [0, 1, 2, 3, 4, 5]
+    assert sorted(name for name, _ in on_loop) == [t.name for t in chain]  # each once
+    off_loop = [name for name, here in on_loop if not here]
+    if completion_path == "inline":
+        assert "c0" in off_loop  # (the later links may meet a busy loop: then the inbox)
+    else:
+        assert off_loop == []
