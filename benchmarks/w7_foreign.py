@@ -4,13 +4,12 @@
 thread tasks: each submits its share with ``sup.submit(...)`` and then waits for every
 handle with ``handle.result()``. The baseline is the same 8 threads doing
 ``ThreadPoolExecutor.submit`` and ``Future.result`` on a pool of the same size. The
-supervisor runs on its own loop in a background thread, as a threaded service would run
-it; its pool and the baseline's are warmed up first.
+supervisor is a ``BackgroundSupervisor`` (its own loop in a background thread), as a
+threaded service runs it; its pool and the baseline's are warmed up first.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -41,11 +40,8 @@ def _in_users(n: int, share: Callable[[int], None]) -> float:
 
 def run(cfg: Config) -> list[Row]:
     n = cfg.size(10_000, 2_000)
-    loop = asyncio.new_event_loop()
-    loop_thread = threading.Thread(target=loop.run_forever, name="bench-supervisor-loop")
-    loop_thread.start()
-    sup = tv.Supervisor(threads=THREADS, aloops=())
-    asyncio.run_coroutine_threadsafe(sup.start(), loop).result()
+    sup = tv.BackgroundSupervisor(threads=THREADS, aloops=())
+    sup.start()
     pool = ThreadPoolExecutor(THREADS)
 
     def ours_share(k: int) -> None:
@@ -82,9 +78,6 @@ def run(cfg: Config) -> list[Row]:
         with profiled(cfg.profile, f"W7 taskvisor, {n} foreign submits"):
             ours(n)
     finally:
-        asyncio.run_coroutine_threadsafe(sup.aclose(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join()
-        loop.close()
+        sup.close()
         pool.shutdown()
     return rows
