@@ -2,8 +2,9 @@
 
 - the supervisor opens with the app and closes with it: leaving the lifespan waits at
   most ``grace`` seconds for running work, then cancels it;
-- ``POST /report?n=3`` submits a small graph (``n`` fetches in parallel, then a summary
-  that takes their outputs) and answers with the summary;
+- ``POST /report?n=3`` submits a small graph (``n`` fetches in parallel, each taking
+  ``delay`` seconds, then a summary that takes their outputs) and answers with the
+  summary;
 - ``GET /price?item=x`` uses ``sup.call``: one task, its value; if the client goes away,
   the request is cancelled and so is the task;
 - ``GET /stats`` shows the supervisor's statistics.
@@ -28,8 +29,8 @@ from starlette.routing import Route
 import taskvisor as tv
 
 
-async def fetch(source: int) -> dict[str, int]:
-    await asyncio.sleep(0.01)  # a call to another service
+async def fetch(source: int, delay: float = 0.01) -> dict[str, int]:
+    await asyncio.sleep(delay)  # a call to another service
     return {"source": source, "rows": 10 * source}
 
 
@@ -51,7 +52,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 async def report(request: Request) -> JSONResponse:
     sup: tv.Supervisor = request.app.state.sup
     n = int(request.query_params.get("n", "3"))
-    fetches = [tv.Task(fetch, (i,), runs_on="main") for i in range(1, n + 1)]
+    delay = float(request.query_params.get("delay", "0.01"))
+    fetches = [tv.Task(fetch, (i, delay), runs_on="main") for i in range(1, n + 1)]
     summary = tv.Task(summarise, tuple(f.output for f in fetches), tier="high")
     result = await sup.gather([*fetches, summary])
     if not result.ok:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,12 @@ def _get(url: str, method: str = "GET") -> dict[str, object]:
     with urllib.request.urlopen(req, timeout=WAIT) as resp:
         data: dict[str, object] = json.loads(resp.read())
         return data
+
+
+def _running(base: str) -> int:
+    tasks = _get(f"{base}/stats")["tasks"]
+    assert isinstance(tasks, dict)
+    return int(tasks.get("RUNNING", 0))
 
 
 def test_web_service_on_a_real_uvicorn() -> None:
@@ -66,3 +74,70 @@ def test_web_service_on_a_real_uvicorn() -> None:
             if server.poll() is None:
                 server.kill()
     assert "Application shutdown complete" in rest
+
+
+async def test_web_service_under_its_lifespan_in_process() -> None:
+    """The ASGI app itself on httpx's ASGI transport, inside its own lifespan: the
+    supervisor opens with the app, serves 32 concurrent requests, and has closed when
+    the lifespan has."""
+    import httpx
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import web_service
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    app = web_service.app
+    async with web_service.lifespan(app):
+        sup = app.state.sup
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            r = await client.post("/report?n=4")
+            assert r.json() == {"sources": 4, "rows": 100}
+            answers = await asyncio.gather(
+                *(client.get(f"/price?item={'x' * i}") for i in range(1, 33))
+            )
+            assert [a.json()["price"] for a in answers] == [
+                round(i * 1.25, 2) for i in range(1, 33)
+            ]
+            assert (await client.get("/stats")).json()["state"] == "running"
+    assert sup.state.value == "closed"
+    assert all(r.ok for r in sup.report())  # every task it ran has its TaskRes
+
+
+def test_sigterm_mid_load_answers_every_request_that_reached_a_handler() -> None:
+    import psutil
+
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "web_service.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as server:
+        assert server.stdout is not None
+        try:
+            port = None
+            for line in server.stdout:
+                m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                    break
+            assert port, "uvicorn did not start"
+            base = f"http://127.0.0.1:{port}"
+            with ThreadPoolExecutor(8) as pool:
+                answers = [
+                    pool.submit(_get, f"{base}/report?n=5&delay=1.0", "POST") for _ in range(8)
+                ]
+                # every request has reached its handler: 8 x 5 fetches are running
+                while _running(base) < 40:  # (a condition, not a timer; pytest-timeout bounds it)
+                    pass
+                server.send_signal(signal.SIGTERM)
+                results = [a.result(timeout=WAIT) for a in answers]
+            assert results == [{"sources": 5, "rows": 150}] * 8  # every one answered
+            rest = server.stdout.read()
+            assert server.wait(WAIT) in (0, -signal.SIGTERM)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert "Application shutdown complete" in rest
+    assert not [p for p in psutil.process_iter(["ppid"]) if p.info["ppid"] == server.pid]
