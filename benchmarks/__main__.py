@@ -2,7 +2,7 @@
 
     python -m benchmarks                   # full sizes (nox -s bench): 15-25 minutes
     python -m benchmarks --quick           # smaller sizes, about a minute (CI smoke check)
-    python -m benchmarks --only W1,W3      # some workloads: W1-W7, PLANNER, SOAK
+    python -m benchmarks --only W1,W3      # some workloads: W1-W7, PLANNER, SOAK, SERVICE
     python -m benchmarks --json out.json   # also write every sample as JSON
     python -m benchmarks --only W3 --quick --profile   # top functions on taskvisor's side
 
@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from . import (
     planner,
+    service,
     soak,
     w1_threads,
     w2_processes,
@@ -45,6 +46,7 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "W7": w7_foreign.run,
     "PLANNER": planner.run,
     "SOAK": soak.run,
+    "SERVICE": service.run,
 }
 
 

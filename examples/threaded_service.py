@@ -5,7 +5,8 @@ app's process) copies.
 - an interval worker refreshing a cache every 2 s under the "cache" lock;
 - a queue worker handling jobs that the program's own threads put on a ``queue.Queue``,
   two at a time; one job fails, and the worker goes on;
-- request threads calling ``sup.call`` for an answer they need now;
+- 8 request threads putting jobs on the queue and calling ``sup.call`` for an answer they
+  need now;
 - SIGTERM/SIGINT (Ctrl-C) stop it gracefully: no new work, ``grace`` seconds for what
   runs, then cancel, then exit.
 
@@ -52,9 +53,10 @@ def main() -> None:
         def request_thread(n: int) -> None:  # e.g. a web server's request threads
             for i in range(5):
                 jobs.put(n * 5 + i)
-            print(f"request {n}: price {sup.call(price, f'item-{n}')}")
+            answer = sup.call(price, f"item-{n}")
+            print(f"request {n}: price {answer}\n", end="")  # one write: threads share stdout
 
-        threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(3)]
+        threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
         for t in threads:

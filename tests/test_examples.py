@@ -29,8 +29,10 @@ def test_threaded_service_runs_and_stops() -> None:
         timeout=WAIT,
         check=True,
     ).stdout
-    assert out.count("price 9.0") == 3
-    assert "jobs done 14, failed ['jobs#" in out  # one malformed job; the worker went on
+    assert sorted(line.split(":")[0] for line in out.splitlines() if "price" in line) == [
+        f"request {n}" for n in range(8)
+    ]  # 8 threads, each answered by sup.call
+    assert "jobs done 39, failed ['jobs#" in out  # one malformed job; the worker went on
 
 
 def _get(url: str, method: str = "GET") -> dict[str, object]:

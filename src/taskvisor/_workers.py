@@ -224,6 +224,8 @@ async def next_item(source: Any, worker: Worker) -> tuple[bool, Any]:
     stream: ``(True, item)``, or ``(False, None)`` once the worker stops or the stream
     ends."""
     if isinstance(source, asyncio.Queue):
+        if not source.empty():  # (the common case under load: no waiting machinery)
+            return True, source.get_nowait()
         getter = asyncio.ensure_future(source.get())
         stopper = asyncio.ensure_future(_stopped(worker))
         done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -247,6 +249,15 @@ async def next_item(source: Any, worker: Worker) -> tuple[bool, Any]:
         return await asyncio.to_thread(get)
     # an anyio receive stream (anything with an async receive())
     import anyio
+
+    nowait = getattr(source, "receive_nowait", None)
+    if nowait is not None:
+        try:
+            return True, nowait()
+        except anyio.WouldBlock:
+            pass
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return False, None
 
     receiver = asyncio.ensure_future(source.receive())
     stopper = asyncio.ensure_future(_stopped(worker))
