@@ -4,11 +4,13 @@ threaded programs, graceful stop on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -136,21 +138,29 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_service_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
-    script = tmp_path / "service.py"
-    script.write_text(textwrap.dedent(SERVICE))
+@contextlib.contextmanager
+def _script(path: Path, text: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``text`` as a Python script (pipes for stdout and stderr); killed at the end if
+    a failed test left it running."""
+    path.write_text(textwrap.dedent(text))
     with subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         try:
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=WAIT)
+            yield proc
         finally:
-            if proc.poll() is None:  # (a failed test: never leave it running)
-                proc.kill()
+            if proc.poll() is None:
+                proc.kill()  # (Popen's exit then closes the pipes and reaps it)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_service_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
+    with _script(tmp_path / "service.py", SERVICE) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=WAIT)
     assert "work stopped" in out  # running work was cancelled, then the supervisor closed
     assert f"{sig.name}: stopping gracefully" in err
     if sig is signal.SIGTERM:
@@ -183,19 +193,10 @@ if __name__ == "__main__":
 def test_process_workers_die_with_their_parent(tmp_path: Path, sig: signal.Signals) -> None:
     import psutil
 
-    script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(PARENT))
-    with subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as parent:
-        try:
-            assert parent.stdout is not None
-            worker = psutil.Process(int(parent.stdout.readline()))  # running its job
-            parent.send_signal(sig)
-            parent.wait(WAIT)
-            worker.wait(WAIT)  # it ends too, in the middle of its one-hour job
-        finally:
-            if parent.poll() is None:
-                parent.kill()
-            parent.communicate()
+    with _script(tmp_path / "parent.py", PARENT) as parent:
+        assert parent.stdout is not None
+        worker = psutil.Process(int(parent.stdout.readline()))  # running its job
+        parent.send_signal(sig)
+        parent.wait(WAIT)
+        worker.wait(WAIT)  # it ends too, in the middle of its one-hour job
     assert not worker.is_running()

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import json
 import re
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,34 +51,47 @@ def _running(base: str) -> int:
     return int(tasks.get("RUNNING", 0))
 
 
-def test_web_service_on_a_real_uvicorn() -> None:
+@contextlib.contextmanager
+def _uvicorn() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The web example on a real uvicorn, port chosen by the OS: (the process, its URL).
+    The test stops it (SIGTERM); it is killed if the test failed first."""
     with subprocess.Popen(
         [sys.executable, str(EXAMPLES / "web_service.py"), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as server:
-        assert server.stdout is not None
         try:
-            port = None
+            assert server.stdout is not None
             for line in server.stdout:  # uvicorn says where it listens once it is up
                 m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
                 if m:
-                    port = int(m.group(1))
                     break
-            assert port, "uvicorn did not start"
-            base = f"http://127.0.0.1:{port}"
-            assert _get(f"{base}/report?n=3", "POST") == {"sources": 3, "rows": 60}
-            assert _get(f"{base}/price?item=book") == {"item": "book", "price": 5.0}
-            assert _get(f"{base}/stats")["state"] == "running"
-            server.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the lifespan
-            rest = server.stdout.read()  # closes the supervisor
-            # (uvicorn hands SIGTERM back to the default handler once shut down)
-            assert server.wait(WAIT) in (0, -signal.SIGTERM)
+            else:
+                raise AssertionError("uvicorn did not start")
+            yield server, f"http://127.0.0.1:{m.group(1)}"
         finally:
             if server.poll() is None:
                 server.kill()
+
+
+def _stop(server: subprocess.Popen[str]) -> str:
+    """SIGTERM: uvicorn's graceful shutdown ends the lifespan, which closes the supervisor;
+    then uvicorn hands the signal back to the default handler. Returns the rest of the log."""
+    assert server.stdout is not None
+    server.send_signal(signal.SIGTERM)
+    rest = server.stdout.read()
+    assert server.wait(WAIT) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in rest
+    return rest
+
+
+def test_web_service_on_a_real_uvicorn() -> None:
+    with _uvicorn() as (server, base):
+        assert _get(f"{base}/report?n=3", "POST") == {"sources": 3, "rows": 60}
+        assert _get(f"{base}/price?item=book") == {"item": "book", "price": 5.0}
+        assert _get(f"{base}/stats")["state"] == "running"
+        _stop(server)
 
 
 async def test_web_service_under_its_lifespan_in_process() -> None:
@@ -84,11 +100,10 @@ async def test_web_service_under_its_lifespan_in_process() -> None:
     the lifespan has."""
     import httpx
 
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import web_service
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location("web_service", EXAMPLES / "web_service.py")
+    assert spec is not None and spec.loader is not None
+    web_service = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(web_service)
     app = web_service.app
     async with web_service.lifespan(app):
         sup = app.state.sup
@@ -110,36 +125,14 @@ async def test_web_service_under_its_lifespan_in_process() -> None:
 def test_sigterm_mid_load_answers_every_request_that_reached_a_handler() -> None:
     import psutil
 
-    with subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "web_service.py"), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as server:
-        assert server.stdout is not None
-        try:
-            port = None
-            for line in server.stdout:
-                m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-                if m:
-                    port = int(m.group(1))
-                    break
-            assert port, "uvicorn did not start"
-            base = f"http://127.0.0.1:{port}"
-            with ThreadPoolExecutor(8) as pool:
-                answers = [
-                    pool.submit(_get, f"{base}/report?n=5&delay=1.0", "POST") for _ in range(8)
-                ]
-                # every request has reached its handler: 8 x 5 fetches are running
-                while _running(base) < 40:  # (a condition, not a timer; pytest-timeout bounds it)
-                    pass
-                server.send_signal(signal.SIGTERM)
-                results = [a.result(timeout=WAIT) for a in answers]
-            assert results == [{"sources": 5, "rows": 150}] * 8  # every one answered
-            rest = server.stdout.read()
-            assert server.wait(WAIT) in (0, -signal.SIGTERM)
-        finally:
-            if server.poll() is None:
-                server.kill()
-    assert "Application shutdown complete" in rest
+    with _uvicorn() as (server, base):
+        with ThreadPoolExecutor(8) as pool:
+            answers = [pool.submit(_get, f"{base}/report?n=5&delay=1.0", "POST") for _ in range(8)]
+            # every request has reached its handler: 8 x 5 fetches are running
+            while _running(base) < 40:  # (a condition, not a timer; pytest-timeout bounds it)
+                pass
+            server.send_signal(signal.SIGTERM)
+            results = [a.result(timeout=WAIT) for a in answers]
+        assert results == [{"sources": 5, "rows": 150}] * 8  # every one answered
+        _stop(server)  # (a second SIGTERM changes nothing: it is already stopping)
     assert not [p for p in psutil.process_iter(["ppid"]) if p.info["ppid"] == server.pid]
