@@ -201,10 +201,9 @@ async def test_pause_and_resume_a_worker() -> None:
         await calls.reached(1).wait()
         w.pause()
         q.put_nowait(2)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        resumed = sup.submit(add, 0, 0)  # the supervisor goes on meanwhile
-        assert (await resumed).ok
+        other = sup.submit(add, 0, 0)  # the supervisor goes on meanwhile (loop turns pass)
+        assert (await other).ok
+        assert calls.seen == [1] and q.qsize() == 1  # paused: the item waits in its queue
         w.resume()
         await calls.reached(2).wait()
     assert calls.seen == [1, 2]
