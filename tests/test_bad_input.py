@@ -910,8 +910,17 @@ async def test_duplicate_name_against_an_earlier_submit() -> None:
 
 
 async def test_the_same_task_object_submitted_twice() -> None:
+    """Its name is taken while a handle to the first run is alive (or, with
+    ``result_buffer=None``, for the supervisor's life); after that it runs again."""
     spec = Task(noop, name="once")
     async with tv.Supervisor(aloops=()) as sup:
+        first = sup.submit(spec)
+        assert (await first).ok
+        with raises(tv.DuplicateTaskError, "'once'"):
+            sup.submit(spec)
+        del first
+        assert (await sup.submit(spec)).ok  # a second run, under the same name
+    async with tv.Supervisor(aloops=(), result_buffer=None) as sup:
         assert (await sup.submit(spec)).ok
         with raises(tv.DuplicateTaskError, "'once'"):
             sup.submit(spec)

@@ -8,6 +8,7 @@ made a new planner event (a projection raising at dispatch, a wait-alarm callbac
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import subprocess
@@ -453,34 +454,40 @@ async def test_story_tells_a_retried_task_from_submit_to_its_end() -> None:
 
 async def test_a_name_reused_while_the_old_tasks_settle_waits_for_the_loop() -> None:
     """result_buffer=1. A thread of the user's submits X and Y (both waiting for an item
-    nobody provides), cancels both (their Settles go to the loop, which is held), and
-    submits a new X (the planner forgot the old one). Each task gets its own TaskRes:
-    the queued Settle is about the old X, never the new one."""
+    nobody provides), cancels both (their Settles go to the loop, which is held), drops
+    its handles, and submits a new X (the planner forgot the old one). Each task gets its
+    own TaskRes: the queued Settle is about the old X, never the new one."""
     async with tv.Supervisor(result_buffer=1, threads=2, aloops=()) as sup:
+        res: dict[str, tv.TaskRes[Any]] = {}
         hs: dict[str, tv.TaskHandle[Any]] = {}
 
         def user() -> None:
-            hs["X_old"] = sup.submit(noop, name="X", requires="never")
-            sup.cancel("X")
-            hs["Y"] = sup.submit(noop, name="Y", requires="never")
-            sup.cancel("Y")
+            for name in ("X", "Y"):
+                h = sup.submit(noop, name=name, requires="never")
+                h.add_done_callback(functools.partial(res.__setitem__, f"{name}_old"))
+                sup.cancel(name)
+                del h  # (a live handle would keep the name taken)
             hs["X_new"] = sup.submit(identity, "new", name="X", runs_on="thread")
 
         t = threading.Thread(target=user)
         t.start()
         t.join()  # the loop's thread is held: nothing queued for it has run yet
-        res = {k: await h for k, h in hs.items()}
-    assert res["X_old"].state is State.CANCELLED and res["Y"].state is State.CANCELLED
+        res["X_new"] = await hs["X_new"]
+    assert res["X_old"].state is State.CANCELLED and res["Y_old"].state is State.CANCELLED
     assert (res["X_new"].state, res["X_new"].ret) == (State.DONE, "new")
 
 
-async def test_an_ended_tasks_handle_never_cancels_the_task_that_reused_its_name() -> None:
+async def test_a_live_handle_keeps_its_tasks_name_and_never_cancels_a_newer_task() -> None:
     async with tv.Supervisor(result_buffer=1, aloops=()) as sup:
         old = sup.submit(noop, name="X", runs_on="thread")
         await old
-        await sup.submit(noop, name="Y", runs_on="thread")  # X forgotten (result_buffer=1)
-        new = sup.submit(identity, "new", name="X", requires="later")
+        await sup.submit(noop, name="Y", runs_on="thread")  # X past the window (size 1)
+        with pytest.raises(tv.DuplicateTaskError, match="'X'"):
+            sup.submit(identity, "new", name="X")  # ... but its handle is alive
         old.cancel()  # an ended task is left as it is
+        assert old.state is State.DONE and sup.task_state("X") is State.DONE
+        del old
+        new = sup.submit(identity, "new", name="X", requires="later")
         sup.provide("later")
         res = await new
     assert (res.state, res.ret) == (State.DONE, "new")

@@ -545,11 +545,14 @@ class EngineMachine(RuleBasedStateMachine):
         """A task that cannot end by itself (its gate is shut) ends CANCELLED if it has not
         ended when the cancel comes (or FAILED by its projection at a dispatch ahead of the
         cancel). A plain main function, or a task with its gate open, may finish first: a
-        report that says OK wins over a cancel that came too late."""
-        assert victim.handle is not None
+        report that says OK wins over a cancel that came too late. A task the planner has
+        already ended (SKIPPED: a task it needs failed at a dispatch ahead of the cancel in
+        the list) keeps that end, though its TaskRes is still queued behind."""
+        assert victim.handle is not None and self.sup is not None
         shut = victim.kind != "main" and not victim.gate.is_set()
         if victim is not by and shut and not victim.handle.done():
-            victim.expect = CANCELLED
+            decided = self.sup.task_state(victim.name)
+            victim.expect = frozenset({decided}) if decided.terminal else CANCELLED
 
     @precondition(lambda self: bool(self.entries))
     @rule(victim_at=INDEX, how=st.sampled_from(["handle", "name", "thread"]))

@@ -1441,7 +1441,8 @@ async def test_failure_skips_dependents_and_lock_waiters_with_a_warning() -> Non
 
 
 async def test_result_buffer_forgets_old_tasks_but_handles_still_work() -> None:
-    """result_buffer=2: older ended tasks are forgotten; names reusable; handles still work."""
+    """result_buffer=2: older ended tasks are forgotten once their handles are gone; a live
+    handle keeps its task known (and its name taken) past the window; handles still work."""
     async with tv.Supervisor(result_buffer=2, clock=MockClock()) as sup:
         handles = []
         for i, name in enumerate(("a", "b", "c", "d")):
@@ -1452,12 +1453,18 @@ async def test_result_buffer_forgets_old_tasks_but_handles_still_work() -> None:
         assert [r.name for r in report] == ["c", "d"] and report.pending == ()
         a = handles[0]
         a_res = a.result()
-        with pytest.raises(KeyError):
-            sup.task_state("a")
+        assert sup.task_state("a") is State.DONE  # past the window, but a handle holds it
+        with pytest.raises(tv.DuplicateTaskError, match="'a'"):
+            sup.submit(echo, "again", name="a", runs_on="thread")
         assert a.state is State.DONE and a.done() and (await a) is a_res
+        del handles[:2], a
+        with pytest.raises(KeyError):
+            sup.task_state("a")  # forgotten: past the window, its handle gone
         again = await sup.submit(echo, "again", name="a", runs_on="thread")
         expect_done(again, "again", name="a", runs_on="thread")
-        assert (await a).ret == 0  # the old handle keeps its own result
+        assert a_res.ret == 0 and again.ret == "again"  # the old result is its own
+        with pytest.raises(KeyError):
+            sup.task_state("b")  # forgotten: past the window, no handle left
         assert [r.name for r in sup.report()] == ["d", "a"]
         assert sup.task_state("a") is State.DONE
         await expect_still_runs(sup, "thread")

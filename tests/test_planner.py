@@ -686,6 +686,43 @@ def test_tasks_that_provide_items_are_kept() -> None:
     p.validate_state()
 
 
+def test_a_pinned_task_stays_past_the_window_until_unpinned() -> None:
+    p = Planner(keep_ended=0)
+    assert p.submit([T("a")], pinned=True) == [D("a")]
+    assert p.finish("a", DONE) == []
+    assert "a" in p  # past the window, but a handle holds it: its name stays taken
+    with pytest.raises(DuplicateTaskError):
+        p.submit([T("a")])
+    assert p.unpin(["a", "unknown"]) == [Forget(("a",))]
+    assert "a" not in p and p.unpin(["a"]) == []
+    p.validate_state()
+
+
+def test_the_name_of_an_ended_task_nothing_needs_may_be_reused_at_once() -> None:
+    p = Planner(pool_size=1, keep_ended=10)
+    a = T("a")
+    assert p.submit([a, T("blocker")]) == [D("a")]
+    assert p.submit([T("b", args=(a.output,))]) == []
+    assert p.finish("a", DONE) == [D("blocker")]
+    with pytest.raises(DuplicateTaskError):
+        p.submit([T("a")])  # b (queued) has not read a's result yet
+    assert p.finish("blocker", DONE) == [D("b", "a")]
+    assert p.submit([T("a")]) == []  # reused: the old a is dropped silently (no Forget)
+    assert p.state("a") is State.QUEUED and p.stats.by_state[DONE] == 2
+    p.validate_state()
+
+
+@pytest.mark.parametrize("why", ["pinned", "provides", "holds", "keep_everything"])
+def test_what_keeps_an_ended_tasks_name_taken(why: str) -> None:
+    p = Planner(keep_ended=None if why == "keep_everything" else 10)
+    meta = {"provides": {"x"}} if why == "provides" else {}
+    assert p.submit([T("a", **meta)], pinned=why == "pinned") == [D("a")]
+    assert p.finish("a", FAILED, keep_slot=why == "holds") == []
+    with pytest.raises(DuplicateTaskError):
+        p.submit([T("a")])
+    p.validate_state()
+
+
 # ---------------------------------------------------------------- cancellation
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import taskvisor as tv
 from taskvisor import State
+from taskvisor._engine import UNPIN_BATCH
 from taskvisor.testing import MockClock
 
 from .workloads import add
@@ -162,3 +163,79 @@ async def test_a_long_running_supervisor_keeps_flat_memory_by_default() -> None:
         assert len(sup._recs) <= 10_000 and len(sup._planner._tasks) <= 10_000
         # the oldest were forgotten: their names may be used again
         assert (await sup.submit(noop, name="t0-0", runs_on="main")).ok
+
+
+# ---------------------------------------------------------------- forgetting ended tasks
+
+
+async def test_a_fire_and_forget_tasks_name_is_free_again_once_it_has_ended() -> None:
+    """A service submitting the same named job again and again, dropping each handle."""
+    async with tv.Supervisor(aloops=()) as sup:
+        for i in range(3):
+            res = await sup.submit(add, i, 1, name="refresh-cache", runs_on="main")
+            assert (res.name, res.ret) == ("refresh-cache", i + 1)
+        assert [r.ret for r in sup.report()] == [1, 2, 3]  # report() keeps every run
+        story = sup.story("refresh-cache")  # the newest task of that name only
+        assert story[0].kind == "submitted" and story[-1].detail == "DONE"
+        assert len([e for e in story if e.kind == "submitted"]) == 1
+        # a gather's tasks have no handles: their names are free once it returned
+        assert (await sup.gather([tv.Task(add, (1, 1), name="g", runs_on="main")])).ok
+        assert (await sup.gather([tv.Task(add, (2, 2), name="g", runs_on="main")])).ok
+
+
+async def test_a_task_whose_result_a_pending_task_needs_keeps_its_name() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        a = tv.Task(add, (20, 1), name="a", runs_on="main")
+        assert (await sup.submit(a)).ok  # its handle is gone at once
+        b = sup.submit(add, a.output, 21, name="b", requires="go", runs_on="main")
+        with pytest.raises(tv.DuplicateTaskError, match="'a'"):
+            sup.submit(noop, name="a")  # b has not read a's result yet
+        sup.provide("go")
+        assert (await b).ret == 42
+        assert (await sup.submit(add, 1, 2, name="a", runs_on="main")).ret == 3
+
+
+async def test_old_tasks_are_forgotten_past_the_window_unless_a_handle_holds_them() -> None:
+    async with tv.Supervisor(aloops=(), result_buffer=3) as sup:
+        kept = sup.submit(noop, name="kept", runs_on="main")
+        await kept
+        for i in range(6):
+            await sup.submit(noop, name=f"n{i}", runs_on="main")
+        assert [r.name for r in sup.report()] == ["n3", "n4", "n5"]
+        for i in range(3):
+            with pytest.raises(KeyError):
+                sup.task_state(f"n{i}")  # forgotten: past the window, no handle
+        assert sup.task_state("n5") is State.DONE  # recent ones can still be looked up
+        assert sup.task_state("kept") is State.DONE  # its handle holds it
+        assert len(sup._recs) == 4 and len(sup._planner._tasks) == 4
+        del kept
+        with pytest.raises(KeyError):
+            sup.task_state("kept")
+        assert len(sup._recs) == 3 and len(sup._planner._tasks) == 3
+
+
+async def test_dropped_handles_never_let_records_pile_up() -> None:
+    """No lookup ever asks: the engine hears of dropped handles in batches on its own."""
+    async with tv.Supervisor(aloops=(), result_buffer=10) as sup:
+        for i in range(3 * UNPIN_BATCH):
+            await sup.submit(noop, name=f"t{i}", runs_on="main")
+            assert len(sup._recs) <= 10 + UNPIN_BATCH + 1
+        assert len(sup.report()) == 10
+
+
+def test_a_handle_dropped_on_another_thread_frees_the_name() -> None:
+    with tv.BackgroundSupervisor(aloops=()) as sup:
+        errors: list[BaseException] = []
+
+        def client() -> None:
+            try:
+                for i in range(20):
+                    assert sup.submit(add, i, 0, name="job").result(timeout=WAIT).ret == i
+            except BaseException as exc:  # (reported below, not lost in the thread)
+                errors.append(exc)
+
+        t = threading.Thread(target=client)
+        t.start()
+        t.join()
+        assert errors == []
+        assert sup.call(add, 1, 1, name="job") == 2

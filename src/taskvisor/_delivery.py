@@ -120,13 +120,33 @@ class Record(Attempts):
 
 
 class TaskHandle(Generic[T]):
-    """What ``submit`` returns: await it for the task's :class:`TaskRes`."""
+    """What ``submit`` returns: await it for the task's :class:`TaskRes`.
+
+    While a handle is alive its task stays known by name (``task_state``, ``cancel``,
+    output references) and its name stays taken; once the task has ended and the handle
+    is gone, the supervisor may forget the task and the name may be reused.
+    """
 
     __slots__ = ("_rec", "_sup")
 
     def __init__(self, sup: Supervisor, rec: Record) -> None:
         self._sup = sup
         self._rec = rec
+
+    def __del__(self) -> None:
+        # the task may be forgotten once it has ended and nothing needs it (its name
+        # reused): tell the engine, lock-free (this runs wherever the last reference died,
+        # perhaps under the engine lock in this very thread)
+        try:  # noqa: SIM105 (no contextlib: at interpreter exit module globals may be gone)
+            self._sup._handle_gone(self._rec)
+        except Exception:  # (interpreter shutdown, or a half-built handle)
+            pass
+
+    def __copy__(self) -> TaskHandle[T]:
+        return self  # one handle per task: a copy would unpin it when it died
+
+    def __deepcopy__(self, memo: Any) -> TaskHandle[T]:
+        return self
 
     @property
     def name(self) -> str:

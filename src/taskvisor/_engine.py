@@ -69,6 +69,7 @@ __all__ = ["STORY_EVENTS", "Engine", "EngineLock", "SupervisorState", "warn"]
 logger = logging.getLogger("taskvisor")
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
+UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)
 
 
 class SupervisorState(enum.Enum):
@@ -157,6 +158,13 @@ class Engine:
         self._now: Callable[[], float] = self._clock.now  # read on every event
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
         self._recs: dict[str, Record] = {}
+        # names whose TaskHandle died (TaskHandle.__del__, any thread, no lock: a deque's
+        # append is atomic); the planner hears of them in batches of UNPIN_BATCH (a planner
+        # call per dropped handle cost ~2 µs per submit), and at once before a lookup by
+        # name or a submit that would otherwise be refused as a duplicate. With
+        # result_buffer=None nothing is forgotten, so nothing is pinned either.
+        self._pinning = cfg.result_buffer is not None
+        self._handles_gone: deque[str] = deque()
         self._abandoned: dict[Job, Record] = {}  # attempts still running after their end
         self._running: dict[str, int] = {}  # running attempts per target (slots in use)
         # the engine lock: the planner and the task records change only under it, on the
@@ -360,8 +368,25 @@ class Engine:
             self._carry_out()
         finally:
             self._draining = False
+        if len(self._handles_gone) >= UNPIN_BATCH and self.state is SupervisorState.RUNNING:
+            self._unpin()
         if self.state is SupervisorState.CLOSING and threading.get_ident() == self._tid:
             self._check_quiet()  # (an asyncio.Event: the loop's thread only)
+
+    def _handle_gone(self, rec: Record) -> None:
+        """``TaskHandle.__del__``: any thread, perhaps under the engine lock already."""
+        if self._pinning and self.state is SupervisorState.RUNNING:
+            self._handles_gone.append(rec.spec.name)
+
+    def _unpin(self) -> bool:
+        """Tell the planner which handles died (engine held): an ended task nobody holds a
+        handle to may be forgotten, and its name reused. False if none had."""
+        if not self._handles_gone or self.state is not SupervisorState.RUNNING:
+            return False
+        gone = self._handles_gone
+        names = [gone.popleft() for _ in range(len(gone))]
+        self._execute(self._planner.unpin(names, now=self._now()))
+        return True
 
     def _carry_out(self) -> None:
         todo, recs = self._todo, self._recs

@@ -228,6 +228,7 @@ class _T:
         "name",
         "out_item",
         "parents",
+        "pinned",
         "queued_at",
         "retired",
         "root",
@@ -253,6 +254,7 @@ class _T:
         self.locks_later = False  # ... and so do the locks it gives back
         self.queued_at = 0.0
         self.retired = False  # past the keep_ended window: forget once nothing needs it
+        self.pinned = False  # a handle to it is alive: never forgotten, its name stays taken
 
     @property
     def locks(self) -> Iterable[tuple[Hashable, bool]]:
@@ -416,7 +418,13 @@ class Planner:
     # ------------------------------------------------------------ events
 
     def submit(
-        self, specs: Sequence[Spec], *, sealed: bool = False, admit: bool = True, now: float = 0.0
+        self,
+        specs: Sequence[Spec],
+        *,
+        sealed: bool = False,
+        admit: bool = True,
+        pinned: bool = False,
+        now: float = 0.0,
     ) -> list[Instruction]:
         """Add a batch. Graph errors raise before anything changes.
 
@@ -426,10 +434,15 @@ class Planner:
         queues until :meth:`admit` (no other event admits them): the supervisor admits
         everything one turn of its loop submitted together, so tier order holds among
         back-to-back submits.
+        ``pinned``: a handle to each task is alive, until :meth:`unpin`.
+
+        With ``keep_ended`` set, the name of an ended task nothing needs any more (see
+        :meth:`_forgettable`) may be reused: the old task is forgotten (silently: no
+        ``Forget``, the caller replaces its own record of that name).
         """
         self._clock(now)
         try:
-            self._check_batch(specs)
+            reused = self._check_batch(specs)
             self._check_lookups(specs)
         except SpecError:
             raise
@@ -437,7 +450,12 @@ class Planner:
             raise SpecError(
                 f"the batch's items cannot be compared with each other: {safe_repr(exc)}"
             ) from exc
+        for old in reused:
+            self._forget(old)
         new = [_T(s, next(self._seq)) for s in specs]
+        if pinned:
+            for t in new:
+                t.pinned = True
         self.stats.by_state[State.NEW] += len(new)
         awaited = self._awaited_outputs
         for t in new:
@@ -661,13 +679,22 @@ class Planner:
 
     # ------------------------------------------------------------ submission
 
-    def _check_batch(self, specs: Sequence[Spec]) -> None:
+    def _check_batch(self, specs: Sequence[Spec]) -> list[_T]:
+        """Raise for a bad batch; return the ended tasks whose names it reuses."""
         names: set[str] = set()
+        reused: list[_T] = []
+        tasks = self._tasks
         for s in specs:
-            if s.name in names or s.name in self._tasks:
+            if s.name in names:
                 raise DuplicateTaskError(s.name)
+            if s.name in tasks:
+                old = tasks[s.name]
+                if not self._forgettable(old):
+                    raise DuplicateTaskError(s.name)
+                reused.append(old)
             names.add(s.name)
         self._check_cycles(specs)
+        return reused
 
     def _check_lookups(self, specs: Sequence[Spec]) -> None:
         """Look up, before anything changes, every item of a type that could compare
@@ -1016,17 +1043,38 @@ class Planner:
             old.retired = True
             self._forget_if_free(old)
 
+    def unpin(self, names: Iterable[str], *, now: float = 0.0) -> list[Instruction]:
+        """The handles to these tasks are gone: past the window, they may be forgotten."""
+        self._clock(now)
+        tasks = self._tasks
+        for name in names:
+            t = tasks.get(name)
+            if t is not None and t.pinned:
+                t.pinned = False
+                self._forget_if_free(t)
+        return self._flush()
+
+    def _forgettable(self, t: _T) -> bool:
+        """Ended, and nothing needs it: no handle, no consumer waiting for its result, no
+        slot held. (A task that provided items stays: a later task requiring them names it
+        as parent.) Without ``keep_ended``, nothing is ever forgotten."""
+        return (
+            self.keep_ended is not None
+            and t.state.terminal
+            and not (t.pinned or t.consumers or t.holds or t.spec.provides)
+            and self._tasks.get(t.name) is t
+        )
+
     def _forget_if_free(self, t: _T) -> None:
-        # a task that provided items stays: a later task requiring them names it as parent
-        if not t.retired or t.consumers or t.holds or t.spec.provides:
-            return
-        if self._tasks.get(t.name) is not t:
-            return
+        if t.retired and self._forgettable(t):
+            self._forget(t)
+            self._forgotten.append(t.name)
+
+    def _forget(self, t: _T) -> None:
         del self._tasks[t.name]
         self._forgotten_by_state[t.state] += 1
         if t.out_item:
             self._items.pop(OutputItem(t.name), None)
-        self._forgotten.append(t.name)
 
     # ------------------------------------------------------------ dependencies and failure
 

@@ -37,7 +37,7 @@ from ._clock import Clock, SystemClock, TimerHandle
 from ._config import OPTIONS, Config, Sampler, WaitCallback
 from ._delivery import Record, ResultStream, StoryEvent, TaskHandle, TaskInfo, set_exc, set_result
 from ._engine import STORY_EVENTS, Engine, SupervisorState, warn
-from ._errors import ClosedError, SpecError, TaskCancelled
+from ._errors import ClosedError, DuplicateTaskError, SpecError, TaskCancelled
 from ._executors import (
     Aloop,
     AloopExecutor,
@@ -349,7 +349,7 @@ class Supervisor(Engine):
         order.
         """
         spec = _as_task(task, args, meta)
-        (rec,) = self._submit([spec], sealed=False, admit=False)
+        (rec,) = self._submit([spec], sealed=False, admit=False, pinned=self._pinning)
         return TaskHandle(self, rec)
 
     def run(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> AsyncIterator[TaskRes[Any]]:
@@ -597,9 +597,12 @@ class Supervisor(Engine):
             )
         return loop
 
-    def _submit(self, specs: list[Task[Any]], *, sealed: bool, admit: bool = True) -> list[Record]:
+    def _submit(
+        self, specs: list[Task[Any]], *, sealed: bool, admit: bool = True, pinned: bool = False
+    ) -> list[Record]:
         """``admit=False``: admit at the end of this turn of the loop. (Another thread has
-        no turns: its submits are admitted at once, and its thread tasks start from it.)"""
+        no turns: its submits are admitted at once, and its thread tasks start from it.)
+        ``pinned``: a :class:`TaskHandle` will hold each task (see ``TaskHandle.__del__``)."""
         targets = [self._target(s) for s in specs]  # (no lock needed: the caller's thread)
         on_loop = threading.get_ident() == self._tid
         admit = admit or not on_loop
@@ -609,7 +612,16 @@ class Supervisor(Engine):
             if self._gates_on and on_loop:  # (its timer lives on the loop; the loop samples
                 self._sample(now)  # again on every completion it takes in)
             # graph errors raise here, before anything changed
-            instrs = self._planner.submit(specs, sealed=sealed, admit=admit, now=now)
+            try:
+                instrs = self._planner.submit(
+                    specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                )
+            except DuplicateTaskError:
+                if not self._unpin():  # (the old task's handle may have just died)
+                    raise
+                instrs = self._planner.submit(
+                    specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                )
             recs = []
             tell = self._story.extend
             for spec, target in zip(specs, targets, strict=True):
@@ -725,16 +737,21 @@ class Supervisor(Engine):
         Like distributed's ``story(key)``: what was submitted, dispatched to which
         executor, started, retried, cancelled, timed out, abandoned, and how it ended, with
         the time of each (the supervisor's clock) and an id ordering every event of the
-        supervisor. The supervisor keeps its last ``STORY_EVENTS`` events (10,000).
+        supervisor. The supervisor keeps its last ``STORY_EVENTS`` events (10,000). Of a
+        name used again (see ``result_buffer``), only the newest task's events.
         """
         name = task.name if isinstance(task, TaskHandle) else task
         with self._engine:
             flat, last = list(self._story), self._events
         first = last - len(flat) // 4 + 1  # the id of the oldest event kept
+        mine = [i for i in range(0, len(flat), 4) if flat[i + 1] == name]
+        # a reused name: only the newest task's events (from its "submitted" on)
+        starts = [k for k, i in enumerate(mine) if flat[i + 2] == "submitted"]
+        if starts:
+            mine = mine[starts[-1] :]
         return [
             StoryEvent(first + i // 4, flat[i], name, flat[i + 2], _detail(flat[i + 3]))
-            for i in range(0, len(flat), 4)
-            if flat[i + 1] == name
+            for i in mine
         ]
 
     def report(self) -> RunReport:
@@ -752,6 +769,7 @@ class Supervisor(Engine):
         """Where a task is now (``State.QUEUED``, ``State.RUNNING``, ``State.DONE`` …)."""
         name = task.name if isinstance(task, TaskHandle) else task
         with self._engine:
+            self._unpin()  # (a task whose last handle just died is forgotten first)
             if name in self._planner:
                 return self._planner.state(name)
             rec = self._recs.get(name)
