@@ -28,6 +28,8 @@ from starlette.routing import Route
 
 import taskvisor as tv
 
+GRACE = 5.0  # seconds leaving the lifespan waits for running work before it cancels it
+
 
 async def fetch(source: int, delay: float = 0.01) -> dict[str, int]:
     await asyncio.sleep(delay)  # a call to another service
@@ -44,9 +46,12 @@ def price(item: str) -> float:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with tv.Supervisor(threads=8, grace=5.0) as sup:
+    async with tv.Supervisor(threads=8, grace=GRACE) as sup:
         app.state.sup = sup
         yield
+    # closed: every task it was given has ended, each with its TaskRes
+    ended = {state.name: n for state, n in sup.statistics().tasks.items() if n}
+    print(f"supervisor closed: {ended}", flush=True)
 
 
 async def report(request: Request) -> JSONResponse:
