@@ -2,7 +2,7 @@
 
     python -m benchmarks                   # full sizes (nox -s bench): 15-25 minutes
     python -m benchmarks --quick           # smaller sizes, about a minute (CI smoke check)
-    python -m benchmarks --only W1,W3      # some workloads: W1-W7, PLANNER, SOAK, SERVICE
+    python -m benchmarks --only W1,W3      # some workloads: W1-W7, PLANNER, SOAK, SERVICE, DASK
     python -m benchmarks --json out.json   # also write every sample as JSON
     python -m benchmarks --only W3 --quick --profile   # top functions on taskvisor's side
 
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from . import (
+    dask_cluster,
     planner,
     service,
     soak,
@@ -47,6 +48,7 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "PLANNER": planner.run,
     "SOAK": soak.run,
     "SERVICE": service.run,
+    "DASK": dask_cluster.run,
 }
 
 

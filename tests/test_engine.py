@@ -812,6 +812,19 @@ class Plugged(tv_abc.Executor):
         return []
 
 
+class Cluster(Plugged):
+    """A cluster executor: opened at start, with its own worker resources (GPU=2)."""
+
+    own_resources = True
+
+    async def open(self):
+        LIFE.append("open")
+
+    def resource_shortfall(self, task):
+        need = task.resources.get("GPU", 0.0)
+        return {"GPU": need - 2.0} if need > 2.0 else {}
+
+
 def broken():
     raise RuntimeError("no GPU here")
 
@@ -832,6 +845,7 @@ def plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     (info / "entry_points.txt").write_text(
         "[taskvisor.executors]\n"
         "plugged = tv_plugin_exec:Plugged\n"
+        "cluster = tv_plugin_exec:Cluster\n"
         "broken = tv_plugin_exec:broken\n"
         "wrong = tv_plugin_exec:wrong\n"
     )
@@ -862,6 +876,30 @@ async def test_a_registered_executor_is_created_on_first_use(plugin: None) -> No
         with pytest.raises(tv.SpecError, match=r"unknown runs_on 'nope' \(known: .*plugged"):
             sup.submit(add, 1, 1, runs_on="nope")
     assert tv_plugin_exec.LIFE == ["start", "shutdown"]
+
+
+async def test_an_executor_is_opened_at_start_and_may_own_the_resources(plugin: None) -> None:
+    """``open()`` is awaited before any task; ``own_resources``: the executor's resources,
+    not the supervisor's (it declares none), and its shortfall is the ResourceError."""
+    async with tv.Supervisor(executors={"c": "cluster"}, aloops=()) as sup:
+        import tv_plugin_exec
+
+        assert tv_plugin_exec.LIFE == ["start", "open"]
+        fits = sup.submit(add, 1, 1, runs_on="c", resources={"GPU": 2})
+        never = sup.submit(add, 1, 1, runs_on="c", resources={"GPU": 3})
+        local = sup.submit(add, 1, 1, runs_on="thread", resources={"GPU": 1})
+        assert (await fits).ret == 2
+        res, loc = await never, await local
+    assert res.state is State.SKIPPED and isinstance(res.error, tv.ResourceError)
+    assert res.error.shortfall == {"GPU": 1.0}
+    assert loc.state is State.SKIPPED and isinstance(loc.error, tv.ResourceError)
+    assert loc.error.shortfall == {"GPU": 1.0}  # (the supervisor itself has no GPU)
+
+
+async def test_an_executor_that_needs_opening_is_not_created_on_first_use(plugin: None) -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        with pytest.raises(tv.SpecError, match=r"must be opened.*executors=\{'cluster'"):
+            sup.submit(add, 1, 1, runs_on="cluster")
 
 
 def test_registered_executor_errors_name_the_entry_point(plugin: None) -> None:

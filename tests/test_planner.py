@@ -712,6 +712,35 @@ def test_the_name_of_an_ended_task_nothing_needs_may_be_reused_at_once() -> None
     p.validate_state()
 
 
+def test_resources_another_executor_owns_are_not_counted_here() -> None:
+    """``elsewhere``: a runs_on name whose executor owns its tasks' resources (a Dask
+    cluster): the planner's capacity does not count them; the executor's shortfall is the
+    ResourceError."""
+    p = Planner(pool_size=1, resources={"GPU": 1})
+    p.elsewhere["dask"] = lambda spec: (
+        {"GPU": spec.resources["GPU"] - 4} if spec.resources["GPU"] > 4 else {}
+    )
+    out = p.submit(
+        [
+            T("far", runs_on="dask", resources={"GPU": 4}, weight=0),
+            T("near", resources={"GPU": 1}),
+            T("never", runs_on="dask", resources={"GPU": 6}),
+        ]
+    )
+    assert sorted(shape(out), key=str) == sorted(
+        [
+            ("dispatch", "far", ()),
+            ("dispatch", "near", ()),
+            ("settle", "never", SKIPPED, ResourceError),
+        ],
+        key=str,
+    )
+    assert p.used == {"GPU": 1.0}  # only the local task's
+    assert p.finish("far", DONE) == [] and p.finish("near", DONE) == []
+    assert p.used == {"GPU": 0.0}
+    p.validate_state()
+
+
 @pytest.mark.parametrize("why", ["pinned", "provides", "holds", "keep_everything"])
 def test_what_keeps_an_ended_tasks_name_taken(why: str) -> None:
     p = Planner(keep_ended=None if why == "keep_everything" else 10)

@@ -131,6 +131,8 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "dask":  # the Dask executor, on first use (it imports distributed)
+        return importlib.import_module(".dask", __name__)
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'taskvisor' has no attribute {name!r}")

@@ -48,7 +48,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._errors import (
     CapacityError,
@@ -142,6 +142,8 @@ class Spec(Protocol):
     def weight(self) -> int: ...
     @property
     def resources(self) -> Mapping[str, float]: ...
+    @property
+    def runs_on(self) -> str | None: ...
     @property
     def delay(self) -> float: ...
 
@@ -346,6 +348,10 @@ class Planner:
         high = normal + reserve_high
         self._limit = {Tier.LOW: low, Tier.NORMAL: normal, Tier.HIGH: high}
         self.capacity = dict(resources or {})
+        # runs_on names whose executor owns its tasks' resources (a Dask cluster's worker
+        # resources): their needs are not counted against ``capacity``; each maps to the
+        # function that tells what no worker can ever provide
+        self.elsewhere: dict[str, Callable[[Any], Mapping[str, float]]] = {}
         self.fail_fast = fail_fast
         self._alarm_after = tuple(
             (level, float(v))
@@ -825,11 +831,14 @@ class Planner:
                 return CapacityError(t.name, spec.weight, limit)
         if not spec.resources:
             return None
-        short = {
-            k: v - self.capacity.get(k, 0.0)
-            for k, v in spec.resources.items()
-            if v > self.capacity.get(k, 0.0)
-        }
+        if spec.runs_on in self.elsewhere:
+            short = dict(self.elsewhere[spec.runs_on](spec))
+        else:
+            short = {
+                k: v - self.capacity.get(k, 0.0)
+                for k, v in spec.resources.items()
+                if v > self.capacity.get(k, 0.0)
+            }
         if short:
             return ResourceError(t.name, short)
         return None
@@ -977,7 +986,7 @@ class Planner:
             limit = self.tier_limit(spec.tier)
             if limit is not None and self.busy + spec.weight > limit:
                 return False
-        if not spec.resources:
+        if not spec.resources or spec.runs_on in self.elsewhere:
             return True
         used, cap = self.used, self.capacity
         return all(used.get(k, 0.0) + v <= cap.get(k, 0.0) for k, v in spec.resources.items() if v)
@@ -990,7 +999,7 @@ class Planner:
         self._move(t, State.RUNNING)
         if spec.tier is not Tier.CRITICAL:
             self.busy += spec.weight
-        if spec.resources:
+        if spec.resources and spec.runs_on not in self.elsewhere:
             for k, v in spec.resources.items():
                 self.used[k] = self.used.get(k, 0.0) + v
         if spec.claims or spec.uses:
@@ -1018,7 +1027,7 @@ class Planner:
                 self._reoffer()
         if spec.tier is not Tier.CRITICAL:
             self.busy -= spec.weight
-        if spec.resources:
+        if spec.resources and spec.runs_on not in self.elsewhere:
             for k, v in spec.resources.items():
                 self.used[k] = self.used.get(k, 0.0) - v
 
@@ -1227,8 +1236,9 @@ class Planner:
                 _check(t.state is State.RUNNING or t.state.terminal, f"{t.name} holds a slot")
                 if t.spec.tier is not Tier.CRITICAL:
                     busy += t.spec.weight
-                for k, v in t.spec.resources.items():
-                    used[k] = used.get(k, 0.0) + v
+                if t.spec.runs_on not in self.elsewhere:
+                    for k, v in t.spec.resources.items():
+                        used[k] = used.get(k, 0.0) + v
             if t.state is State.WAITING:
                 unmet = sum(
                     not (i in self._items and self._items[i].satisfied) for i in t.spec.dependencies

@@ -169,8 +169,10 @@ class Supervisor(Engine):
         execs["thread"] = ThreadExecutor(self._thread_pool)
         execs["process"] = ProcessExecutor(self._process_pool)
         execs.update(self._user_execs)
-        for ex in execs.values():
+        for name, ex in execs.items():
             ex.start(self._sink)
+            if ex.own_resources:
+                self._planner.elsewhere[name] = ex.resource_shortfall
         self._executors = execs
         # targets whose pool threads may finish their own tasks under the engine lock
         self._inline_targets = frozenset(
@@ -186,6 +188,8 @@ class Supervisor(Engine):
         try:
             for aloop in self._aloops.values():
                 await asyncio.wrap_future(aloop.start(self._sink))
+            for ex in self._user_execs.values():
+                await ex.open()
         except BaseException:
             await self._shutdown_executors()
             self.state = SupervisorState.CLOSED
@@ -682,10 +686,17 @@ class Supervisor(Engine):
                 f"task {spec.name!r}: unknown runs_on {on!r} (known: {', '.join(known)})"
             )
         ex = as_executor(on, on, f"task {spec.name!r}: runs_on")  # (imports: not under lock)
+        if type(ex).open is not Executor.open:
+            raise SpecError(
+                f"task {spec.name!r}: the executor registered as {on!r} must be opened when "
+                f"the supervisor starts: list it in Supervisor(executors={{{on!r}: {on!r}}})"
+            )
         with self._engine:
             self._check_running("submit")
             if on not in self._user_execs:  # (else another thread created it meanwhile)
                 ex.start(self._sink)
+                if ex.own_resources:
+                    self._planner.elsewhere[on] = ex.resource_shortfall
                 self._user_execs[on] = self._executors[on] = ex
         return on
 

@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import abc
 import enum
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._job import Job, Outcome, Result, Sink
+
+if TYPE_CHECKING:
+    from ._spec import Task
 
 __all__ = ["CancelResult", "Executor", "Job", "Outcome", "Result", "Sink"]
 
@@ -59,9 +63,23 @@ class Executor(abc.ABC):
     reports_start: ClassVar[bool] = False
     #: what the supervisor calls a job it abandons ("its worker could not be interrupted")
     label: ClassVar[str] = "worker"
+    #: a task's ``resources`` are this executor's own (a cluster's worker resources): the
+    #: supervisor's ``resources=`` capacity does not count them, and
+    #: :meth:`resource_shortfall` says what no worker can ever provide
+    own_resources: ClassVar[bool] = False
 
     def start(self, sink: Sink) -> None:  # noqa: B027 - optional hook
         """Called once, when the supervisor starts: keep ``sink`` to report endings."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Awaited once on the supervisor's loop after :meth:`start`, before any task is
+        submitted (connect, check the cluster). Raising here fails the supervisor's start."""
+
+    def resource_shortfall(self, task: Task[Any]) -> Mapping[str, float]:
+        """With ``own_resources``: ``{resource: missing amount}`` for a need of ``task`` no
+        worker can ever meet (the task then ends with ``ResourceError`` without running);
+        empty if it can run. Called at submission, engine lock held: answer from a cache."""
+        return {}
 
     @abc.abstractmethod
     def submit(self, job: Job) -> None:

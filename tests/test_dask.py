@@ -1,0 +1,319 @@
+"""``taskvisor.dask.DaskExecutor`` on a real ``distributed.LocalCluster``: worker threads
+for speed, and worker processes where a task kills its worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import pytest
+from distributed import Client, LocalCluster, get_worker
+
+import taskvisor as tv
+from taskvisor import State
+from taskvisor.dask import DaskExecutor, dask_priority
+
+WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
+
+CALLS: list[str] = []  # (worker threads share this process: side effects land here)
+GATE = threading.Event()
+STARTED: defaultdict[str, threading.Event] = defaultdict(threading.Event)  # by tag
+WARM = threading.Barrier(4)  # one party per worker thread of the module's cluster
+
+
+def meet() -> None:
+    WARM.wait(WAIT)
+
+
+def cluster_kwargs(**kw: Any) -> dict[str, Any]:
+    return {"dashboard_address": ":0", "protocol": "tcp", **kw}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> Iterator[LocalCluster]:
+    """Two workers of two threads, each with GPU=2. Dask's own helper threads (offload,
+    callbacks: process-wide, never stopped) start here, before any test counts threads."""
+    with (
+        LocalCluster(
+            processes=False,
+            n_workers=2,
+            threads_per_worker=2,
+            resources={"GPU": 2},
+            **cluster_kwargs(),
+        ) as c,
+        Client(c) as warm,
+    ):
+        # every worker thread at once (a pool starts its threads as work comes)
+        futs = [warm.submit(meet, pure=False) for _ in range(4)]
+        futs[0].add_done_callback(lambda _f: None)  # (Dask's callback thread)
+        warm.gather(futs)
+        yield c
+
+
+@pytest.fixture
+async def client(cluster: LocalCluster) -> Any:
+    async with Client(cluster.scheduler_address, asynchronous=True) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> Iterator[None]:
+    CALLS.clear()
+    GATE.clear()
+    STARTED.clear()  # (a dict of events)
+    yield
+    GATE.set()  # (a blocked function left on a worker thread returns)
+
+
+def record(tag: str) -> str:
+    CALLS.append(tag)
+    return tag
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def boom(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def blocked(tag: str) -> str:
+    CALLS.append(tag)
+    STARTED[tag].set()
+    GATE.wait(WAIT)
+    return tag
+
+
+def flaky(tag: str, fails: int) -> str:
+    CALLS.append(tag)
+    if CALLS.count(tag) <= fails:
+        raise OSError(f"{tag}: attempt {CALLS.count(tag)} fails")
+    return tag
+
+
+def hold_until_queued(names: list[str]) -> str:
+    """Keep the worker's only thread until the worker holds a task of each name."""
+    worker = get_worker()
+    while not all(any(str(k).startswith(f"{n}-") for k in worker.state.tasks) for n in names):
+        GATE.wait(0.01)  # (a condition on the worker's own state, polled)
+    return "held"
+
+
+def my_key() -> str:
+    key = get_worker().get_current_task()
+    assert isinstance(key, str)
+    return key
+
+
+def sup_for(client: Any, **kw: Any) -> tv.Supervisor:
+    return tv.Supervisor(aloops=(), executors={"dask": DaskExecutor(client, **kw)})
+
+
+async def test_tasks_run_on_dask_and_outputs_flow_to_other_executors(client: Any) -> None:
+    async with sup_for(client) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 10), name="b", runs_on="dask", tier="high")
+        c = tv.Task(add, (b.output, 100), name="c", runs_on="thread")
+        report = await sup.gather([a, b, c])
+    assert report.ok, report
+    assert [report[n].ret for n in "abc"] == [3, 13, 113]
+    assert report["a"].runs_on == "dask" and report["a"].worker is not None
+
+
+async def test_identical_calls_are_two_tasks_and_both_run(client: Any) -> None:
+    async with sup_for(client) as sup:
+        report = await sup.gather(
+            [tv.Task(record, ("same",), name=n, runs_on="dask") for n in ("one", "two")]
+        )
+    assert report.ok and CALLS == ["same", "same"]
+
+
+async def test_retries_run_again_for_real(client: Any) -> None:
+    async with sup_for(client) as sup:
+        res = await sup.submit(flaky, "f", 2, name="f", runs_on="dask", retries=2)
+    assert (res.state, res.ret, res.attempts) == (State.DONE, "f", 3)
+    assert CALLS == ["f", "f", "f"]  # three real calls, never a cached answer
+
+
+async def test_an_error_comes_back_with_its_traceback(client: Any) -> None:
+    async with sup_for(client) as sup:
+        res = await sup.submit(boom, "broken", name="b", runs_on="dask")
+    assert res.state is State.FAILED and isinstance(res.error, ValueError)
+    assert str(res.error) == "broken"
+    assert res.excinfo is not None and "in boom" in res.excinfo.text
+
+
+async def test_a_payload_that_cannot_be_pickled_fails_its_task_with_the_reason(
+    client: Any,
+) -> None:
+    async with sup_for(client) as sup:
+        res = await sup.submit(record, threading.Lock(), name="p", runs_on="dask")
+        assert (await sup.submit(record, "next", runs_on="dask")).ok  # the executor goes on
+    assert res.state is State.FAILED and "pickle" in str(res.error)
+
+
+async def test_keys_are_named_after_the_task_and_its_attempt(client: Any) -> None:
+    ex = DaskExecutor(client)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        res = await sup.submit(my_key, name="load", runs_on="dask")
+    assert res.ret == f"load-1-{ex.token}"
+
+
+async def test_a_resource_no_worker_has_is_a_resource_error_at_once(client: Any) -> None:
+    """Dask worker resources, not the supervisor's own (it declares none)."""
+    async with sup_for(client) as sup:
+        fits = tv.Task(add, (1, 1), name="fits", runs_on="dask", resources={"GPU": 2})
+        never = tv.Task(add, (1, 1), name="never", runs_on="dask", resources={"GPU": 3})
+        other = tv.Task(add, (1, 1), name="other", runs_on="dask", resources={"TPU": 1})
+        report = await sup.gather([fits, never, other])
+    assert report["fits"].ok and report["fits"].ret == 2
+    for name, short in (("never", {"GPU": 1.0}), ("other", {"TPU": 1.0})):
+        res = report[name]
+        assert res.state is State.SKIPPED and isinstance(res.error, tv.ResourceError)
+        assert res.error.shortfall == short and res.attempts == 0
+
+
+async def test_new_workers_true_warns_and_the_task_waits_in_dask(client: Any) -> None:
+    async with sup_for(client, new_workers=True) as sup:
+        with pytest.warns(tv.TaskvisorWarning, match="no current Dask worker has"):
+            h = sup.submit(add, 1, 1, name="waits", runs_on="dask", resources={"GPU": 3})
+        assert (await sup.submit(add, 2, 2, runs_on="dask")).ret == 4
+        assert h.state is State.RUNNING  # in Dask, waiting for a worker with GPU=3
+        sup.cancel(h)
+        res = await h
+    assert res.state is State.CANCELLED
+
+
+async def test_cancel_and_timeout_cancel_the_dask_future(client: Any) -> None:
+    ex = DaskExecutor(client)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        timed = await sup.submit(blocked, "t", name="timed", runs_on="dask", timeout=0.2)
+        h = sup.submit(blocked, "c", name="cancelled", runs_on="dask")
+        assert await asyncio.to_thread(STARTED["c"].wait, WAIT)  # running on a worker thread
+        sup.cancel(h)
+        res = await h
+        assert not [k for k in client.futures if ex.token in str(k)]  # no future held
+        assert (await sup.submit(add, 1, 1, runs_on="dask")).ret == 2  # Dask goes on
+        GATE.set()
+    assert timed.state is State.FAILED and isinstance(timed.error, tv.TaskTimeout)
+    assert res.state is State.CANCELLED
+
+
+async def test_ended_tasks_leave_no_future_behind(client: Any) -> None:
+    ex = DaskExecutor(client)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        report = await sup.gather(
+            [tv.Task(add, (i, i), name=f"t{i}", runs_on="dask") for i in range(20)]
+        )
+        assert report.ok
+        assert not [k for k in client.futures if ex.token in str(k)]
+
+
+def test_priorities_are_honoured_on_a_saturated_cluster() -> None:
+    """One worker thread, held by a blocker until the worker holds every other task:
+    the CRITICAL task submitted last starts before the LOW ones queued ahead of it."""
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": "inf"}),
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        names = [f"low{i}" for i in range(4)] + ["critical"]
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": DaskExecutor(client)}) as sup:
+            first = sup.submit(hold_until_queued, names, name="hold", runs_on="dask", tier=3)
+            lows = [sup.submit(record, n, name=n, runs_on="dask", tier="low") for n in names[:4]]
+            crit = sup.submit(record, "critical", name="critical", runs_on="dask", tier=3)
+            for h in [first, *lows, crit]:
+                assert h.result(timeout=WAIT).ok
+    assert CALLS == ["critical", "low0", "low1", "low2", "low3"]
+
+
+def test_priority_mapping_orders_tiers_then_priority() -> None:
+    tasks = [
+        tv.Task(add, name="low", tier="low"),
+        tv.Task(add, name="normal-late", priority=5),
+        tv.Task(add, name="normal-early", priority=-5),
+        tv.Task(add, name="high", tier="high", priority=1e30),
+        tv.Task(add, name="critical", tier="critical"),
+    ]
+    ranked = sorted(tasks, key=dask_priority, reverse=True)  # Dask runs higher first
+    assert [t.name for t in ranked] == ["critical", "high", "normal-early", "normal-late", "low"]
+
+
+def test_a_synchronous_client_works_from_tv_run(cluster: LocalCluster) -> None:
+    with Client(cluster) as client:
+        a = tv.Task(add, (20, 1), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 21), name="b", runs_on="dask", retries=1)
+        report = tv.run([a, b], aloops=(), executors={"dask": DaskExecutor(client)})
+    assert report.ok and report["b"].ret == 42
+
+
+def test_bad_arguments_are_named(cluster: LocalCluster) -> None:
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
+        DaskExecutor("tcp://127.0.0.1:8786")  # type: ignore[arg-type]
+    with Client(cluster) as client:
+        for bad in (-1, 1.5, True):
+            with pytest.raises(ValueError, match="allowed_failures"):
+                DaskExecutor(client, allowed_failures=bad)  # type: ignore[arg-type]
+
+
+async def test_an_asynchronous_client_of_another_loop_is_refused(cluster: LocalCluster) -> None:
+    """An asynchronous client belongs to the loop it was made on: a BackgroundSupervisor
+    (its own loop) refuses it with the reason."""
+    async with Client(cluster.scheduler_address, asynchronous=True) as client:
+        sup = tv.BackgroundSupervisor(aloops=(), executors={"dask": DaskExecutor(client)})
+        with pytest.raises(RuntimeError, match="another event loop"), sup:
+            pass  # (the check comes before any wait on the client: no await needed here)
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+def die_once(marker: str) -> str:
+    path = Path(marker)
+    with path.open("a") as f:
+        f.write("run\n")
+    if path.read_text().count("run") == 1:
+        os._exit(3)  # the first attempt kills its worker
+    return "second attempt"
+
+
+def side_effect(marker: str) -> str:
+    with Path(marker).open("a") as f:
+        f.write("ran\n")
+    return marker
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_its_worker_is_worker_crashed_and_nothing_done_reruns(
+    tmp_path: Path,
+) -> None:
+    """Worker processes: a task that kills its worker ends FAILED with WorkerCrashed
+    after one real run (Dask does not re-run it behind taskvisor's back); with
+    ``retries=1`` it runs again on the restarted worker; tasks that ended DONE before the
+    crash never run again."""
+    with (
+        LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        done = [str(tmp_path / f"done{i}") for i in range(3)]
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": DaskExecutor(client)}) as sup:
+            before = sup.gather([tv.Task(side_effect, (m,), runs_on="dask") for m in done])
+            crashed = sup.submit(die_once, str(tmp_path / "a"), name="crash", runs_on="dask")
+            res = crashed.result(timeout=WAIT)
+            retried = sup.submit(
+                die_once, str(tmp_path / "b"), name="retried", runs_on="dask", retries=1
+            ).result(timeout=WAIT)
+            after = sup.gather([tv.Task(add, (1, 1), runs_on="dask")])
+    assert before.ok and after.ok
+    assert res.state is State.FAILED and isinstance(res.error, tv.WorkerCrashed), res
+    assert res.attempts == 1 and (tmp_path / "a").read_text().count("run") == 1
+    assert (retried.state, retried.ret, retried.attempts) == (State.DONE, "second attempt", 2)
+    assert (tmp_path / "b").read_text().count("run") == 2
+    assert [Path(m).read_text() for m in done] == ["ran\n"] * 3  # never recomputed
