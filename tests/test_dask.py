@@ -9,7 +9,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask
 import pytest
@@ -225,13 +225,69 @@ def test_priorities_are_honoured_on_a_saturated_cluster() -> None:
         Client(c) as client,
     ):
         names = [f"low{i}" for i in range(4)] + ["critical"]
-        with tv.BackgroundSupervisor(aloops=(), executors={"dask": DaskExecutor(client)}) as sup:
+        ex = DaskExecutor(client, batch=1)  # (each task its own key, for hold_until_queued)
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": ex}) as sup:
             first = sup.submit(hold_until_queued, names, name="hold", runs_on="dask", tier=3)
             lows = [sup.submit(record, n, name=n, runs_on="dask", tier="low") for n in names[:4]]
             crit = sup.submit(record, "critical", name="critical", runs_on="dask", tier=3)
             for h in [first, *lows, crit]:
                 assert h.result(timeout=WAIT).ok
     assert CALLS == ["critical", "low0", "low1", "low2", "low3"]
+
+
+# ---------------------------------------------------------------- batching
+
+
+def key_and(x: int) -> tuple[str, int]:
+    return my_key(), x
+
+
+async def test_small_tasks_go_as_fewer_dask_tasks_each_with_its_own_result(client: Any) -> None:
+    """Adaptive batching: one probe runs alone, then the burst goes in batches; every
+    task still gets its own TaskRes and value."""
+    ex = DaskExecutor(client)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        report = await sup.gather(
+            [tv.Task(key_and, (i,), name=f"t{i}", runs_on="dask") for i in range(200)]
+        )
+    rets = [cast(tuple[str, int], report[f"t{i}"].ret) for i in range(200)]
+    assert report.ok and [x for _, x in rets] == list(range(200))
+    keys = {k for k, _ in rets}
+    assert 1 < len(keys) < 20, keys  # the probe alone, then a few batches
+    assert ex._size() > 1
+
+
+async def test_a_failing_task_fails_alone_in_its_batch(client: Any) -> None:
+    async with sup_for(client, batch=10) as sup:
+        tasks = [
+            tv.Task(boom if i == 3 else key_and, (i,), name=f"t{i}", runs_on="dask")
+            for i in range(10)
+        ]
+        report = await sup.gather(tasks)
+    keys = {cast(tuple[str, int], report[f"t{i}"].ret)[0] for i in range(10) if i != 3}
+    assert len(keys) == 1  # one Dask task
+    assert [r.name for r in report if not r.ok] == ["t3"]
+    assert isinstance(report["t3"].error, ValueError) and str(report["t3"].error) == "3"
+
+
+async def test_cancelling_a_task_of_a_running_batch_ends_it_at_once(client: Any) -> None:
+    async with sup_for(client, batch=2) as sup:
+        a = sup.submit(blocked, "a", name="a", runs_on="dask")
+        b = sup.submit(blocked, "b", name="b", runs_on="dask")  # (the same turn: one batch)
+        assert await asyncio.to_thread(STARTED["a"].wait, WAIT)
+        sup.cancel(b)  # its batch runs on: b ends now, its result will be dropped
+        res_b = await b
+        assert a.state is State.RUNNING
+        GATE.set()
+        res_a = await a
+    assert res_b.state is State.CANCELLED and (res_a.state, res_a.ret) == (State.DONE, "a")
+
+
+def test_batch_must_be_a_positive_int_or_none(cluster: LocalCluster) -> None:
+    with Client(cluster) as client:
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError, match="batch must be"):
+                DaskExecutor(client, batch=bad)  # type: ignore[arg-type]
 
 
 def test_priority_mapping_orders_tiers_then_priority() -> None:
@@ -317,3 +373,32 @@ def test_a_task_that_kills_its_worker_is_worker_crashed_and_nothing_done_reruns(
     assert (retried.state, retried.ret, retried.attempts) == (State.DONE, "second attempt", 2)
     assert (tmp_path / "b").read_text().count("run") == 2
     assert [Path(m).read_text() for m in done] == ["ran\n"] * 3  # never recomputed
+
+
+def die(_marker: str) -> None:
+    os._exit(3)
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_its_batchs_worker_crashes_alone(tmp_path: Path) -> None:
+    """A batch loses its worker: each of its tasks runs again alone; the one that kills
+    its worker ends WorkerCrashed, the others DONE (each side effect ran once: the
+    killer came first in the batch)."""
+    with (
+        LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        marks = [str(tmp_path / f"m{i}") for i in range(3)]
+        ex = DaskExecutor(client, batch=4)
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": ex}) as sup:
+            report = sup.gather(
+                [
+                    tv.Task(die, ("x",), name="killer", runs_on="dask"),
+                    *(tv.Task(side_effect, (m,), runs_on="dask") for m in marks),
+                ]
+            )
+    killed = report["killer"]
+    assert killed.state is State.FAILED and isinstance(killed.error, tv.WorkerCrashed)
+    assert killed.attempts == 1
+    assert [r.state for r in report if r.name != "killer"] == [State.DONE] * 3
+    assert [Path(m).read_text() for m in marks] == ["ran\n"] * 3

@@ -23,7 +23,10 @@ What maps to what:
 * ``cancel`` and ``timeout`` cancel the Dask future (a function already running in a
   worker thread runs on, as Dask cannot interrupt it; its result is dropped);
 * a finished task's future is released as soon as its result is in: Dask never holds
-  (and never recomputes after a worker loss) the result of a task that has ended.
+  (and never recomputes after a worker loss) the result of a task that has ended;
+* small tasks dispatched together (same Dask priority, no ``resources``) go as fewer Dask
+  tasks, each running a batch on one worker (:func:`run_batch`); the size adapts to the
+  time per task measured on the workers (see ``DaskExecutor``, and the "Scaling out" page).
 
 The workers need taskvisor installed (they import :mod:`taskvisor._worker`), as they need
 your own code.
@@ -33,12 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import math
 import threading
+import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -54,6 +58,16 @@ from .abc import CancelResult, Executor, Sink
 
 __all__ = ["DaskExecutor"]
 
+#: an adaptive batch aims at about this many seconds of work per Dask task
+BATCH_SECONDS = 0.05
+#: and holds at most this many tasks
+MAX_BATCH = 1000
+#: before anything is measured, one task goes ahead alone; the rest of its burst waits for
+#: its timing at most this long
+PROBE_WAIT = 0.05
+
+_CHAINED = object()  # (a job's place in DaskExecutor._jobs while it waits to be resent)
+
 #: tiers are this far apart in Dask priority; a task's own ``priority`` moves it within
 #: its tier (clamped to stay inside it)
 TIER_STEP = 1e9
@@ -66,6 +80,14 @@ def dask_priority(task: Task[Any]) -> float:
     if math.isnan(within):  # (Task refuses NaN; belt and braces)
         within = 0.0
     return int(task.tier) * TIER_STEP + within
+
+
+def run_batch(payloads: list[bytes]) -> tuple[list[tuple[Any, ...]], float]:
+    """On a Dask worker: run each call in turn (one failing never stops the others);
+    their answers and the seconds the whole batch took."""
+    t0 = time.perf_counter()
+    answers = [run_payload(p) for p in payloads]
+    return answers, time.perf_counter() - t0
 
 
 def run_payload(payload: bytes) -> tuple[Any, ...]:
@@ -95,7 +117,10 @@ class DaskExecutor(Executor):
     too). ``allowed_failures``: what the scheduler's ``allowed-failures`` is set to when
     the supervisor starts (``None`` leaves it alone). ``new_workers``: a resource need no
     current worker meets waits for workers that may still join (with a warning) instead
-    of ending with ``ResourceError``.
+    of ending with ``ResourceError``. ``batch``: how many small tasks go to Dask as one
+    Dask task — ``None`` (default) adapts it (about ``BATCH_SECONDS`` of work per Dask
+    task, at the mean time per task measured so far, at most ``MAX_BATCH``), ``1`` sends
+    every task alone. Tasks with ``resources`` always go alone.
     """
 
     pickles = True
@@ -104,7 +129,12 @@ class DaskExecutor(Executor):
     label: ClassVar[str] = "Dask worker"
 
     def __init__(
-        self, client: Client, *, allowed_failures: int | None = 0, new_workers: bool = False
+        self,
+        client: Client,
+        *,
+        allowed_failures: int | None = 0,
+        new_workers: bool = False,
+        batch: int | None = None,
     ) -> None:
         if not isinstance(client, Client):
             raise TypeError(f"DaskExecutor takes a distributed.Client, got {client!r}")
@@ -116,7 +146,12 @@ class DaskExecutor(Executor):
             raise ValueError(
                 f"allowed_failures must be an int >= 0 or None, got {allowed_failures!r}"
             )
+        if batch is not None and (
+            isinstance(batch, bool) or not isinstance(batch, int) or batch < 1
+        ):
+            raise ValueError(f"batch must be an int >= 1 or None (adaptive), got {batch!r}")
         self.client: Any = client  # (distributed is only partly typed)
+        self.batch = batch
         self.allowed_failures = allowed_failures
         self.new_workers = new_workers
         self.token = uuid.uuid4().hex[:8]
@@ -125,8 +160,21 @@ class DaskExecutor(Executor):
         self._async = False  # an asynchronous client on the supervisor's loop (see open)
         self._worker_resources: list[dict[str, float]] = []
         self._lock = threading.Lock()  # the live futures, shared with Dask's callback thread
-        self._live: dict[Any, Job] = {}
+        # each Dask future with its jobs and their payloads (kept to send a task again
+        # alone when its batch lost its worker), and each job not yet reported, with its
+        # future (a job of a batch cancelled early is reported at once, and leaves here)
+        self._live: dict[Any, tuple[list[Job], list[bytes]]] = {}
+        self._jobs: dict[Job, Any] = {}
         self._watchers: set[asyncio.Future[Any]] = set()
+        # batching (the supervisor's loop only): jobs waiting for the end of this turn,
+        # by Dask priority; the measured mean seconds per task on a worker
+        self._pending: dict[float, dict[Job, bytes]] = {}
+        # a batch that lost its worker: the rest of its tasks, sent one after the other
+        self._chains: dict[Any, deque[tuple[Job, bytes]]] = {}
+        self._flush_soon = False
+        self._per_task: float | None = None
+        self._probe: Job | None = None  # the job sent alone to measure a first timing
+        self._batches = 0
 
     # ------------------------------------------------------------ the seam
 
@@ -201,36 +249,139 @@ class DaskExecutor(Executor):
 
     def submit(self, job: Job) -> None:
         task = job.task
+        # (a payload that cannot be pickled raises here: that attempt fails with the reason)
         payload = cloudpickle.dumps((job.fn, job.args, job.kwargs, job.shared))
+        if task is None or task.resources or self.batch == 1:
+            self._send([job], [payload], 0.0 if task is None else dask_priority(task), task)
+            return
+        prio = dask_priority(task)
+        group = self._pending.setdefault(prio, {})
+        group[job] = payload
+        if self._per_task is not None and len(group) >= self._size():
+            self._flush_group(prio)
+        elif not self._flush_soon:  # the rest of this turn's jobs join the batch
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _size(self) -> int:
+        """Jobs per Dask task: the set ``batch``, or enough of them to take about
+        ``BATCH_SECONDS`` on a worker at the mean time per task measured so far."""
+        if self.batch is not None:
+            return self.batch
+        if self._per_task is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self._per_task, 1e-7))))
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self.batch is None and self._per_task is None and self._pending:
+            # nothing measured yet: one job goes ahead alone, the rest wait for its
+            # timing (at most PROBE_WAIT seconds, then they go one by one)
+            if self._probe is None:
+                prio = next(iter(self._pending))
+                job, payload = self._pending[prio].popitem()
+                if not self._pending[prio]:
+                    del self._pending[prio]
+                self._probe = job
+                self._send([job], [payload], prio, job.task)
+                asyncio.get_running_loop().call_later(PROBE_WAIT, self._probe_late, job)
+            return
+        for prio in list(self._pending):
+            self._flush_group(prio)
+
+    def _probe_ended(self, jobs: list[Job]) -> None:
+        """A computation ended (the supervisor's loop): if it was the probe, what waited
+        for its timing goes now (or the next probe, if it brought no timing)."""
+        if self._probe is not None and self._probe in jobs:
+            self._probe = None
+            self._flush()
+
+    def _probe_late(self, job: Job) -> None:
+        """The probe takes longer than PROBE_WAIT: these are not small tasks."""
+        if self._probe is job and self._per_task is None:
+            self._per_task = BATCH_SECONDS  # (batches of one)
+            self._probe = None
+            self._flush()
+
+    def _flush_group(self, prio: float) -> None:
+        group = self._pending.pop(prio, {})
+        size = self._size()
+        items = list(group.items())
+        for i in range(0, len(items), size):
+            chunk = items[i : i + size]
+            self._send([j for j, _ in chunk], [p for _, p in chunk], prio, None)
+
+    def _send(
+        self,
+        jobs: list[Job],
+        payloads: list[bytes],
+        prio: float,
+        task: Task[Any] | None,
+        chain: deque[tuple[Job, bytes]] | None = None,
+    ) -> None:
+        """One Dask computation for ``jobs`` (their own key when alone)."""
+        first = jobs[0]
+        if len(jobs) == 1:
+            key = f"{first.name}-{first.attempt}-{self.token}"
+        else:
+            self._batches += 1
+            key = f"{first.name}+{len(jobs) - 1}-{self.token}-b{self._batches}"
         fut = self.client.submit(
-            run_payload,
-            payload,
-            key=f"{job.name}-{job.attempt}-{self.token}",
+            run_batch,
+            payloads,
+            key=key,
             pure=False,
             retries=0,
             fifo_timeout=0,  # each submit its own generation: FIFO among equal priorities
-            priority=0 if task is None else dask_priority(task),
+            priority=prio,
             resources=dict(task.resources) if task is not None and task.resources else None,
         )
-        job.handle = fut
         with self._lock:
-            self._live[fut] = job
+            self._live[fut] = (jobs, payloads)
+            for j in jobs:
+                self._jobs[j] = fut
+            if chain:  # (sent on when this one ends)
+                self._chains[fut] = chain
+        for j in jobs:
+            j.handle = fut
         if self._async:
-            self._later(self._watch(job, fut))
+            self._later(self._watch(fut))
         else:
-            fut.add_done_callback(functools.partial(self._done, job))
+            fut.add_done_callback(self._done)
 
     def cancel(self, job: Job) -> CancelResult:
-        fut = job.handle
+        assert self._sink is not None
+        cancelled = (Outcome.CANCELLED, None, job.shared, None, None)
+        for prio, group in self._pending.items():
+            if group.pop(job, None) is not None:  # not sent yet
+                if not group:
+                    del self._pending[prio]
+                self._sink(job, cancelled)
+                return CancelResult.WITHDRAWN
+        with self._lock:
+            fut = self._jobs.get(job)
+            if fut is _CHAINED:  # waiting to be sent again alone (its batch crashed)
+                del self._jobs[job]
+                fut = None
+                self._sink(job, cancelled)
+                return CancelResult.WITHDRAWN
+            alone = fut is not None and len(self._live[fut][0]) == 1
+            if fut is not None and not alone:  # in a batch: it ends now, its result is dropped
+                del self._jobs[job]
         if fut is None:
             return CancelResult.STOPPING  # (its end is being reported)
-        self._later(self.client.cancel([fut], reason=job.cancelled or "cancelled by taskvisor"))
+        if alone:
+            reason = job.cancelled or "cancelled by taskvisor"
+            self._later(self.client.cancel([fut], reason=reason))
+        else:
+            self._sink(job, cancelled)
         return CancelResult.STOPPING
 
     def shutdown(self) -> list[str]:
         with self._lock:
             left = list(self._live)
             self._live.clear()
+            self._jobs.clear()
         for fut in left:  # (every task has ended by now: nothing needs these)
             fut.release()
         return []
@@ -245,49 +396,86 @@ class DaskExecutor(Executor):
 
     # ------------------------------------------------------------ endings
 
-    async def _watch(self, job: Job, fut: Any) -> None:
+    async def _watch(self, fut: Any) -> None:
         """An asynchronous client: wait for the future on the supervisor's loop."""
-        result: Any
         try:
-            answer = await fut
+            answers = await fut
         except Exception as exc:  # (distributed's FutureCancelledError is an Exception)
-            if fut.status == "cancelled":
-                result = (Outcome.CANCELLED, None, job.shared, None, None)
-            else:
-                result = self._error(job, exc)
+            self._ended(fut, None, None if fut.status == "cancelled" else exc)
         else:
-            result = _decoded(answer)
-        self._report(job, fut, result)
+            self._ended(fut, answers, None)
 
-    def _done(self, job: Job, fut: Any) -> None:
+    def _done(self, fut: Any) -> None:
         """A synchronous client: Dask's callback thread, once the future is done."""
         status = fut.status
         if status == "finished":
             try:
-                result = _decoded(fut.result())
+                self._ended(fut, fut.result(), None)
             except BaseException as exc:  # (the result could not be fetched)
-                result = self._error(job, exc)
+                self._ended(fut, None, exc)
         elif status == "cancelled":
-            result = (Outcome.CANCELLED, None, job.shared, None, None)
+            self._ended(fut, None, None)
         else:
-            result = self._error(job, fut.exception())
-        self._report(job, fut, result)
+            self._ended(fut, None, fut.exception() or RuntimeError("no result"))
 
-    def _error(self, job: Job, exc: BaseException | None) -> Any:
+    def _ended(self, fut: Any, answers: Any, exc: BaseException | None) -> None:
+        """A Dask computation ended: report each of its jobs that has not ended yet.
+        ``answers`` is what :func:`run_batch` returned; neither it nor ``exc``: cancelled."""
+        with self._lock:
+            jobs, payloads = self._live.pop(fut, ([], []))
+            mine = [(j, p) for j, p in zip(jobs, payloads, strict=True) if self._jobs.pop(j, None)]
+            chain = self._chains.pop(fut, None)
+        fut.release()  # nothing needs it any more: Dask may forget the result now
+        loop = self._loop
+        assert self._sink is not None and loop is not None
+        if self._probe is not None:
+            loop.call_soon_threadsafe(self._probe_ended, jobs)
+        if chain:  # (the rest of a crashed batch: the next one goes now)
+            loop.call_soon_threadsafe(self._resend, chain)
+        if answers is not None:
+            results, seconds = answers
+            per_task = seconds / max(len(results), 1)
+            self._per_task = (
+                per_task if self._per_task is None else (0.8 * self._per_task + 0.2 * per_task)
+            )
+            live = {j for j, _ in mine}
+            for job, answer in zip(jobs, results, strict=True):
+                if job in live:
+                    job.handle = None
+                    self._sink(job, _decoded(answer))
+            return
+        if isinstance(exc, KilledWorker) and len(jobs) > 1:
+            # a batch lost its worker: which task killed it is unknown, so each task that
+            # had not ended runs again alone, one after the other (not an attempt of its
+            # own: nothing came back), and only the killer ends WorkerCrashed
+            with self._lock:
+                for job, _ in mine:
+                    self._jobs[job] = _CHAINED
+            loop.call_soon_threadsafe(self._resend, deque(mine))
+            return
+        for job, _ in mine:
+            job.handle = None
+            if exc is None:
+                self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
+            else:
+                self._sink(job, self._error(job, exc))
+
+    def _resend(self, chain: deque[tuple[Job, bytes]]) -> None:
+        """Send the next task of a batch that lost its worker (the supervisor's loop)."""
+        while chain:
+            job, payload = chain.popleft()
+            with self._lock:
+                if self._jobs.pop(job, None) is not _CHAINED:
+                    continue  # (cancelled meanwhile)
+            task = job.task
+            prio = 0.0 if task is None else dask_priority(task)
+            self._send([job], [payload], prio, None, chain)
+            return
+
+    def _error(self, job: Job, exc: BaseException) -> Any:
         if isinstance(exc, KilledWorker):
             exc = WorkerCrashed(job.name, None, None)
-        elif exc is None:
-            exc = RuntimeError("the Dask future ended without a result")
         return (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None)
-
-    def _report(self, job: Job, fut: Any, result: Any) -> None:
-        with self._lock:
-            if self._live.pop(fut, None) is None:
-                return  # (reported already, or the executor shut down)
-        job.handle = None
-        fut.release()  # nothing needs it any more: Dask may forget the result now
-        assert self._sink is not None
-        self._sink(job, result)
 
 
 def _decoded(answer: tuple[Any, ...]) -> Any:
