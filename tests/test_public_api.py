@@ -144,5 +144,19 @@ def test_the_supervisor_checks_every_argument_of_its_signature() -> None:
 
     from taskvisor._config import OPTIONS
 
-    params = list(inspect.signature(tv.Supervisor.__init__).parameters)[1:]
-    assert tuple(params) == OPTIONS  # (each is read by _config.Config)
+    params = list(inspect.signature(tv.Supervisor.__init__).parameters.values())[1:]
+    assert tuple(p.name for p in params[:-1]) == OPTIONS  # (each is read by _config.Config)
+    assert params[-1].kind is inspect.Parameter.VAR_KEYWORD  # (misspelt options: an error)
+
+
+def test_a_misspelt_option_gets_a_did_you_mean() -> None:
+    with pytest.raises(
+        TypeError, match=r"unknown Supervisor option 'thread' \(did you mean 'threads'\?\)"
+    ):
+        tv.Supervisor(thread=4)  # type: ignore[arg-type]
+    with pytest.raises(tv.SpecError, match=r"option 'tiers' \(did you mean 'tier'\?\)"):
+        tv.Task(print, tiers="high")
+    with pytest.raises(tv.SpecError, match=r"options 'retry' \(did you mean 'retries'\?\), 'zzz'$"):
+        tv.task(retry=3, zzz=1)
+    with pytest.raises(tv.SpecError, match=r"'runson' \(did you mean 'runs_on'\?\); pass the"):
+        tv.Supervisor().submit(print, runson="thread")

@@ -232,8 +232,10 @@ def test_bad_worker_arguments_are_refused_at_once() -> None:
                 sup.consume([1, 2], add)
             with pytest.raises(tv.SpecError, match=r"asyncio\.Event or a threading\.Event"):
                 sup.on_event("ready", add)  # type: ignore[arg-type]
-            with pytest.raises(tv.SpecError, match="unknown option"):
+            with pytest.raises(tv.SpecError, match=r"option 'tire' \(did you mean 'tier'\?\)"):
                 sup.every(1, add, tire="high")
+            with pytest.raises(tv.SpecError, match=r"'max_failure' \(did you mean 'max_fail"):
+                sup.every(1, add, max_failure=2)
             with pytest.raises(tv.SpecError, match="max_failures"):
                 sup.every(1, add, max_failures=0)
             w = sup.every(3600, add, name="dup")

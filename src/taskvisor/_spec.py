@@ -9,6 +9,7 @@ checked by the call that submits it.
 from __future__ import annotations
 
 import copy
+import difflib
 import enum
 import inspect
 import itertools
@@ -306,7 +307,7 @@ class Task(Generic[T]):
         if meta:
             unknown = meta.keys() - META_KEYS
             if unknown:
-                raise SpecError(f"unknown Task option(s): {', '.join(sorted(unknown))}")
+                raise SpecError(unknown_options("Task", unknown, META_KEYS))
         preset = _preset(fn)
         opts = {**_META_DEFAULTS, **preset, **meta} if preset or meta else _META_DEFAULTS
         name = opts["name"]
@@ -415,7 +416,7 @@ def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """
     unknown = set(meta) - META_KEYS
     if unknown:
-        raise SpecError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        raise SpecError(unknown_options("@task", unknown, META_KEYS))
     if "name" in meta:
         raise SpecError("@task cannot preset a name: names are unique per task")
 
@@ -525,6 +526,17 @@ def safe_repr(value: Any) -> str:
         if issubclass(type(value), int):  # (not isinstance: it may read a hostile __class__)
             return f"<int of {int.bit_length(value)} bits>"
         return f"<{type(value).__name__} object>"
+
+
+def unknown_options(what: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``unknown Task option 'tiers' (did you mean 'tier'?)``: each unknown name with the
+    closest known one, when one is close."""
+    known = sorted(known)
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return f"unknown {what} option{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
 def _preset(fn: Any) -> dict[str, Any]:

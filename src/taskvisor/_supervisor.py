@@ -31,7 +31,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Never, TypeVar, cast, overload
 
 from ._clock import Clock, SystemClock, TimerHandle
 from ._config import OPTIONS, Config, Sampler, WaitCallback
@@ -52,7 +52,16 @@ from ._executors import (
 from ._planner import State
 from ._procpool import ProcessPool
 from ._result import ExceptionInfo, RunReport, TaskRes
-from ._spec import META_KEYS, Task, Tier, check_item, real_number, safe_repr, whole_number
+from ._spec import (
+    META_KEYS,
+    Task,
+    Tier,
+    check_item,
+    real_number,
+    safe_repr,
+    unknown_options,
+    whole_number,
+)
 from ._workers import Worker, is_event, is_source, next_item, wait_event, worker_options
 from ._workers import check_options as check_worker
 from .abc import Executor
@@ -120,7 +129,10 @@ class Supervisor(Engine):
         start_method: str = "spawn",
         sampler: Sampler | None = None,
         sample_interval: float = 0.5,
+        **misspelt: Never,
     ) -> None:
+        if misspelt:  # (a type checker refuses these already; at run time: a clear error)
+            raise TypeError(unknown_options("Supervisor", misspelt, OPTIONS))
         args = locals()
         cfg = Config({name: args[name] for name in OPTIONS})
         super().__init__(cfg)
@@ -847,8 +859,8 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
     unknown = set(meta) - META_KEYS
     if unknown:
         raise SpecError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; pass the function's own keyword "
-            "arguments as kwargs={...}"
+            f"{unknown_options('task', unknown, {*META_KEYS, 'kwargs'})}; pass the function's "
+            "own keyword arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ClosedError, SpecError
 from ._result import TaskRes
-from ._spec import META_KEYS, Task, real_number, safe_repr, whole_number
+from ._spec import META_KEYS, Task, real_number, safe_repr, unknown_options, whole_number
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -199,9 +199,14 @@ def check_options(kind: str, fn: Any, meta: dict[str, Any]) -> tuple[str, dict[s
         raise SpecError(f"{kind}(): name must be a non-empty string, got {safe_repr(name)}")
     unknown = set(meta) - META_KEYS - {"kwargs"}
     if unknown:
-        raise SpecError(f"{kind}(): unknown option(s) {', '.join(sorted(unknown))}")
+        known = {*META_KEYS, "kwargs", *WORKER_OPTIONS}
+        raise SpecError(f"{kind}(): {unknown_options('worker', unknown, known)}")
     Task(fn, (), meta.get("kwargs"), **{k: v for k, v in meta.items() if k != "kwargs"})
     return name, meta
+
+
+#: the workers' own options (for "did you mean"), beside the task options
+WORKER_OPTIONS = ("max_failures", "backoff", "backoff_max", "concurrency")
 
 
 def worker_options(
