@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -163,7 +164,7 @@ async def test_keys_are_named_after_the_task_and_its_attempt(client: Any) -> Non
     ex = DaskExecutor(client)
     async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
         res = await sup.submit(my_key, name="load", runs_on="dask")
-    assert res.ret == f"load-1-{ex.token}"
+    assert isinstance(res.ret, str) and re.fullmatch(rf"load-1-{ex.token}-\d+", res.ret)
 
 
 async def test_a_resource_no_worker_has_is_a_resource_error_at_once(client: Any) -> None:
@@ -288,6 +289,46 @@ def test_batch_must_be_a_positive_int_or_none(cluster: LocalCluster) -> None:
         for bad in (0, -2, 1.5, True):
             with pytest.raises(ValueError, match="batch must be"):
                 DaskExecutor(client, batch=bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+async def test_a_reused_name_never_meets_the_key_of_an_attempt_still_running(
+    client: Any,
+) -> None:
+    """The old attempt timed out but still runs on a worker thread; a newer task under the
+    same name (its handle dropped: the name is free) gets a key of its own and runs."""
+    async with sup_for(client) as sup:
+        old = await sup.submit(blocked, "old", name="job", runs_on="dask", timeout=0.2)
+        assert old.state is State.FAILED and isinstance(old.error, tv.TaskTimeout)
+        new = await sup.submit(record, "new", name="job", runs_on="dask")
+        GATE.set()
+    assert (new.state, new.ret) == (State.DONE, "new") and "new" in CALLS
+
+
+async def test_a_closed_client_fails_batched_tasks_with_the_reason(cluster: LocalCluster) -> None:
+    """client.submit raising where no engine catches it (a batch sent from call_soon):
+    each task ends FAILED with the reason; nothing hangs, closing included."""
+    client = await Client(cluster.scheduler_address, asynchronous=True)
+    async with sup_for(client) as sup:
+        assert (await sup.submit(add, 1, 1, runs_on="dask")).ok
+        await client.close()
+        report = await sup.gather([tv.Task(add, (i, i), runs_on="dask") for i in range(5)])
+    assert [r.state for r in report] == [State.FAILED] * 5
+    assert all("closed" in str(r.error).lower() for r in report), report
+
+
+async def test_a_burst_never_waits_for_a_slow_probe(client: Any) -> None:
+    """The first task of a burst goes alone to measure a timing; if it takes longer than
+    PROBE_WAIT, the rest go without it, even when another task's timing came in first."""
+    async with sup_for(client, new_workers=False) as sup:
+        gpu = sup.submit(add, 0, 0, name="gpu", runs_on="dask", resources={"GPU": 1})
+        small = sup.submit(add, 1, 1, name="small", runs_on="dask")
+        probe = sup.submit(blocked, "p", name="probe", runs_on="dask")  # (the probe: last in)
+        assert (await gpu).ok and (await small).ret == 2  # while the probe still blocks
+        GATE.set()
+        assert (await probe).ok
 
 
 def test_priority_mapping_orders_tiers_then_priority() -> None:

@@ -43,7 +43,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -174,7 +174,7 @@ class DaskExecutor(Executor):
         self._flush_soon = False
         self._per_task: float | None = None
         self._probe: Job | None = None  # the job sent alone to measure a first timing
-        self._batches = 0
+        self._sent = 0  # Dask computations sent (a part of each key)
 
     # ------------------------------------------------------------ the seam
 
@@ -277,14 +277,16 @@ class DaskExecutor(Executor):
         if self.batch is None and self._per_task is None and self._pending:
             # nothing measured yet: one job goes ahead alone, the rest wait for its
             # timing (at most PROBE_WAIT seconds, then they go one by one)
-            if self._probe is None:
+            while self._probe is None and self._pending:
                 prio = next(iter(self._pending))
                 job, payload = self._pending[prio].popitem()
                 if not self._pending[prio]:
                     del self._pending[prio]
                 self._probe = job
-                self._send([job], [payload], prio, job.task)
-                asyncio.get_running_loop().call_later(PROBE_WAIT, self._probe_late, job)
+                if self._send([job], [payload], prio, job.task):
+                    asyncio.get_running_loop().call_later(PROBE_WAIT, self._probe_late, job)
+                else:  # (it failed, reported: the next one goes ahead)
+                    self._probe = None
             return
         for prio in list(self._pending):
             self._flush_group(prio)
@@ -297,9 +299,11 @@ class DaskExecutor(Executor):
             self._flush()
 
     def _probe_late(self, job: Job) -> None:
-        """The probe takes longer than PROBE_WAIT: these are not small tasks."""
-        if self._probe is job and self._per_task is None:
-            self._per_task = BATCH_SECONDS  # (batches of one)
+        """The probe takes longer than PROBE_WAIT: these are not small tasks (unless
+        something else was measured meanwhile); what waited for it goes now."""
+        if self._probe is job:
+            if self._per_task is None:
+                self._per_task = BATCH_SECONDS  # (batches of one)
             self._probe = None
             self._flush()
 
@@ -318,24 +322,33 @@ class DaskExecutor(Executor):
         prio: float,
         task: Task[Any] | None,
         chain: deque[tuple[Job, bytes]] | None = None,
-    ) -> None:
-        """One Dask computation for ``jobs`` (their own key when alone)."""
+    ) -> bool:
+        """One Dask computation for ``jobs``; False if it could not be sent (each job is
+        then reported FAILED with the reason: this may run from ``call_soon``, where no
+        one else would see the error). Keys are unique per executor: a name reused by a
+        newer task never meets the key of an older attempt still running on Dask."""
         first = jobs[0]
+        self._sent += 1
         if len(jobs) == 1:
-            key = f"{first.name}-{first.attempt}-{self.token}"
+            key = f"{first.name}-{first.attempt}-{self.token}-{self._sent}"
         else:
-            self._batches += 1
-            key = f"{first.name}+{len(jobs) - 1}-{self.token}-b{self._batches}"
-        fut = self.client.submit(
-            run_batch,
-            payloads,
-            key=key,
-            pure=False,
-            retries=0,
-            fifo_timeout=0,  # each submit its own generation: FIFO among equal priorities
-            priority=prio,
-            resources=dict(task.resources) if task is not None and task.resources else None,
-        )
+            key = f"{first.name}+{len(jobs) - 1}-{self.token}-{self._sent}"
+        try:
+            fut = self.client.submit(
+                run_batch,
+                payloads,
+                key=key,
+                pure=False,
+                retries=0,
+                fifo_timeout=0,  # each submit its own generation: FIFO among equal priorities
+                priority=prio,
+                resources=dict(task.resources) if task is not None and task.resources else None,
+            )
+        except Exception as exc:  # (a closed client, a scheduler gone ...)
+            assert self._sink is not None
+            for j in jobs:
+                self._sink(j, self._error(j, exc))
+            return False
         with self._lock:
             self._live[fut] = (jobs, payloads)
             for j in jobs:
@@ -348,6 +361,7 @@ class DaskExecutor(Executor):
             self._later(self._watch(fut))
         else:
             fut.add_done_callback(self._done)
+        return True
 
     def cancel(self, job: Job) -> CancelResult:
         assert self._sink is not None
@@ -362,9 +376,8 @@ class DaskExecutor(Executor):
             fut = self._jobs.get(job)
             if fut is _CHAINED:  # waiting to be sent again alone (its batch crashed)
                 del self._jobs[job]
-                fut = None
                 self._sink(job, cancelled)
-                return CancelResult.WITHDRAWN
+                return CancelResult.STOPPING  # (it ran, in its batch: not withdrawn)
             alone = fut is not None and len(self._live[fut][0]) == 1
             if fut is not None and not alone:  # in a batch: it ends now, its result is dropped
                 del self._jobs[job]
@@ -401,7 +414,7 @@ class DaskExecutor(Executor):
         try:
             answers = await fut
         except Exception as exc:  # (distributed's FutureCancelledError is an Exception)
-            self._ended(fut, None, None if fut.status == "cancelled" else exc)
+            self._ended(fut, None, exc, cancelled=fut.status == "cancelled")
         else:
             self._ended(fut, answers, None)
 
@@ -410,55 +423,70 @@ class DaskExecutor(Executor):
         status = fut.status
         if status == "finished":
             try:
-                self._ended(fut, fut.result(), None)
-            except BaseException as exc:  # (the result could not be fetched)
-                self._ended(fut, None, exc)
+                answers = fut.result()
+            except Exception as exc:  # (cancelled meanwhile, or the result was lost)
+                self._ended(fut, None, exc, cancelled=fut.status == "cancelled")
+            else:
+                self._ended(fut, answers, None)
         elif status == "cancelled":
-            self._ended(fut, None, None)
+            reason = getattr(getattr(fut, "_state", None), "exception", None)
+            self._ended(fut, None, reason, cancelled=True)
         else:
             self._ended(fut, None, fut.exception() or RuntimeError("no result"))
 
-    def _ended(self, fut: Any, answers: Any, exc: BaseException | None) -> None:
+    def _ended(
+        self, fut: Any, answers: Any, exc: BaseException | None, *, cancelled: bool = False
+    ) -> None:
         """A Dask computation ended: report each of its jobs that has not ended yet.
-        ``answers`` is what :func:`run_batch` returned; neither it nor ``exc``: cancelled."""
+        ``answers`` is what :func:`run_batch` returned, else ``exc`` says why not;
+        ``cancelled``: Dask cancelled it (on our request, or on its own: a lost scheduler
+        connection, a restart)."""
+        crashed_batch = isinstance(exc, KilledWorker) and not cancelled
         with self._lock:
             jobs, payloads = self._live.pop(fut, ([], []))
             mine = [(j, p) for j, p in zip(jobs, payloads, strict=True) if self._jobs.pop(j, None)]
             chain = self._chains.pop(fut, None)
+            if crashed_batch and len(jobs) > 1:
+                for job, _ in mine:  # (in the same critical section: no cancel is lost)
+                    self._jobs[job] = _CHAINED
         fut.release()  # nothing needs it any more: Dask may forget the result now
-        loop = self._loop
-        assert self._sink is not None and loop is not None
-        if self._probe is not None:
-            loop.call_soon_threadsafe(self._probe_ended, jobs)
-        if chain:  # (the rest of a crashed batch: the next one goes now)
-            loop.call_soon_threadsafe(self._resend, chain)
+        assert self._sink is not None
         if answers is not None:
             results, seconds = answers
             per_task = seconds / max(len(results), 1)
             self._per_task = (
                 per_task if self._per_task is None else (0.8 * self._per_task + 0.2 * per_task)
             )
+        if self._probe is not None:
+            self._on_loop(self._probe_ended, jobs)
+        if chain:  # (the rest of a crashed batch: the next one goes now)
+            self._on_loop(self._resend, chain)
+        if answers is not None:
             live = {j for j, _ in mine}
             for job, answer in zip(jobs, results, strict=True):
                 if job in live:
                     job.handle = None
                     self._sink(job, _decoded(answer))
             return
-        if isinstance(exc, KilledWorker) and len(jobs) > 1:
+        if crashed_batch and len(jobs) > 1:
             # a batch lost its worker: which task killed it is unknown, so each task that
             # had not ended runs again alone, one after the other (not an attempt of its
             # own: nothing came back), and only the killer ends WorkerCrashed
-            with self._lock:
-                for job, _ in mine:
-                    self._jobs[job] = _CHAINED
-            loop.call_soon_threadsafe(self._resend, deque(mine))
+            self._on_loop(self._resend, deque(mine))
             return
         for job, _ in mine:
             job.handle = None
-            if exc is None:
+            if cancelled and job.cancelled is not None:  # (we asked: the engine knows why)
                 self._sink(job, (Outcome.CANCELLED, None, job.shared, None, None))
-            else:
-                self._sink(job, self._error(job, exc))
+            else:  # (Dask's own cancel is a failure with Dask's reason: retries decide)
+                why = exc or RuntimeError(f"Dask cancelled {fut.key!r}")
+                self._sink(job, self._error(job, why))
+
+    def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn`` on the supervisor's loop (from Dask's callback thread, or the loop)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # (the loop has closed: nothing to do)
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _resend(self, chain: deque[tuple[Job, bytes]]) -> None:
         """Send the next task of a batch that lost its worker (the supervisor's loop)."""
