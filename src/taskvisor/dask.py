@@ -1,6 +1,6 @@
 """Run tasks on a Dask cluster: ``executors={"dask": DaskExecutor(client)}``.
 
-Every attempt of a task is its own Dask computation, keyed ``NAME-ATTEMPT-TOKEN`` (the
+Every attempt of a task is its own Dask computation, keyed ``NAME-ATTEMPT-TOKEN-N`` (the
 token is this executor's, so two supervisors on one cluster never share a key) and
 submitted with ``pure=False``: Dask never merges two tasks that make the same call, and a
 retry is a new computation, never a cached answer. The function runs inside taskvisor's
