@@ -148,6 +148,11 @@ class Supervisor(Engine):
         self._closed_event: asyncio.Event | None = None
         self._started_wall = datetime.now(UTC)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock its delays, timeouts and alarms run on (``clock=``, else the system's)."""
+        return self._clock
+
     async def __aenter__(self) -> Supervisor:
         await self.start()
         return self
