@@ -241,6 +241,38 @@ async def test_controlled_failure_lets_child_run() -> None:
     assert report["after-wrapped"].ok
 
 
+def test_controlled_failure_pickles_as_a_decorator() -> None:
+    """@tv.controlled_failure replaces the function under its name: it must pickle by that
+    name (a process task), and a wrapper made by a call must pickle with its function."""
+    import pickle
+
+    from . import workloads
+
+    assert pickle.loads(pickle.dumps(workloads.soft_fail_in_process)) is (
+        workloads.soft_fail_in_process
+    )
+    assert pickle.loads(pickle.dumps(workloads.soft_fail_async)) is workloads.soft_fail_async
+    called = pickle.loads(pickle.dumps(tv.controlled_failure(fail_deep, deps_ok=False)))
+    assert called.fn is fail_deep and called.deps_ok is False
+
+
+@pytest.mark.slow
+async def test_controlled_failure_decorator_on_a_process_task() -> None:
+    from .workloads import soft_fail_in_process
+
+    async with tv.Supervisor(processes=1) as sup:
+        report = await sup.gather(
+            [
+                tv.Task(soft_fail_in_process, ("k",), name="soft", runs_on="process", provides="x"),
+                tv.Task(noop, name="after", requires="x"),
+            ]
+        )
+    assert report["soft"].state is State.FAILED
+    assert isinstance(report["soft"].error, tv.TaskFailError)
+    assert "KeyError: 'k'" in str(report["soft"].error)
+    assert report["after"].ok
+
+
 async def test_cycle_raises_before_anything_runs() -> None:
     ran: list[str] = []
 

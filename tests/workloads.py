@@ -6,6 +6,8 @@ import os
 import threading
 from typing import Any
 
+import taskvisor as tv
+
 
 def add(*xs: int) -> int:
     return sum(xs)
@@ -42,3 +44,14 @@ def child_shared(shared: dict[str, Any]) -> dict[str, Any]:
 
 def die(code: int) -> None:
     os._exit(code)
+
+
+@tv.controlled_failure
+def soft_fail_in_process(key: str) -> None:
+    """Decorated at module level: the process worker must unpickle it by name."""
+    raise KeyError(key)
+
+
+@tv.controlled_failure(deps_ok=False)
+async def soft_fail_async(key: str) -> None:
+    raise KeyError(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -18,6 +19,9 @@ class _Controlled:
     """Calls ``fn``; an exception of the given types becomes a ``TaskFailError``.
 
     A class rather than a closure so that it pickles (process tasks) whenever ``fn`` does.
+    Used as a decorator, it *replaces* ``fn`` under ``fn``'s own name, so ``fn`` no longer
+    pickles by reference (pickle finds the wrapper there): the wrapper then pickles by that
+    name itself (``__reduce__``), as a decorated function does.
     """
 
     def __init__(
@@ -32,6 +36,14 @@ class _Controlled:
         self.deps_ok = deps_ok
         self.locks_ok = locks_ok
         self.exceptions = exceptions
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        target: Any = sys.modules.get(self.__module__)
+        for part in self.__qualname__.split("."):
+            target = getattr(target, part, None)
+        if target is self:  # @controlled_failure on a module-level function: by name
+            return self.__qualname__
+        return type(self), (self.fn, self.deps_ok, self.locks_ok, self.exceptions)
 
     def _convert(self, exc: BaseException) -> TaskFailError:
         return TaskFailError(
