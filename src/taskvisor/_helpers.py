@@ -38,11 +38,12 @@ class _Controlled:
         self.exceptions = exceptions
 
     def __reduce__(self) -> str | tuple[Any, ...]:
+        qualname: str = getattr(self, "__qualname__", "")  # (copied from fn)
         target: Any = sys.modules.get(self.__module__)
-        for part in self.__qualname__.split("."):
+        for part in qualname.split("."):
             target = getattr(target, part, None)
         if target is self:  # @controlled_failure on a module-level function: by name
-            return self.__qualname__
+            return qualname
         return type(self), (self.fn, self.deps_ok, self.locks_ok, self.exceptions)
 
     def _convert(self, exc: BaseException) -> TaskFailError:
