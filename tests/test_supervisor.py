@@ -253,7 +253,7 @@ def test_controlled_failure_pickles_as_a_decorator() -> None:
     )
     assert pickle.loads(pickle.dumps(workloads.soft_fail_async)) is workloads.soft_fail_async
     called = pickle.loads(pickle.dumps(tv.controlled_failure(deps_ok=False)(fail_deep)))
-    assert called.fn is fail_deep and called.deps_ok is False  # type: ignore[attr-defined]
+    assert called.fn is fail_deep and called.deps_ok is False
 
 
 @pytest.mark.slow
