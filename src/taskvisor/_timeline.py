@@ -399,6 +399,8 @@ h1 {{ font-size: 18px; margin: 0 0 4px 0; }}
   var lanes = document.querySelectorAll("#tv-timeline .tv-lane").length;
   document.body.setAttribute("data-tv-bars", String(bars.length));
   document.body.setAttribute("data-tv-lanes", String(lanes));
+  var box = document.getElementById("tv-timeline").getBoundingClientRect();
+  document.body.setAttribute("data-tv-chart", Math.round(box.left) + "," + Math.round(box.top));
 }})();
 </script>
 </body>
