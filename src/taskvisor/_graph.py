@@ -121,7 +121,7 @@ class TaskGraph:
     # -- Mermaid -----------------------------------------------------------------------
 
     def to_mermaid(self) -> str:
-        """A Mermaid ``flowchart TD`` (paste it into a Markdown ```` ```mermaid ```` block)."""
+        """A Mermaid ``flowchart TD``, for a Markdown code block fenced as ``mermaid``."""
         out = ["flowchart TD"]
         for n in self.nodes:
             text = "<br>".join(_mermaid_text(line) for line in n.lines)

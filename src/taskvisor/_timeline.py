@@ -249,12 +249,12 @@ def timeline_html(
             x0 = s.start * scale
             x1 = max(s.end * scale, x0 + MIN_BAR)
             for i, free in enumerate(row_end):
-                if free <= x0 + 0.01:
-                    row_end[i] = x1 + 1
+                if free <= x0 + 0.5:  # (a bar may start where the last one ended)
+                    row_end[i] = x1
                     placed.append((s, lane, i))
                     break
             else:
-                row_end.append(x1 + 1)
+                row_end.append(x1)
                 placed.append((s, lane, len(row_end) - 1))
         rows_in[lane] = max(len(row_end), 1)
     lane_top: dict[str, float] = {}
