@@ -380,3 +380,18 @@ def test_the_graph_in_chromium(tmp_path: Path, engine: str) -> None:
             checked += 1
         assert checked == 9
     print(f"chromium ({engine}): {page.seconds:.2f} s for DOM and screenshot")
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from . import browser
+
+    monkeypatch.setattr(browser.shutil, "which", lambda _: None)
+    monkeypatch.setattr(browser.os, "access", lambda *_: False)
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs it"):
+        need("chromium", "chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install graphviz"):
+        need("dot", "graphviz")
