@@ -385,10 +385,11 @@ def test_the_graph_in_chromium(tmp_path: Path, engine: str) -> None:
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from . import browser
+    import os
+    import shutil
 
-    monkeypatch.setattr(browser.shutil, "which", lambda _: None)
-    monkeypatch.setattr(browser.os, "access", lambda *_: False)
+    monkeypatch.setattr(shutil, "which", lambda *_: None)
+    monkeypatch.setattr(os, "access", lambda *_: False)
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs it"):
         need("chromium", "chromium")
