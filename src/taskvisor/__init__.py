@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
     )
     from ._executors import Aloop
+    from ._graph import TaskGraph, graph
     from ._helpers import controlled_failure
     from ._planner import State
     from ._result import ExceptionInfo, RunReport, TaskRes
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         TaskInfo,
         run,
     )
+    from ._timeline import TimelineRecorder
     from ._workers import Worker
 
 __version__ = "0.1.0"
@@ -86,13 +88,16 @@ __all__ = [
     "TaskHandle",
     "TaskInfo",
     "TaskRes",
+    "TaskGraph",
     "TaskTimeout",
     "TaskvisorError",
     "TaskvisorWarning",
     "Tier",
+    "TimelineRecorder",
     "Worker",
     "WorkerCrashed",
     "controlled_failure",
+    "graph",
     "run",
     "task",
 ]
@@ -109,6 +114,8 @@ _HOME = {
     "Aloop": "_executors",
     "BackgroundSupervisor": "_background",
     "Worker": "_workers",
+    **dict.fromkeys(["TaskGraph", "graph"], "_graph"),
+    "TimelineRecorder": "_timeline",
     "controlled_failure": "_helpers",
     "State": "_planner",
     **dict.fromkeys(["ExceptionInfo", "RunReport", "TaskRes"], "_result"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,28 @@ class RunReport:
         for r in self.results:
             out.setdefault(r.state, []).append(r)
         return out
+
+    def timeline_html(self, title: str | None = None) -> str:
+        """A self-contained HTML page (inline CSS, SVG and script; opens offline) drawing
+        the run: one lane per worker, one bar per task from its first start to its end,
+        coloured by state, the tier as a stripe; hover a bar for its name, state, tier,
+        wait and run time and attempts. A task that never ran is a thin mark in a
+        "not run" lane. For one bar per attempt, record the run with a
+        :class:`~taskvisor.TimelineRecorder`."""
+        from ._timeline import report_spans, timeline_html
+
+        origin = min([self.started, *(r.submitted_at for r in self.results)])
+        return timeline_html(
+            report_spans(self.results, origin),
+            origin,
+            title=title,
+            elapsed=self.elapsed + (self.started - origin).total_seconds(),
+        )
+
+    def write_timeline(self, path: str | os.PathLike[str], title: str | None = None) -> None:
+        """Write :meth:`timeline_html` to ``path`` (UTF-8)."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.timeline_html(title))
 
     def __str__(self) -> str:
         rows = [("task", "state", "on", "wait ms", "run ms", "result")]
