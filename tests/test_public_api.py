@@ -26,6 +26,7 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
         "testing",
         "abc",  # public submodule (taskvisor.abc), an attribute once imported
         "dask",  # public submodule (taskvisor.dask, needs distributed), the same
+        "cli",  # the command line (taskvisor.cli), the same
         "TYPE_CHECKING",
         "Any",
     }
