@@ -47,7 +47,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._delivery import TaskInfo
+from ._delivery import Record, TaskInfo
 from ._errors import SpecError, TaskvisorWarning
 from ._planner import State
 from ._result import RunReport, TaskRes
@@ -228,7 +228,7 @@ class _Supervisor(Supervisor):
 
     def _submit(
         self, specs: list[Task[Any]], *, sealed: bool, admit: bool = True, pinned: bool = False
-    ) -> Any:
+    ) -> list[Record]:
         t = self._default_timeout
         if t is not None:
             specs = [s if s.timeout is not None else s.replace(timeout=t) for s in specs]
