@@ -28,6 +28,7 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
         "abc",  # public submodule (taskvisor.abc), an attribute once imported
         "dask",  # public submodule (taskvisor.dask, needs distributed), the same
         "pytest_plugin",  # the pytest plugin, loaded by pytest through its entry point
+        "cli",  # the command line (taskvisor.cli), the same
         "TYPE_CHECKING",
         "Any",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from collections.abc import Iterable, Iterator
@@ -11,7 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
 from ._planner import State
-from ._spec import Task
+from ._spec import Task, safe_repr
 
 __all__ = ["ExceptionInfo", "RunReport", "TaskRes"]
 
@@ -183,6 +184,26 @@ class RunReport:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.timeline_html(title))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data: ``json.dumps(report.to_dict())`` always works.
+
+        ``ok``, ``started`` (ISO 8601), ``elapsed`` (seconds), ``by_state`` (counts by state
+        name), ``pending`` (names) and ``tasks``: one dict per result, in the report's order,
+        with ``name``, ``state``, ``ok``, ``ret`` (the return value if it is JSON data, else
+        ``None``), ``ret_repr`` (its short ``repr``), ``error`` (``"Type: message"`` or
+        ``None``), ``traceback`` (``excinfo.text`` or ``None``), ``submitted_at``,
+        ``started_at``, ``finished_at`` (ISO 8601 or ``None``), ``wait_time``, ``run_time``,
+        ``attempts``, ``runs_on`` and ``worker``. (The ``taskvisor run --json`` output.)
+        """
+        return {
+            "ok": self.ok,
+            "started": self.started.isoformat(),
+            "elapsed": self.elapsed,
+            "by_state": {state.name: len(rs) for state, rs in self.by_state.items()},
+            "pending": list(self.pending),
+            "tasks": [_res_dict(r) for r in self.results],
+        }
+
     def __str__(self) -> str:
         rows = [("task", "state", "on", "wait ms", "run ms", "result")]
         for r in self.results:
@@ -212,3 +233,33 @@ class RunReport:
             + (f", {len(self.pending)} pending" if self.pending else "")
         )
         return "\n".join(lines)
+
+
+def _res_dict(r: TaskRes[Any]) -> dict[str, Any]:
+    """One result as JSON-ready data (see :meth:`RunReport.to_dict`)."""
+    ret: Any = None
+    if r.ok:
+        try:  # JSON data as itself; anything else only as its repr
+            json.dumps(r.ret, allow_nan=False)
+        except Exception:  # (not JSON data, or a value whose own methods raise)
+            pass
+        else:
+            ret = r.ret
+    err = r.error
+    return {
+        "name": r.name,
+        "state": r.state.name,
+        "ok": r.ok,
+        "ret": ret,
+        "ret_repr": safe_repr(r.ret) if r.ok else None,
+        "error": None if err is None else f"{type(err).__name__}: {err}",
+        "traceback": None if r.excinfo is None else r.excinfo.text,
+        "submitted_at": r.submitted_at.isoformat(),
+        "started_at": None if r.started_at is None else r.started_at.isoformat(),
+        "finished_at": r.finished_at.isoformat(),
+        "wait_time": r.wait_time,
+        "run_time": r.run_time,
+        "attempts": r.attempts,
+        "runs_on": r.runs_on,
+        "worker": r.worker,
+    }

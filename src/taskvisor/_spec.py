@@ -397,6 +397,15 @@ class Task(Generic[T]):
     def kw_values(self) -> tuple[Any, ...]:
         return tuple(self.kwargs.values())
 
+    def replace(self, **options: Any) -> Task[T]:
+        """A new Task with the same function, arguments and options, except ``options``
+        (``spec.replace(timeout=30)``); the name stays unless ``name=`` is given, so
+        ``output`` references to it still hold. Checked like ``Task(...)``."""
+        meta = {key: getattr(self, key) for key in _META_DEFAULTS}
+        meta["resources"] = dict(self.resources) or None
+        meta.update(options)
+        return Task(self.fn, self.args, self.kwargs, **meta)
+
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Task is immutable; build a new one")
 
