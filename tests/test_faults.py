@@ -746,7 +746,8 @@ async def test_thread_timed_out_holding_a_lock_leaves_it_held_by_a_failed_task()
             res = await h
         assert warned(rec) == [
             abandoned_warning("writer"),
-            "task 'writer' failed: 1 dependent task(s) skipped; lock(s) 'db' stay held",
+            "task 'writer' failed: 1 task(s) waiting for a lock it held skipped; "
+            "lock(s) 'db' stay held",
         ]
         err = expect_error(
             res, State.FAILED, tv.TaskTimeout, name="writer", runs_on="thread", attempts=1,
@@ -1421,7 +1422,8 @@ async def test_failure_skips_dependents_and_lock_waiters_with_a_warning() -> Non
         with pytest.warns(tv.TaskvisorWarning) as rec:
             res = await writer
         assert warned(rec) == [
-            "task 'writer' failed: 2 dependent task(s) skipped; lock(s) 'disk' stay held"
+            "task 'writer' failed: 1 dependent task(s) and 1 task(s) waiting for a lock it held "
+            "skipped; lock(s) 'disk' stay held"
         ]
         err = expect_error(res, State.FAILED, OSError, name="writer", runs_on="main", attempts=1)
         assert str(err) == "disk full"
@@ -1468,3 +1470,47 @@ async def test_result_buffer_forgets_old_tasks_but_handles_still_work() -> None:
         assert [r.name for r in sup.report()] == ["d", "a"]
         assert sup.task_state("a") is State.DONE
         await expect_still_runs(sup, "thread")
+
+
+WARNING_SCRIPT = """\
+import asyncio
+import taskvisor as tv
+
+def boom():
+    raise ValueError("x")
+
+def graph():
+    return [tv.Task(boom, name="a", provides={"x"}, claims={"db"}),
+            tv.Task(abs, (1,), name="b", requires={"x"}),
+            tv.Task(abs, (2,), name="c", claims={"db"})]
+
+async def main():
+    async with tv.Supervisor(pool_size=1) as sup:
+        await sup.gather(graph())
+
+asyncio.run(main())  # line 16
+report = tv.run(graph(), pool_size=1)  # line 17
+"""
+
+
+def test_warnings_point_at_the_users_line(tmp_path: Any) -> None:
+    """A TaskvisorWarning's location is the user's line, never taskvisor's own frames,
+    even when the failure is handled in a loop callback; skips are counted by cause."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(WARNING_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, "-W", "always::taskvisor.TaskvisorWarning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    warned = [line for line in out.stderr.splitlines() if "TaskvisorWarning" in line]
+    message = (
+        "TaskvisorWarning: task 'a' failed: 1 dependent task(s) and 1 task(s) waiting for a "
+        "lock it held skipped; lock(s) 'db' stay held"
+    )
+    assert warned == [f"{script}:16: {message}", f"{script}:17: {message}"], out.stderr

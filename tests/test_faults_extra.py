@@ -387,7 +387,8 @@ async def test_a_crashed_lock_holder_keeps_its_lock_and_skips_its_dependents(
         with pytest.warns(tv.TaskvisorWarning) as rec:
             res = await holder
         assert [str(w.message) for w in rec] == [
-            "task 'holder' failed: 2 dependent task(s) skipped; lock(s) 'db' stay held"
+            "task 'holder' failed: 1 dependent task(s) and 1 task(s) waiting for a lock it held "
+            "skipped; lock(s) 'db' stay held"
         ]
         expect_crash(res, pid, "sigkill")
         lock = expect(

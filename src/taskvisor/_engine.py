@@ -27,7 +27,6 @@ import enum
 import logging
 import math
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,8 +43,8 @@ from ._errors import (
     TaskCancelled,
     TaskFailError,
     TaskTimeout,
-    TaskvisorWarning,
     WorkerCrashed,
+    warn_user,
 )
 from ._executors import Inbox, Job, Outcome, Result, ThreadPool
 from ._gates import Gates
@@ -790,6 +789,6 @@ class Engine:
 
 def warn(message: str) -> None:
     try:
-        warnings.warn(message, TaskvisorWarning, stacklevel=2)
+        warn_user(message)
     except Warning as w:  # warnings turned into errors must not break the supervisor loop
         logger.error("warning raised as an error: %s", w)

@@ -353,6 +353,7 @@ class Planner:
         # function that tells what no worker can ever provide
         self.elsewhere: dict[str, Callable[[Any], Mapping[str, float]]] = {}
         self.fail_fast = fail_fast
+        self._lock_skips = 0  # tasks skipped by a LockError so far
         self._alarm_after = tuple(
             (level, float(v))
             for level, v in (("warning", wait_warning), ("critical", wait_critical))
@@ -546,7 +547,7 @@ class Planner:
                     lock.stuck.append(t)
                     stuck.append(r)
         provided = ok or (state is State.FAILED and deps_ok)
-        skipped_before = self.stats.by_state[State.SKIPPED]
+        skipped_before = self._lock_skips, self.stats.by_state[State.SKIPPED]
         if spec.provides:
             if provided:
                 for item in spec.provides:
@@ -565,11 +566,15 @@ class Planner:
                 if t in lock.stuck:
                     self._skip_stuck_waiters(r, lock)
                 self._advance(r, lock)
-        skipped = self.stats.by_state[State.SKIPPED] - skipped_before
+        by_lock = self._lock_skips - skipped_before[0]
+        skipped = self.stats.by_state[State.SKIPPED] - skipped_before[1]
         if state is State.FAILED and (skipped or stuck):
             msg = f"task {name!r} failed"
-            if skipped:
-                msg += f": {skipped} dependent task(s) skipped"
+            causes = [f"{skipped - by_lock} dependent task(s)"] if skipped > by_lock else []
+            if by_lock:
+                causes.append(f"{by_lock} task(s) waiting for a lock it held")
+            if causes:
+                msg += f": {' and '.join(causes)} skipped"
             if stuck:
                 held = ", ".join(safe_repr(r) for r in sorted(stuck, key=safe_repr))
                 msg += f"; lock(s) {held} stay held"
@@ -865,6 +870,7 @@ class Planner:
         for r, excl in t.locks:
             lock = self._locks.get(r)
             if lock is not None and lock.conflicts_stuck(excl):
+                self._lock_skips += 1
                 self._end(t, State.SKIPPED, LockError(t.name, r, lock.stuck[0].name))
                 return
         self._move(t, State.LOCKED)
@@ -1164,6 +1170,7 @@ class Planner:
         gone = set(hopeless)
         lock.fifo = deque((w, excl) for w, excl in live if w not in gone)
         for w in hopeless:
+            self._lock_skips += 1  # (the failure's warning counts skips by cause)
             self._end(w, State.SKIPPED, LockError(w.name, r, holder.name))
 
     def _end(self, t: _T, state: State, error: NotRunError) -> None:

@@ -41,7 +41,6 @@ import math
 import threading
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -49,7 +48,7 @@ from typing import Any, ClassVar
 import cloudpickle  # type: ignore[import-untyped]
 from distributed import Client, KilledWorker
 
-from ._errors import TaskvisorWarning, WorkerCrashed
+from ._errors import WorkerCrashed, warn_user
 from ._job import Job, Outcome
 from ._result import ExceptionInfo
 from ._spec import Task
@@ -223,11 +222,9 @@ class DaskExecutor(Executor):
             short = self._shortfall(task.resources)
         if short and self.new_workers:
             what = ", ".join(f"{k}={v:g}" for k, v in sorted(task.resources.items()))
-            warnings.warn(
+            warn_user(
                 f"task {task.name!r} needs {what}, which no current Dask worker has: "
-                "it waits for a worker that has",
-                TaskvisorWarning,
-                stacklevel=2,
+                "it waits for a worker that has"
             )
             return {}
         return short
