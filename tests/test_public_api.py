@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import enum
+import inspect
 import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +166,49 @@ def test_a_misspelt_option_gets_a_did_you_mean() -> None:
         tv.task(retry=3, zzz=1)
     with pytest.raises(tv.SpecError, match=r"'runson' \(did you mean 'runs_on'\?\); pass the"):
         tv.Supervisor().submit(print, runson="thread")
+
+
+def _parameters(obj: Any) -> list[str]:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    return [
+        name
+        for name, p in sig.parameters.items()
+        if name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def test_every_public_name_and_option_is_documented_for_help() -> None:
+    """help() shows it: every public class and function has a docstring naming each of
+    its parameters (a class's in its own or its __init__'s docstring), and every public
+    method has one. Classes never built directly say so and need not list theirs."""
+    import taskvisor.abc
+    import taskvisor.testing
+
+    problems = []
+    for mod in (tv, taskvisor.testing, taskvisor.abc):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            where = f"{mod.__name__}.{name}"
+            if not callable(obj) or isinstance(obj, enum.Enum):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            if not doc.strip():
+                problems.append(f"{where}: no docstring")
+                continue
+            if inspect.isclass(obj):
+                if issubclass(obj, BaseException | enum.Enum | tuple):
+                    continue  # (errors, enums and named tuples: their fields are listed)
+                for attr, member in vars(obj).items():
+                    public = not attr.startswith("_") and callable(member)
+                    if public and not (inspect.getdoc(member) or "").strip():
+                        problems.append(f"{where}.{attr}: no docstring")
+                if "never built directly" in doc:
+                    continue
+                doc += inspect.getdoc(obj.__init__) or ""
+            problems += [
+                f"{where}({p}): not in its docstring" for p in _parameters(obj) if p not in doc
+            ]
+    assert not problems, "\n".join(problems)

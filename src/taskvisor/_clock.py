@@ -43,12 +43,15 @@ class SystemClock:
         self._offset = time.time() - time.monotonic()
 
     def now(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
     def to_wall(self, t: float) -> float:
+        """Epoch seconds of the monotonic reading ``t``."""
         return t + self._offset
 
     def call_at(
         self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
     ) -> TimerHandle:
+        """Call ``callback`` on ``loop`` once ``now()`` reaches ``when``."""
         return loop.call_later(max(0.0, when - time.monotonic()), callback)

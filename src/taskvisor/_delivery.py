@@ -120,7 +120,8 @@ class Record(Attempts):
 
 
 class TaskHandle(Generic[T]):
-    """What ``submit`` returns: await it for the task's :class:`TaskRes`.
+    """What ``submit`` returns (never built directly): await it for the task's
+    :class:`TaskRes`.
 
     While a handle is alive its task stays known by name (``task_state``, ``cancel``,
     output references) and its name stays taken; once the task has ended and the handle

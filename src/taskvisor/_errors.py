@@ -27,8 +27,6 @@ This module imports nothing from asyncio or threading: the planner raises these 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import sys
 import threading
@@ -266,23 +264,30 @@ class TaskvisorWarning(UserWarning):
     """Something went wrong that did not raise: skips, locks left held, abandoned threads."""
 
 
-#: where a warning's location is never the user's line: taskvisor itself, and the loop and
-#: thread machinery that calls it (a callback's stack goes up to the user's asyncio.run)
-_NOT_USER = (
-    os.path.dirname(__file__) + os.sep,
-    os.path.dirname(asyncio.__file__) + os.sep,
-    os.path.dirname(concurrent.futures.__file__) + os.sep,
-    threading.__file__,
-)
+def _not_user() -> tuple[str, ...]:
+    """Where a warning's location is never the user's line: taskvisor itself, and the
+    loop and thread machinery that calls it (a callback's stack goes up to the user's
+    ``asyncio.run``). Imported here, not at the top: process workers import this module
+    and must stay light."""
+    import asyncio
+    import concurrent.futures
+
+    return (
+        os.path.dirname(__file__) + os.sep,
+        os.path.dirname(asyncio.__file__) + os.sep,
+        os.path.dirname(concurrent.futures.__file__) + os.sep,
+        threading.__file__,
+    )
 
 
 def warn_user(message: str) -> None:
     """Issue a :class:`TaskvisorWarning` located at the user's line: the innermost frame
     outside taskvisor and the asyncio/threading machinery (``warnings.warn``'s
     ``skip_file_prefixes`` arrived only in Python 3.12)."""
+    skip = _not_user()
     frame = sys._getframe(1)
     level = 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_NOT_USER):
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
         level += 1
     warnings.warn(message, TaskvisorWarning, stacklevel=level)

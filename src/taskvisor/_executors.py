@@ -188,7 +188,11 @@ class AloopState(enum.Enum):
 
 
 class Aloop:
-    """A named event loop in its own thread (``taskvisor-aloop-NAME``)."""
+    """A named event loop in its own thread (``taskvisor-aloop-NAME``).
+
+    The supervisor makes one per name in ``Supervisor(aloops=...)`` (``use_uvloop``: its
+    ``uvloop=``) and starts and stops it; get one with ``sup.aloop(name)``.
+    """
 
     def __init__(self, name: str, *, use_uvloop: bool = True) -> None:
         self.name = name

@@ -99,7 +99,8 @@ class GraphEdge:
 
 @dataclass
 class TaskGraph:
-    """The dependency graph of a batch of tasks, ready to draw: see :func:`graph`."""
+    """The dependency graph of a batch of tasks, ready to draw: see :func:`graph`, which
+    builds it (``nodes`` and ``edges`` are what the drawings are made from)."""
 
     nodes: list[GraphNode] = field(default_factory=list)
     edges: list[GraphEdge] = field(default_factory=list)

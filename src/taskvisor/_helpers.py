@@ -92,8 +92,11 @@ def controlled_failure(
     """Make any exception of ``fn`` a controlled failure (:class:`TaskFailError`).
 
     The task still ends ``FAILED`` with the original exception as ``__cause__``, but its
-    provides are satisfied (``deps_ok``) and its locks released (``locks_ok``). Use it
-    bare (``@controlled_failure``) or with options; it works on coroutine functions too.
+    provides are satisfied (``deps_ok``) and its locks released (``locks_ok``). Only
+    exceptions of the types in ``exceptions`` (default: every ``Exception``) are turned
+    into controlled failures; others fail the task as usual. Use it bare
+    (``@controlled_failure``) or with options; it works on coroutine functions and, used
+    as a decorator on a module-level function, on process tasks too.
     """
 
     def wrap(f: Callable[P, R]) -> Callable[P, R]:

@@ -24,7 +24,8 @@ class Job:
     An executor reads ``fn``, ``args``, ``kwargs`` and ``shared`` (passed as the ``shared``
     keyword when it is not None) to run it, ``task`` for what the user asked of it (its
     ``tier``, ``priority``, ``resources``, ``timeout``: a cluster executor maps them to
-    its own), ``name`` and ``attempt`` to name it, and ``cancelled`` for why the
+    its own), ``target`` (the ``runs_on`` name it was sent to), ``name`` and ``attempt``
+    to name it, and ``cancelled`` for why the
     supervisor asked it to stop. It may keep what it needs to cancel it in ``handle``.
     Every other slot belongs to the supervisor and the built-in pools.
     """

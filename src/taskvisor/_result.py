@@ -109,7 +109,12 @@ class TaskRes(NamedTuple, Generic[T]):
 
 @dataclass(frozen=True)
 class RunReport:
-    """The results of a batch (or of everything so far): iterable of :class:`TaskRes`."""
+    """The results of a batch (or of everything so far): iterable of :class:`TaskRes`.
+
+    ``results`` in the order they ended, ``started`` (when the batch or the report began,
+    a datetime), ``elapsed`` (seconds), ``pending`` (names of tasks not ended yet: an
+    interim report's). ``report[name]`` is one task's result; ``str(report)`` a table.
+    """
 
     results: tuple[TaskRes[Any], ...]
     started: datetime

@@ -96,7 +96,8 @@ class ResultRef(Generic[T]):
     """A reference to another task's return value, resolved just before dispatch.
 
     Passing ``spec.output`` (or a projection of it) as an argument makes the receiving
-    task depend on ``spec`` succeeding; the value is substituted at dispatch.
+    task depend on ``spec`` succeeding; the value is substituted at dispatch. Get one from
+    ``spec.output`` (never built directly): ``ref["key"]`` and ``ref.map(f)`` project it.
     """
 
     __slots__ = ("_name", "_steps")
@@ -395,6 +396,7 @@ class Task(Generic[T]):
         s(self, "dependencies", dependencies)
 
     def kw_values(self) -> tuple[Any, ...]:
+        """The keyword arguments' values, in order (where ``output`` references hide)."""
         return tuple(self.kwargs.values())
 
     def replace(self, **options: Any) -> Task[T]:

@@ -84,13 +84,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Statistics:
-    """A snapshot of the supervisor (``sup.statistics()``)."""
+    """A snapshot of the supervisor (``sup.statistics()``): its ``state``; ``tasks`` by
+    state, ended ones included; ``queued``: ready tasks waiting for a slot, per tier;
+    ``busy_slots`` taken; ``running`` tasks per executor target; ``threads``: pool threads
+    started so far; ``aloops``: their names; ``process_pool_started``; ``paused``."""
 
     state: SupervisorState
-    tasks: Mapping[State, int]  # tasks by state, ended ones included
-    queued: Mapping[Tier, int]  # admitted-ready tasks waiting for a slot, per tier
+    tasks: Mapping[State, int]
+    queued: Mapping[Tier, int]
     busy_slots: int
-    running: Mapping[str, int]  # running tasks per executor target
+    running: Mapping[str, int]
     threads: int
     aloops: tuple[str, ...]
     process_pool_started: bool
@@ -98,7 +101,76 @@ class Statistics:
 
 
 class Supervisor(Engine):
-    """Owns the planner, the executors and the result streams. See the design page."""
+    """Runs tasks: admits them by tier, priority, dependencies and locks, and runs them on
+    its executors (aloops, threads, processes, your own); every task ends in one
+    :class:`TaskRes`.
+
+    Use it as ``async with Supervisor(...) as sup:``. Arguments:
+
+    * ``pool_size``, ``reserve_normal``, ``reserve_high``: admission slots and the reserves
+      of the NORMAL and HIGH tiers. ``pool_size=0`` (the default) means unlimited.
+    * ``threads``: thread-pool size (default 40). ``processes``: process-pool size
+      (default ``os.cpu_count()``).
+    * ``aloops``: names of the aloops started with the supervisor. The first one is the
+      default. ``uvloop``: use uvloop for the aloops when it is installed.
+    * ``resources``: capacities for declared resources, such as ``{"gpu": 2}``.
+    * ``cpu_limit``, ``memory_limit``: live system gates. While the machine's CPU or
+      memory use is above the limit, no task below CRITICAL is admitted. Each is a
+      percentage of the whole machine, ``"90%"`` or a number in (0, 100], or ``None`` (the
+      default: no gate).
+    * ``sampler``: a callable returning ``(cpu_percent, memory_percent)`` for the gates.
+      The default uses psutil (``cpu_percent()``, ``virtual_memory().percent``).
+      ``sample_interval``: the minimum number of seconds between two readings (default
+      0.5). Readings are taken on submissions and completions, and every
+      ``sample_interval`` by one timer while the gate is closed.
+    * ``wait_warning``, ``wait_critical``: seconds a task may wait in the admission queue
+      (dependencies met, waiting for slots, resources, a gate or a pause) before an alarm.
+    * ``on_wait_warning``, ``on_wait_critical``: callbacks ``(name, waited)``, called once
+      per task and level on the supervisor's loop. Without one, the alarm is logged
+      (WARNING or ERROR).
+    * ``fail_fast``: the first failure cancels everything that has not ended.
+    * ``grace``: how many seconds leaving ``async with`` waits for the work before it
+      cancels what is left (``None``, the default: as long as it takes).
+    * ``shared``: the initial shared dict that every task's dict starts from.
+    * ``result_buffer``: keep only the last *N* tasks that ended (default 10,000: a
+      long-running supervisor's memory stays flat). An ended task's name may be reused as
+      soon as no handle to it is alive and no pending task needs its result; older ended
+      tasks are forgotten on the same terms: their results leave :meth:`report`, lookups
+      by their names raise ``KeyError``, and their outputs can no longer be referenced.
+      ``None`` keeps everything (names stay unique for the supervisor's life).
+    * ``executors``: ``{name: executor}``, extra ``runs_on`` targets: each a
+      :class:`taskvisor.abc.Executor`, or any ``concurrent.futures.Executor``-style object
+      with ``submit`` (its payloads are then pickled, as for processes). A user's executor
+      is used as it is: a ``ProcessPoolExecutor`` of your own still breaks as a whole when
+      a worker dies; only ``runs_on="process"`` is crash-tolerant. ``backends`` is the
+      older name of the same argument (both may be given, with different names).
+    * ``instruments``: objects told about each task and the supervisor, as trio's
+      instruments are: each has any of ``task_submitted(info)``, ``task_started(info)``
+      (each attempt, at its dispatch), ``task_finished(res)``, ``worker_crashed(info)``
+      and ``supervisor_closed(report)``, where ``info`` is a :class:`TaskInfo` and ``res``
+      the :class:`TaskRes`. They are called on the supervisor loop's thread, outside its
+      critical section; one that raises is logged and removed. With none installed they
+      cost one truth test per step.
+    * ``admit``: an admission rule (taylorism's pluggable schedulers), a callable
+      ``rule(task, running) -> bool`` asked before a ready task that fits is started,
+      with the :class:`Task` specs running now. ``False`` holds it back (the next task of
+      its tier may go); it is asked again each time a task ends. A rule that raises, or
+      that holds a task back while nothing runs (nothing would end to ask it again), is
+      overruled with a :class:`TaskvisorWarning`: the task starts.
+    * ``clock``: a :class:`Clock`, such as :class:`taskvisor.testing.MockClock` in tests.
+      ``start_method``: ``"spawn"`` (the default), ``"forkserver"`` or ``"fork"`` for the
+      process pool.
+
+    Every invalid value raises :class:`SpecError` naming the argument and the value
+    (bools must be bools, ``clock`` must have ``now``, ``to_wall`` and ``call_at``,
+    ``aloops`` is an iterable of names, ``backends`` a mapping of non-empty names to
+    objects with ``submit()``; the full list is in :ref:`the guide
+    <supervisor-arguments>`), and unknown keywords raise ``TypeError``.
+    Every method may be called from any thread, except the async API (``run``,
+    ``gather``, ``aclose``), which belongs to the loop that started the supervisor (see
+    :ref:`Any thread, one rule <any-thread>`). The failure semantics of every option are in
+    :doc:`failures`.
+    """
 
     def __init__(
         self,
@@ -835,8 +907,10 @@ class Supervisor(Engine):
 def run(tasks: Iterable[Task[Any] | Callable[..., Any]], **options: Any) -> RunReport:
     """Run a batch from synchronous code (scripts): ``tv.run([a, b], threads=4)``.
 
-    ``options`` go to :class:`Supervisor`. Raises ``RuntimeError`` inside a running event
-    loop: there, ``async with Supervisor() as sup: await sup.gather(...)``.
+    ``tasks``: :class:`Task` specs or plain callables, run as one sealed batch on a new
+    supervisor; returns their :class:`RunReport`. ``options`` go to :class:`Supervisor`.
+    Raises ``RuntimeError`` inside a running event loop: there, ``async with
+    Supervisor() as sup: await sup.gather(...)``.
     """
     try:
         asyncio.get_running_loop()

@@ -44,8 +44,9 @@ POLL = 0.1  # seconds: how often a thread blocked on a stdlib queue or event loo
 
 
 class Worker:
-    """A background worker's handle (from ``every``, ``consume`` or ``on_event``). Its
-    methods work from any thread."""
+    """A background worker's handle, returned by ``every``, ``consume`` or ``on_event``
+    (never built directly: their options are its own). Its methods work from any
+    thread."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class Worker:
         self._resumed.clear()
 
     def resume(self) -> None:
+        """Undo :meth:`pause`: the worker runs again on its next trigger."""
         self._resumed.set()
         self._poke()
 

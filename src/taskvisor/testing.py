@@ -47,7 +47,9 @@ class MockClock:
     """A :class:`~taskvisor.Clock` whose time moves only when told (or when idle).
 
     ``start`` is the first reading of ``now()``; ``wall_start`` the epoch seconds that
-    reading maps to in ``TaskRes`` datetimes. Use it on one event loop (the supervisor's).
+    reading maps to in ``TaskRes`` datetimes; ``autojump`` moves time by itself to the next
+    deadline once the supervisor is idle (see the module's docstring; ``False``: only
+    ``advance()`` and ``jump()`` move it). Use it on one event loop (the supervisor's).
     """
 
     def __init__(
@@ -65,15 +67,19 @@ class MockClock:
     # ------------------------------------------------------------ the Clock protocol
 
     def now(self) -> float:
+        """The mock time (read on every supervisor event: autojump counts the reads)."""
         self._reads += 1
         return self._now
 
     def to_wall(self, t: float) -> float:
+        """Epoch seconds of the mock time ``t`` (``wall_start`` at ``start``)."""
         return self._wall + t
 
     def call_at(
         self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
     ) -> _MockTimer:
+        """Call ``callback`` once the mock time reaches ``when`` (never by itself: by
+        ``advance``, ``jump`` or autojump)."""
         timer = _MockTimer(float(when), next(self._seq), callback)
         heapq.heappush(self._timers, timer)
         self._arm(loop)
@@ -151,7 +157,9 @@ IDLE_TURNS_OPAQUE = 20
 
 
 class FakeSampler:
-    """A settable stand-in for the psutil sampler of the live gates."""
+    """A settable stand-in for the psutil sampler of the live gates: it returns
+    ``(cpu, memory)``, percentages you set and change between steps; ``calls`` counts
+    the readings."""
 
     def __init__(self, cpu: float = 0.0, memory: float = 0.0) -> None:
         self.cpu = cpu
