@@ -916,3 +916,68 @@ async def test_a_registered_executor_that_fails_to_load_fails_the_submit(plugin:
         with pytest.raises(tv.SpecError, match=r"runs_on 'broken'.*no GPU here"):
             sup.submit(add, 1, 1, runs_on="broken")
         assert (await sup.submit(add, 1, 1)).ret == 2  # nothing else is affected
+
+
+class Measured(tv_abc.Executor):
+    """Holds each job until the test ends it, reporting the seconds it "ran" in its
+    worker (``job.ran``), as the process pool does."""
+
+    def start(self, sink: Any) -> None:
+        self.sink = sink
+        self.jobs: list[_executors.Job] = []
+
+    def submit(self, job: _executors.Job) -> None:
+        self.jobs.append(job)
+
+    def end(self, ran: float) -> None:
+        job = self.jobs.pop(0)
+        job.ran = ran
+        self.sink(job, (tv_abc.Outcome.OK, job.attempt, job.shared, None, "w1"))
+
+
+async def test_run_time_measured_in_the_worker_excludes_its_start_up() -> None:
+    """An executor that measured the job in its worker (``job.ran``, real seconds): that
+    is the attempt's run time, and the task started then, not at its dispatch; the time
+    before (a worker starting, a queue) is waiting. On a mock clock it is not used."""
+    ex = Measured()
+    async with tv.Supervisor(executors={"m": ex}, aloops=()) as sup:
+        a = sup.submit(abs, 1, name="a", runs_on="m")
+        b = sup.submit(abs, 2, name="b", runs_on="m")
+        await end_of_turn()
+        ex.end(3600.0)  # (more than has passed: the start stays the dispatch)
+        ex.end(0.0)  # it began as it ended
+        ra, rb = await a, await b
+    assert ra.run_time == 3600.0 and rb.run_time == 0.0
+    # b began as it ended, after a ended: not at its dispatch, which came before both
+    assert rb.started_at is not None and ra.finished_at <= rb.started_at <= rb.finished_at
+    assert ra.started_at is not None and ra.started_at < ra.finished_at
+    clock = MockClock(autojump=False)
+    ex = Measured()
+    async with tv.Supervisor(executors={"m": ex}, aloops=(), clock=clock) as sup:
+        h = sup.submit(abs, 1, name="t", runs_on="m")
+        await end_of_turn()
+        clock.advance(100.0)
+        ex.end(5.0)
+        res = await h
+    assert res.run_time == 100.0 and res.wait_time == 0.0  # mock time, not real seconds
+
+
+@pytest.mark.slow
+async def test_process_task_run_time_is_its_time_in_the_worker() -> None:
+    """The process pool measures each job in its worker: the task's run_time covers the
+    function's own run (what it measured itself) and never the worker's start, which
+    happens after the dispatch (workers start on demand)."""
+    from .workloads import timed
+
+    async with tv.Supervisor(processes=1, aloops=()) as sup:
+        res = await sup.submit(timed, runs_on="process")
+        (dispatched,) = [e.time for e in sup.story(res.name) if e.kind == "dispatched"]
+    assert res.ok and res.started_at is not None and res.ret is not None
+    # it started after its dispatch: the worker was spawned in between, and that is
+    # waiting (before, started_at was the dispatch and run_time included the spawn)
+    assert sup.clock.to_wall(dispatched) < res.started_at.timestamp()
+    own, _pid = res.ret
+    # physical order, not a tolerance: the function ran inside the measured interval,
+    # and the measured interval ended before the supervisor heard of it
+    assert own <= res.run_time
+    assert res.run_time <= (res.finished_at - res.started_at).total_seconds() + 1e-6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import taskvisor as tv
@@ -55,3 +56,10 @@ def soft_fail_in_process(key: str) -> None:
 @tv.controlled_failure(deps_ok=False)
 async def soft_fail_async(key: str) -> None:
     raise KeyError(key)
+
+
+def timed() -> tuple[float, int]:
+    """Its own duration (a little work), and the worker's pid."""
+    t0 = time.perf_counter()
+    sum(range(1000))
+    return time.perf_counter() - t0, os.getpid()

@@ -154,6 +154,9 @@ class Engine:
         self._shared = cfg.shared
         self._instruments = cfg.instruments
         self._clock: Clock = cfg.clock if cfg.clock is not None else SystemClock()
+        # an executor's own measure of a job (job.ran) is in real seconds: it is taken
+        # on the real clock only (a mock clock's run times stay mock time)
+        self._real_clock = type(self._clock) is SystemClock
         self._now: Callable[[], float] = self._clock.now  # read on every event
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
         self._recs: dict[str, Record] = {}
@@ -563,7 +566,13 @@ class Engine:
         if rec.timer is not None:
             rec.timer.cancel()
             rec.timer = None
-        rec.run_time += self._now() - job.started
+        now = self._now()
+        if job.ran is None or not self._real_clock:
+            rec.run_time += now - job.started
+        else:  # measured in the worker: it really began then, not at the dispatch
+            rec.run_time += job.ran
+            if job.attempt == 1 and rec.started is not None:
+                rec.started = max(rec.started, now - job.ran)
         spec = rec.spec
         if self._instruments and isinstance(exc, WorkerCrashed):
             self._instrument("worker_crashed", self._info(rec, job.attempt, worker))

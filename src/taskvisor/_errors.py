@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -271,6 +270,7 @@ def _not_user() -> tuple[str, ...]:
     and must stay light."""
     import asyncio
     import concurrent.futures
+    import threading
 
     return (
         os.path.dirname(__file__) + os.sep,

@@ -25,9 +25,11 @@ class Job:
     keyword when it is not None) to run it, ``task`` for what the user asked of it (its
     ``tier``, ``priority``, ``resources``, ``timeout``: a cluster executor maps them to
     its own), ``target`` (the ``runs_on`` name it was sent to), ``name`` and ``attempt``
-    to name it, and ``cancelled`` for why the
-    supervisor asked it to stop. It may keep what it needs to cancel it in ``handle``.
-    Every other slot belongs to the supervisor and the built-in pools.
+    to name it, and ``cancelled`` for why the supervisor asked it to stop. It may keep
+    what it needs to cancel it in ``handle``, and set ``ran`` (the seconds the job ran in
+    its worker, when it can measure them there) before reporting its end: the attempt's
+    run time is then that, not the time since its dispatch. Every other slot belongs to
+    the supervisor and the built-in pools.
     """
 
     __slots__ = (
@@ -41,6 +43,7 @@ class Job:
         "handle",
         "kwargs",
         "name",
+        "ran",
         "returned",
         "running",
         "shared",
@@ -76,6 +79,9 @@ class Job:
         # judged by these, not by when the loop got round to the reports)
         self.began: float | None = None
         self.ended: float | None = None
+        # seconds it ran in its worker, when the executor measured it there (a process
+        # worker: its start-up and its queue are not the task's run time)
+        self.ran: float | None = None
         self.target = target
         self.task = task  # the Task it is an attempt of (None in pool-level tests)
         # report Outcome.STARTED when a worker really starts it (its timeout runs from then)

@@ -688,9 +688,9 @@ class ProcessPool:
                 pos += 8 + size
         if pos:
             del buf[:pos]
-        for kind, seq, answer in frames:
+        for kind, seq, answer, ran in frames:
             if kind == _ANSWER:
-                self._answered(w, seq, answer, now)
+                self._answered(w, seq, answer, now, ran)
             elif kind == _STARTED:
                 for slot in w.window:
                     if slot.seq == seq:
@@ -711,7 +711,9 @@ class ProcessPool:
             w.answers.close()
             w.rfd = -1
 
-    def _answered(self, w: _Worker, seq: int, answer: tuple[Any, ...], now: float) -> None:
+    def _answered(
+        self, w: _Worker, seq: int, answer: tuple[Any, ...], now: float, ran: float
+    ) -> None:
         window = w.window
         while window and window[0].seq < seq:  # never: answers come in window order
             lost = window.popleft()
@@ -724,6 +726,7 @@ class ProcessPool:
         answered(w, now)
         if job not in self._pending:
             return
+        job.ran = ran
         ok, ret, shared, excinfo, worker = decode(answer)
         if ok:
             self._finish(job, (Outcome.OK, ret, shared, None, worker))

@@ -88,7 +88,7 @@ class TaskRes(NamedTuple, Generic[T]):
     finished_at: datetime
     #: seconds from submission to start (or to the end, if it never ran)
     wait_time: float
-    #: seconds running, over all attempts
+    #: seconds running, over all attempts (a process task's: measured in its worker)
     run_time: float
     #: how many times it was started (retries included; 0 if it never ran)
     attempts: int

@@ -26,6 +26,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -129,8 +130,8 @@ def _die_with_parent() -> None:
 def _serve(jobs: Connection, wfd: int, lock: Any, ctl: Any) -> None:
     header = HEADER
 
-    def send(kind: int, seq: int, answer: tuple[Any, ...] | None) -> None:
-        data = pickle.dumps((kind, seq, answer), _PROTO)
+    def send(kind: int, seq: int, answer: tuple[Any, ...] | None, ran: float = 0.0) -> None:
+        data = pickle.dumps((kind, seq, answer, ran), _PROTO)
         _write_all(wfd, header.pack(len(data)) + data)
 
     with open(jobs.fileno(), "rb", closefd=False) as reader:
@@ -156,8 +157,11 @@ def _serve(jobs: Connection, wfd: int, lock: Any, ctl: Any) -> None:
                     continue
                 if watch:
                     send(STARTED, seq, None)
+                # the job's own time in this worker (its start-up and its queue excluded):
+                # the task's run_time, and its start as the supervisor reports it
+                t0 = time.perf_counter()
                 answer = _run_payload(name, payload)
-                send(ANSWER, seq, answer)
+                send(ANSWER, seq, answer, time.perf_counter() - t0)
                 del answer
             del batch
 
