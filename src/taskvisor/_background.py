@@ -72,6 +72,9 @@ class BackgroundSupervisor:
         self._previous: dict[int, Any] = {}
         self._closing = threading.Lock()  # one close at a time (a signal and __exit__)
         self._stopping = False  # a signal asked for a graceful stop
+        # the stop thread hands the signal back to the main thread until it is taken
+        self._handed = threading.Event()
+        self._hand = threading.Lock()  # a hand-back is sent, or taken, never both at once
         self._report: RunReport | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -138,6 +141,10 @@ class BackgroundSupervisor:
         signal again. The second (that one, or the user's second Ctrl-C): put the
         previous handlers back and hand the signal to them."""
         if self._stopping:
+            with self._hand:  # no hand-back is sent after this
+                if self._handed.is_set():
+                    return  # one sent as this one was taken: the signal is handed back
+                self._handed.set()
             self._restore_signals()
             signal.raise_signal(signum)
             return
@@ -145,16 +152,35 @@ class BackgroundSupervisor:
         logger.warning(
             "%s: stopping gracefully (grace %s s)", signal.Signals(signum).name, self._sup._grace
         )
+        threading.Thread(
+            target=self._stop_and_hand_back,
+            args=(signum,),
+            name="taskvisor-signal-stop",
+            daemon=True,
+        ).start()
 
-        def stop() -> None:
-            try:
-                self.close()
-            finally:  # again, to the main thread (raise_signal would hit this thread)
-                main = threading.main_thread().ident
-                assert main is not None
-                signal.pthread_kill(main, signum)
+    def _stop_and_hand_back(self, signum: int) -> None:
+        """Close, then send the signal again to the main thread (raise_signal would hit
+        this thread) until its handler has taken it.
 
-        threading.Thread(target=stop, name="taskvisor-signal-stop", daemon=True).start()
+        Once is not enough: Python runs a handler between bytecodes, and a signal that
+        arrives just before the main thread enters a blocking call (``time.sleep``, a
+        lock) is noted but does not interrupt it: the handler would wait for the call
+        to return (a hang of its length). Each resend interrupts the call; resends stop
+        as the handler takes one (``_hand`` orders the two).
+        """
+        try:
+            self.close()
+        finally:
+            main = threading.main_thread().ident
+            assert main is not None
+            wait = 0.05
+            while not self._handed.is_set():
+                with self._hand:
+                    if not self._handed.is_set():
+                        signal.pthread_kill(main, signum)
+                self._handed.wait(wait)
+                wait = min(wait * 2, 1.0)
 
     def _restore_signals(self) -> None:
         """Put the previous handlers back (main thread only: from another thread they stay

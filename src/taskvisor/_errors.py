@@ -266,18 +266,14 @@ class TaskvisorWarning(UserWarning):
 def _not_user() -> tuple[str, ...]:
     """Where a warning's location is never the user's line: taskvisor itself, and the
     loop and thread machinery that calls it (a callback's stack goes up to the user's
-    ``asyncio.run``). Imported here, not at the top: process workers import this module
-    and must stay light."""
-    import asyncio
-    import concurrent.futures
-    import threading
-
-    return (
-        os.path.dirname(__file__) + os.sep,
-        os.path.dirname(asyncio.__file__) + os.sep,
-        os.path.dirname(concurrent.futures.__file__) + os.sep,
-        threading.__file__,
-    )
+    ``asyncio.run``). Found in ``sys.modules``, never imported: a module that is not
+    loaded has no frame on the stack, and process workers import this module light."""
+    skip = [os.path.dirname(__file__) + os.sep]
+    for name, package in (("asyncio", True), ("concurrent.futures", True), ("threading", False)):
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where:
+            skip.append(os.path.dirname(where) + os.sep if package else where)
+    return tuple(skip)
 
 
 def warn_user(message: str) -> None:
