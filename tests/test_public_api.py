@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.metadata
 import inspect
 import pickle
 import subprocess
@@ -212,3 +213,18 @@ def test_every_public_name_and_option_is_documented_for_help() -> None:
                 f"{where}({p}): not in its docstring" for p in _parameters(obj) if p not in doc
             ]
     assert not problems, "\n".join(problems)
+
+
+def test_the_project_urls_point_at_the_docs() -> None:
+    # the package's metadata (what PyPI shows) names the docs, the changelog among them,
+    # as Read the Docs builds them from .readthedocs.yaml
+    entries = importlib.metadata.metadata("taskvisor").get_all("Project-URL") or []
+    urls = dict(u.split(", ", 1) for u in entries)
+    docs = urls["Documentation"]
+    assert docs.startswith("https://") and docs.endswith("/")
+    for label, url in urls.items():
+        assert url.startswith(docs), label
+        page = url[len(docs) :].removeprefix("en/latest/").removesuffix(".html")
+        assert not page or (DOCS / f"{page}.rst").is_file(), f"{label}: no docs/{page}.rst"
+    rtd = (DOCS.parent / ".readthedocs.yaml").read_text(encoding="utf-8")
+    assert "configuration: docs/conf.py" in rtd and "- docs" in rtd
