@@ -66,7 +66,13 @@ OPTIONS (each at most once):
     for ``script``: how to run it instead of ``python FILE`` (``{python}``, ``{bin}``
     (the interpreter's directory) and ``{file}`` are filled in), e.g. under ``mpiexec``.
 
-``console`` blocks are not run, nor literal blocks (``::``), nor other languages. The
+``console``
+    (on a ``console`` / ``bash`` block) each ``$ taskvisor ...`` or ``$ python ...`` line
+    runs in a temporary directory holding the file of the page's last ``script`` example
+    (its ``file:``), and must exit 0. Takes only ``replace:`` and ``expect:``.
+
+Shell blocks without a marker are not run, nor literal blocks (``::``), nor other
+languages. The
 service examples pulled in with ``literalinclude`` are files under ``examples/``, run by
 ``tests/test_examples.py``.
 """
@@ -95,7 +101,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WAIT = 120.0  # a bound on a subprocess that must end long before (never a synchronisation)
 MAX_SKIPS = 0  # raise it only with a reason no option can remove
 PYTHON = frozenset({"python", "py", "python3"})
-KINDS = frozenset({"exec", "async", "continues", "script", "pytest", "pytest-auto", "skip"})
+KINDS = frozenset(
+    {"exec", "async", "continues", "script", "pytest", "pytest-auto", "console", "skip"}
+)
+SHELL = frozenset({"console", "bash", "sh", "shell"})
 OPTIONS = frozenset({"setup", "teardown", "sup", "replace", "expect", "lines", "file", "command"})
 
 
@@ -109,7 +118,7 @@ class Example:
     line: int  # the 1-based line of the directive or fence
     first: int  # the 1-based line of the example's first line of code
     code: str
-    kind: str  # exec, script, pytest, pytest-auto or skip
+    kind: str  # exec, script, pytest, pytest-auto, console or skip
     asynchronous: bool = False  # top-level await (marked async)
     continues: bool = False
     reason: str = ""
@@ -193,6 +202,8 @@ def _parse_marker(where: str, head: str, body: str) -> Marker:
     asynchronous = asynchronous or "sup" in options
     if continues and kind != "exec":
         raise MarkerError(f"{where}: only in-process examples can continue")
+    if kind == "console" and options.keys() - {"replace", "expect"}:
+        raise MarkerError(f"{where}: a console example takes only 'replace' and 'expect'")
     if asynchronous and kind not in ("exec", "script"):
         raise MarkerError(f"{where}: only in-process and script examples can be async")
     if kind == "exec" and ({"file", "command"} & options.keys()):
@@ -231,12 +242,14 @@ def _rst_examples(text: str, rel: str) -> Iterator[Example]:
                 body.pop(0)
                 start += 1
             code = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
-            if block.group(2) in PYTHON:
-                m = Marker()
-                if marker is not None:
-                    if marker[1] != indent:
-                        raise MarkerError(f"{marker[0]}: not indented as its block")
-                    m = _parse_marker(marker[0], marker[2], marker[3])
+            m = None
+            if marker is not None:
+                if marker[1] != indent:
+                    raise MarkerError(f"{marker[0]}: not indented as its block")
+                m = _parse_marker(marker[0], marker[2], marker[3])
+            if block.group(2) in PYTHON and (m is None or m.kind != "console"):
+                yield Example(rel, i + 1, start + 1, code, **(m or Marker()).__dict__)
+            elif block.group(2) in SHELL and m is not None and m.kind == "console":
                 yield Example(rel, i + 1, start + 1, code, **m.__dict__)
             elif marker is not None:
                 raise MarkerError(f"{marker[0]}: a marker before a {block.group(2)!r} block")
@@ -272,8 +285,10 @@ def _markdown_examples(text: str, rel: str) -> Iterator[Example]:
             while not lines[j].startswith("```"):
                 j += 1
             code = "\n".join(lines[i + 1 : j]) + "\n"
-            if fence.group(1) in PYTHON:
-                m = Marker() if marker is None else _parse_marker(*marker)
+            m = None if marker is None else _parse_marker(*marker)
+            if fence.group(1) in PYTHON and (m is None or m.kind != "console"):
+                yield Example(rel, i + 1, i + 2, code, **(m or Marker()).__dict__)
+            elif fence.group(1) in SHELL and m is not None and m.kind == "console":
                 yield Example(rel, i + 1, i + 2, code, **m.__dict__)
             elif marker is not None:
                 raise MarkerError(f"{marker[0]}: a marker before a {fence.group(1)!r} block")
@@ -424,12 +439,39 @@ def _run_pytest(ex: Example, tmp_path: Path) -> str:
     mode = "auto" if ex.kind == "pytest-auto" else "strict"
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     argv += ["-o", f"asyncio_mode={mode}", "-o", "asyncio_default_fixture_loop_scope=function"]
+    argv += ["-o", "filterwarnings=error"]
     out = _subprocess([*argv, name], tmp_path)
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     assert out.returncode == 0, f"{ex.id} under pytest ({mode}):\n{out.stdout}\n{out.stderr}"
     assert re.search(r"\d+ passed", summary), summary
     assert not re.search(r"warning|skipped|xfail|error", summary), out.stdout
     return out.stdout
+
+
+def _run_console(ex: Example, tmp_path: Path) -> str:
+    """Each ``$ taskvisor ...`` / ``$ python ...`` line, in a directory holding the file of
+    the page's last script example before it (``jobs.py``), as the page has you write it."""
+    before = ex.previous
+    while before is not None and before.kind != "script":
+        before = before.previous
+    if before is not None:
+        (tmp_path / before.options.get("file", "example.py")).write_text(_script(before))
+    outs = []
+    for line in _source(ex).splitlines():
+        if not line.startswith("$ "):
+            continue
+        argv = shlex.split(line[2:], comments=True)
+        if argv[0] == "taskvisor":
+            argv[:1] = [sys.executable, "-m", "taskvisor"]
+        elif argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        else:
+            raise MarkerError(f"{ex.id}: a console example runs taskvisor or python: {line!r}")
+        out = _subprocess(argv, tmp_path)
+        assert out.returncode == 0, f"{ex.id}: {line!r} exited {out.returncode}:\n{out.stderr}"
+        outs.append(out.stdout)
+    assert outs, f"{ex.id}: a console example without a '$ ' line"
+    return "".join(outs)
 
 
 def _check_output(ex: Example, stdout: str) -> None:
@@ -441,7 +483,7 @@ def _check_output(ex: Example, stdout: str) -> None:
 
 
 def _param(ex: Example) -> Any:
-    marks = [pytest.mark.slow] if ex.kind in ("script", "pytest", "pytest-auto") else []
+    marks = [pytest.mark.slow] if ex.kind not in ("exec", "skip") else []
     return pytest.param(ex, id=ex.id, marks=marks)
 
 
@@ -458,6 +500,8 @@ def test_example(
         stdout = _run_script(ex, tmp_path)
     elif ex.kind in ("pytest", "pytest-auto"):
         stdout = _run_pytest(ex, tmp_path)
+    elif ex.kind == "console":
+        stdout = _run_console(ex, tmp_path)
     else:
         monkeypatch.chdir(tmp_path)  # an example may write files where it runs
         ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
