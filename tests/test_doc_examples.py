@@ -414,6 +414,9 @@ def _script(ex: Example) -> str:
 
 def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # Dask's own INFO/WARNING lines ("event loop was unresponsive" on a busy machine) are
+    # not the example's: its stderr must stay empty of taskvisor's and Python's warnings
+    env["DASK_LOGGING__DISTRIBUTED"] = "error"
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=WAIT, cwd=cwd, env=env, check=False
     )
@@ -528,6 +531,8 @@ def test_markers_are_checked() -> None:
         _parse_marker("x", "skip", "")
     with pytest.raises(MarkerError, match="unknown option"):
         _parse_marker("x", "script", "expcet: 1")
+    with pytest.raises(MarkerError, match="only 'replace' and 'expect'"):
+        _parse_marker("x", "console", "setup: import os")
     assert _parse_marker("x", "async continues", "setup:\n   a = 1\n   b = 2\nlines: 3") == (
         Marker("exec", True, True, "", {"setup": "a = 1\nb = 2", "lines": "3"})
     )
