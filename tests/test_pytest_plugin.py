@@ -7,7 +7,6 @@ that hangs fails here instead of hanging the suite. No assertion is on time.
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -361,18 +360,3 @@ def test_anyio_under_auto_mode_is_explained(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=RUN_LIMIT)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*with anyio set asyncio_mode = strict*"])
-
-
-def test_the_docs_example_runs(pytester: pytest.Pytester) -> None:
-    """The first example of docs/testing.rst, verbatim, under auto mode as the page says."""
-    page = (Path(__file__).parent.parent / "docs" / "testing.rst").read_text()
-    block = page.split(".. code-block:: python\n", 1)[1]
-    lines = []
-    for line in block.splitlines()[1:]:
-        if line and not line.startswith("   "):
-            break
-        lines.append(line[3:])
-    pytester.makeini(INI.format(mode="auto"))
-    pytester.makepyfile(test_docs="\n".join(lines))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=RUN_LIMIT)
-    result.assert_outcomes(passed=3)
