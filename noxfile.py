@@ -31,12 +31,15 @@ def _system_packages(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """pytest on asyncio and uvloop (every async test is parametrised over both);
+    """pytest on asyncio and uvloop (every async test is parametrised over both), one
+    worker per core (pytest-xdist; ``-- -n 0`` runs in this process, for ``--pdb``);
     ``nox -s tests -- -k NAME`` runs only the selected tests."""
     _system_packages(session)
     session.install("-e", ".[test]")
+    # worksteal: a few slow tests (state machines, Dask, pytester) do not hold a core idle;
     # exit code 5 = no test collected: a selection that matched nothing is not a failure
-    session.run("pytest", *session.posargs, success_codes=[0, 5])
+    xdist = ["-n", "auto", "--dist", "worksteal"]
+    session.run("pytest", *xdist, *session.posargs, success_codes=[0, 5])
 
 
 @nox.session
