@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from . import (
     dask_cluster,
+    instruments,
     planner,
     service,
     soak,
@@ -49,6 +50,7 @@ WORKLOADS: dict[str, Callable[[Config], list[Row]]] = {
     "SOAK": soak.run,
     "SERVICE": service.run,
     "DASK": dask_cluster.run,
+    "INSTRUMENTS": instruments.run,
 }
 
 
