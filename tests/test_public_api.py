@@ -232,3 +232,35 @@ def test_the_project_urls_point_at_the_docs() -> None:
         assert not page or (DOCS / f"{page}.rst").is_file(), f"{label}: no docs/{page}.rst"
     rtd = (DOCS.parent / ".readthedocs.yaml").read_text(encoding="utf-8")
     assert "configuration: docs/conf.py" in rtd and "- docs" in rtd
+
+
+def test_the_engine_builds_task_results_in_field_order() -> None:
+    # the engine builds each TaskRes positionally (tuple.__new__, for speed): its fields
+    # must stay in the order it writes them
+    assert tv.TaskRes._fields == (
+        "task",
+        "shared",
+        "ret",
+        "excinfo",
+        "name",
+        "state",
+        "ok",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "wait_time",
+        "run_time",
+        "attempts",
+        "runs_on",
+        "worker",
+    )
+    res = tv.run([tv.Task(abs, (-2,), name="two")])["two"]
+    assert (res.ret, res.name, res.state, res.ok, res.attempts) == (
+        2,
+        "two",
+        tv.State.DONE,
+        True,
+        1,
+    )
+    assert res.submitted_at <= res.started_at <= res.finished_at  # type: ignore[operator]
+    assert res.runs_on == "thread" and res.worker is not None and res.excinfo is None

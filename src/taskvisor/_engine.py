@@ -69,6 +69,7 @@ logger = logging.getLogger("taskvisor")
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)
+_new_tuple: Callable[..., Any] = tuple.__new__  # builds each TaskRes (see Engine._deliver)
 
 
 class SupervisorState(enum.Enum):
@@ -663,22 +664,27 @@ class Engine:
         spec = rec.spec
         wall = self._clock.to_wall
         started = rec.started
-        res: TaskRes[Any] = TaskRes(
-            task=spec,
-            shared=shared,
-            ret=ret,
-            excinfo=excinfo,
-            name=spec.name,
-            state=state,
-            ok=state is State.DONE,
-            submitted_at=datetime.fromtimestamp(wall(rec.submitted), UTC),
-            started_at=None if started is None else datetime.fromtimestamp(wall(started), UTC),
-            finished_at=datetime.fromtimestamp(wall(now), UTC),
-            wait_time=(now if started is None else started) - rec.submitted,
-            run_time=rec.run_time,
-            attempts=rec.attempts,
-            runs_on=rec.target,
-            worker=worker,
+        # positional, in TaskRes's field order (a test keeps it so): the named tuple's
+        # keyword __new__ cost 0.8 µs of every task, tuple.__new__ 0.13
+        res: TaskRes[Any] = _new_tuple(
+            TaskRes,
+            (
+                spec,
+                shared,
+                ret,
+                excinfo,
+                spec.name,
+                state,
+                state is State.DONE,
+                datetime.fromtimestamp(wall(rec.submitted), UTC),
+                None if started is None else datetime.fromtimestamp(wall(started), UTC),
+                datetime.fromtimestamp(wall(now), UTC),
+                (now if started is None else started) - rec.submitted,
+                rec.run_time,
+                rec.attempts,
+                rec.target,
+                worker,
+            ),
         )
         rec.res = res
         rec.job = None
