@@ -243,6 +243,12 @@ def _crash_once(marker: str) -> str:
     return "again"
 
 
+def test_importing_taskvisor_mpi_does_not_import_mpi4py() -> None:
+    code = "import sys, taskvisor, taskvisor.mpi; print('mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert out.stdout == "False\n", out
+
+
 def test_mpi_executor_refuses_what_is_not_a_pool() -> None:
     with pytest.raises(TypeError, match=r"concurrent\.futures executor"):
         MPIExecutor(object())  # type: ignore[arg-type]

@@ -250,14 +250,16 @@ def _rank() -> str:
 
 
 def run_isolated(name: str, payload: bytes) -> tuple[Any, ...]:
-    """On a worker rank: run one task (``payload``, the pickled function, arguments,
-    kwargs and ``shared``) in this rank's child process and return its answer (the
-    :func:`~taskvisor._worker.run_pickled` format), or a ``WorkerCrashed`` answer naming
-    the rank, the child's pid and its exit code if the child died running it.
+    """On a worker rank: run the task called ``name`` (``payload``: its pickled
+    function, arguments, kwargs and ``shared``) in this rank's child process and return
+    its answer (the :func:`~taskvisor._worker.run_pickled` format, its worker
+    ``"MPI rank R, pid P"``), or a ``WorkerCrashed`` answer naming the rank, the child's
+    pid and its exit code if the child died running it.
 
     The child is spawned on the first call and again on the first call after it died.
     A child found dead before the task was sent to it (killed while idle) is replaced and
-    the task sent to the new one.
+    the task sent to the new one. (One killed in the instant the task is sent is taken
+    for the task's crash: ``retries`` cover it.)
     """
     global _child
     with _child_lock:
@@ -290,8 +292,9 @@ def run_on_rank(
     kwargs: dict[str, Any],
     shared: dict[str, Any] | None,
 ) -> tuple[Any, ...]:
-    """On a worker rank (``isolate=False``): :func:`~taskvisor._worker.run_pickled` on
-    the rank itself, its answer naming the rank."""
+    """On a worker rank (``isolate=False``): ``fn(*args, **kwargs)`` (with ``shared=``
+    when ``shared`` is not None) through :func:`~taskvisor._worker.run_pickled` on the
+    rank itself, its answer's worker naming the rank."""
     answer = run_pickled(fn, args, kwargs, shared)
     return (*answer[:-1], f"{_rank()}, {answer[-1]}")
 
@@ -309,8 +312,8 @@ atexit.register(stop_child)  # an EOF ends the child quietly (multiprocessing wo
 
 
 def serve_child(conn: Connection) -> None:
-    """The child's loop: run each ``(name, payload)`` received, send back its answer;
-    return at EOF (the rank closed the pipe). Ends at once if the rank dies."""
+    """The child's loop: run each ``(name, payload)`` received on ``conn`` and send back
+    its answer; return at EOF (the rank closed the pipe). Ends at once if the rank dies."""
     _die_with_parent()
     with contextlib.suppress(KeyboardInterrupt):
         while True:
