@@ -33,6 +33,7 @@ def test_every_public_name_is_exported_once_and_importable() -> None:
         "dask",  # public submodule (taskvisor.dask, needs distributed), the same
         "prometheus",  # public submodule (taskvisor.prometheus, needs prometheus-client)
         "otel",  # public submodule (taskvisor.otel, needs opentelemetry-api)
+        "mpi",  # public submodule (taskvisor.mpi, its MPIExecutor() needs mpi4py)
         "pytest_plugin",  # the pytest plugin, loaded by pytest through its entry point
         "cli",  # the command line (taskvisor.cli), the same
         "TYPE_CHECKING",
@@ -188,12 +189,14 @@ def test_every_public_name_and_option_is_documented_for_help() -> None:
     its parameters (a class's in its own or its __init__'s docstring), and every public
     method has one. Classes never built directly say so and need not list theirs."""
     import taskvisor.abc
+    import taskvisor.mpi
     import taskvisor.otel
     import taskvisor.prometheus
     import taskvisor.testing
 
     problems = []
-    for mod in (tv, taskvisor.testing, taskvisor.abc, taskvisor.prometheus, taskvisor.otel):
+    mods = (tv, taskvisor.testing, taskvisor.abc, taskvisor.prometheus, taskvisor.otel)
+    for mod in (*mods, taskvisor.mpi):
         for name in mod.__all__:
             obj = getattr(mod, name)
             where = f"{mod.__name__}.{name}"

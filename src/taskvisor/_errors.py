@@ -211,14 +211,20 @@ class TaskTimeout(TaskvisorError):
 
 
 class WorkerCrashed(TaskvisorError):
-    """The worker process running the task died."""
+    """The worker process running the task died. ``where`` names the host of that process
+    when it is not this machine's pool (``"MPI rank 2"``)."""
 
-    def __init__(self, task: str, exitcode: int | None, pid: int | None) -> None:
+    def __init__(
+        self, task: str, exitcode: int | None, pid: int | None, where: str | None = None
+    ) -> None:
         self.task = task
         self.exitcode = exitcode  # negative: killed by signal -exitcode (multiprocessing's rule)
         self.pid = pid
+        self.where = where
         self.signal = _signal_name(exitcode)
         who = "a worker process" if pid is None else f"worker process {pid}"
+        if where is not None:
+            who = f"{who} on {where}"
         if self.signal is not None:
             how = f"was killed by {self.signal}"
         elif exitcode is not None:
@@ -228,7 +234,7 @@ class WorkerCrashed(TaskvisorError):
         super().__init__(f"{who} {how} while running {task!r}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.exitcode, self.pid))
+        return (type(self), (self.task, self.exitcode, self.pid, self.where))
 
 
 class RemoteError(TaskvisorError):
