@@ -713,3 +713,23 @@ def test_a_large_intermediate_never_enters_the_client_process() -> None:
     assert default["big"].state is State.FAILED
     assert "unpickled in the client" in str(default["big"].error)
     assert UNPICKLED_HERE == [20 << 20]
+
+
+@pytest.mark.slow
+def test_keep_remote_a_task_that_kills_its_worker_is_worker_crashed(tmp_path: Path) -> None:
+    """The pair's KilledWorker reaches the answer task: WorkerCrashed, retries decide."""
+    with (
+        LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        ex = DaskExecutor(client, keep_remote=True)
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": ex}) as sup:
+            crashed = sup.submit(die_once, str(tmp_path / "a"), name="crash", runs_on="dask")
+            res = crashed.result(timeout=WAIT)
+            retried = sup.submit(
+                die_once, str(tmp_path / "b"), name="retried", runs_on="dask", retries=1
+            ).result(timeout=WAIT)
+            value = cast(Remote, retried.ret).result(timeout=WAIT)
+    assert res.state is State.FAILED and isinstance(res.error, tv.WorkerCrashed), res
+    assert res.attempts == 1 and (tmp_path / "a").read_text().count("run") == 1
+    assert (retried.state, retried.attempts, value) == (State.DONE, 2, "second attempt")
