@@ -8,11 +8,13 @@ One ``LocalCluster`` (2 workers of 4 threads, ``processes=False``) and one synch
   beside ``client.submit`` per task + ``client.gather``, and ``client.map``;
 * W4's layered DAG (100 x 100, each task taking the results of 2 tasks of the layer
   before) through taskvisor beside the same graph as raw futures (each
-  ``client.submit(f, *parent_futures)``).
+  ``client.submit(f, *parent_futures)``), and through a ``DaskExecutor(keep_remote=True)``
+  (each output passed on as a Dask future: no batching, two Dask tasks per task).
 
 Targets (issue 11): with batching, µs per task <= 1/3 of raw futures; the DAG no slower
-than raw futures. Batching and remote outputs are not built yet: the ratios say how far
-off the first step is. Skipped when ``distributed`` is not installed.
+than raw futures. ``keep_remote`` has no target: it trades speed (no batching, two Dask
+tasks and an answer fetch per task) for values that never come back through the client;
+its row says what that costs. Skipped when ``distributed`` is not installed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def run(cfg: Config) -> list[Row]:
     client = distributed.Client(cluster)
     sup = tv.BackgroundSupervisor(aloops=(), executors={"dask": DaskExecutor(client)})
     sup.start()
+    kept = tv.BackgroundSupervisor(
+        aloops=(), executors={"dask": DaskExecutor(client, keep_remote=True)}, result_buffer=1
+    )
+    kept.start()
 
     def ours(n: int) -> float:
         tasks = [tv.Task(noop, runs_on="dask") for _ in range(n)]
@@ -62,14 +68,20 @@ def run(cfg: Config) -> list[Row]:
         client.gather(client.map(noop_args, range(n), pure=False))
         return time.perf_counter() - t0
 
-    def ours_dag(_n: int) -> float:
+    def dag_on(on: tv.BackgroundSupervisor) -> float:
         t0 = time.perf_counter()
         tasks: dict[str, tv.Task[None]] = {}
         for name, parents in graph:
             args = tuple(tasks[p].output for p in parents)
             tasks[name] = tv.Task(noop_args, args, name=name, runs_on="dask")
-        assert sup.gather(tasks.values()).ok
+        assert on.gather(tasks.values()).ok
         return time.perf_counter() - t0
+
+    def ours_dag(_n: int) -> float:
+        return dag_on(sup)
+
+    def kept_dag(_n: int) -> float:
+        return dag_on(kept)
 
     def raw_dag(_n: int) -> float:
         t0 = time.perf_counter()
@@ -114,11 +126,18 @@ def run(cfg: Config) -> list[Row]:
                     target=Target("<=", 1.0),
                 ),
                 Contender(base, raw_dag),
+                Contender(
+                    "taskvisor DaskExecutor(keep_remote=True)",
+                    kept_dag,
+                    taskvisor=True,
+                    baseline=base,
+                ),
             ],
             cfg.reps,
         )
     finally:
         sup.close()
+        kept.close()
         client.close()
         cluster.close()
     return rows

@@ -4,7 +4,9 @@ for speed, and worker processes where a task kills its worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import pickle
 import re
 import threading
 from collections import defaultdict
@@ -18,7 +20,7 @@ from distributed import Client, LocalCluster, get_worker
 
 import taskvisor as tv
 from taskvisor import State
-from taskvisor.dask import DaskExecutor, dask_priority
+from taskvisor.dask import DaskExecutor, Remote, dask_priority
 
 WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
 
@@ -443,3 +445,291 @@ def test_a_task_that_kills_its_batchs_worker_crashes_alone(tmp_path: Path) -> No
     assert killed.attempts == 1
     assert [r.state for r in report if r.name != "killer"] == [State.DONE] * 3
     assert [Path(m).read_text() for m in marks] == ["ran\n"] * 3
+
+
+# ---------------------------------------------------------------- keep_remote: values stay
+
+
+def total(xs: list[int], mapping: dict[str, int], *, more: tuple[int, ...] = ()) -> int:
+    return sum(xs) + sum(mapping.values()) + sum(more)
+
+
+def fetch_in_thread(remote: Remote) -> int:
+    assert isinstance(remote, Remote)
+    return cast(int, remote.result(timeout=WAIT)) + 1
+
+
+async def fetch_in_coroutine(remote: Remote) -> int:
+    return cast(int, await remote) + 2
+
+
+def pair_of(a: int, b: int) -> dict[str, int]:
+    return {"a": a, "b": b}
+
+
+def scheduler_tasks(cluster: LocalCluster) -> dict[Any, Any]:
+    """The in-process scheduler's tasks (read from this thread: a snapshot)."""
+    assert cluster.scheduler is not None
+    return cast(dict[Any, Any], cluster.scheduler.tasks)
+
+
+def token_keys(cluster: LocalCluster, ex: DaskExecutor) -> set[str]:
+    return {str(k) for k in list(scheduler_tasks(cluster)) if ex.token in str(k)}
+
+
+async def settle_releases(client: Any) -> None:
+    """Drop what only a cycle holds, and wait until the scheduler has handled every
+    release sent so far: the releases go out on the client's stream (loop callbacks),
+    and a task submitted after them on the same stream ends only after they were
+    handled."""
+    gc.collect()
+    await asyncio.sleep(0)  # (the releases' own callbacks on this loop run first)
+    assert await client.submit(add, 0, 0, pure=False) == 0
+
+
+async def test_keep_remote_passes_values_worker_to_worker(client: Any) -> None:
+    ex = DaskExecutor(client, keep_remote=True)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 10), name="b", runs_on="dask")  # gets the int
+        c = tv.Task(add, (b.output, 100), name="c", runs_on="dask", tier="high")
+        report = await sup.gather([a, b, c])
+    assert report.ok, report
+    rets = [report[n].ret for n in "abc"]
+    assert all(isinstance(r, Remote) for r in rets)
+    assert [await cast(Remote, r) for r in rets] == [3, 13, 113]
+    remote = cast(Remote, report["c"].ret)
+    assert remote.key.startswith(f"c-1-{ex.token}-") and remote.task_name == "c"
+    assert "int" in repr(remote) and "'c'" in repr(remote)
+    assert report["c"].worker is not None
+
+
+async def test_remotes_nested_in_arguments_arrive_as_values(client: Any) -> None:
+    async with sup_for(client, keep_remote=True) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        b = tv.Task(add, (3, 4), name="b", runs_on="dask")
+        c = tv.Task(
+            total,
+            ([a.output, b.output, 5], {"x": a.output, "y": 1}),
+            {"more": (b.output,)},
+            name="c",
+            runs_on="dask",
+        )
+        report = await sup.gather([a, b, c])
+        # a Remote passed by hand to a Dask task of an executor that fetches values
+        plain = DaskExecutor(client)
+        async with tv.Supervisor(aloops=(), executors={"dask": plain}) as other:
+            by_hand = await other.submit(add, report["a"].ret, 1, runs_on="dask")
+    assert report.ok, report
+    assert await cast(Remote, report["c"].ret) == 3 + 7 + 5 + 3 + 1 + 7
+    assert (by_hand.ret, by_hand.ok) == (4, True)
+
+
+async def test_a_thread_or_coroutine_task_gets_the_remote_and_fetches_it(client: Any) -> None:
+    async with tv.Supervisor(
+        aloops=("io",), executors={"dask": DaskExecutor(client, keep_remote=True)}
+    ) as sup:
+        a = tv.Task(add, (20, 20), name="a", runs_on="dask")
+        t = tv.Task(fetch_in_thread, (a.output,), name="t", runs_on="thread")
+        co = tv.Task(fetch_in_coroutine, (a.output,), name="co", runs_on="aloop:io")
+        main = tv.Task(fetch_in_coroutine, (a.output,), name="main", runs_on="main")
+        report = await sup.gather([a, t, co, main])
+        remote = cast(Remote, report["a"].ret)
+        with pytest.raises(RuntimeError, match="await the Remote"):
+            remote.result()  # (this is the asynchronous client's own loop)
+    assert report.ok, report
+    assert [report[n].ret for n in ("t", "co", "main")] == [41, 42, 42]
+
+
+async def test_a_remote_given_to_a_process_task_fails_it_with_the_fix(client: Any) -> None:
+    async with tv.Supervisor(
+        aloops=(),
+        processes=1,
+        executors={"dask": DaskExecutor(client, keep_remote=True)},
+    ) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        p = tv.Task(add, (a.output, 1), name="p", runs_on="process")
+        report = await sup.gather([a, p])
+    assert report["a"].ok
+    res = report["p"]
+    assert res.state is State.FAILED, res
+    assert "cannot be pickled" in str(res.error) and "Fetch it first" in str(res.error)
+    assert "run the task that needs it on Dask" in str(res.error)
+    with pytest.raises(TypeError, match="stays on the Dask cluster"):
+        pickle.dumps(report["a"].ret)
+
+
+async def test_keep_remote_errors_keep_their_traceback(client: Any) -> None:
+    async with sup_for(client, keep_remote=True) as sup:
+        a = tv.Task(boom, ("broken",), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 1), name="b", runs_on="dask")
+        report = await sup.gather([a, b])
+        retried = await sup.submit(flaky, "f", 1, name="f", runs_on="dask", retries=1)
+    res = report["a"]
+    assert res.state is State.FAILED and isinstance(res.error, ValueError)
+    assert str(res.error) == "broken" and res.excinfo is not None
+    assert "in boom" in res.excinfo.text
+    assert report["b"].state is State.SKIPPED
+    assert retried.ok and retried.attempts == 2 and await cast(Remote, retried.ret) == "f"
+
+
+async def test_projections_of_a_remote(client: Any) -> None:
+    """``output["k"]`` is computed on the cluster; ``.map(f)`` calls f with the Remote
+    in the supervisor, and the usual misuse says how to fix it."""
+    async with sup_for(client, keep_remote=True) as sup:
+        a = tv.Task(pair_of, (1, 2), name="a", runs_on="dask")
+        item = tv.Task(add, (a.output["b"], 10), name="item", runs_on="dask")
+        mapped = tv.Task(add, (a.output.map(len), 10), name="mapped", runs_on="dask")
+        missing = tv.Task(add, (a.output["zz"], 10), name="missing", runs_on="dask")
+        report = await sup.gather([a, item, mapped, missing])
+    assert await cast(Remote, report["item"].ret) == 12
+    assert report["mapped"].state is State.FAILED
+    assert "stays on the Dask cluster" in str(report["mapped"].error)
+    assert report["missing"].state is State.FAILED
+    assert isinstance(report["missing"].error, KeyError)
+
+
+async def test_cancelling_a_keep_remote_task_leaves_nothing_behind(
+    client: Any, cluster: LocalCluster
+) -> None:
+    ex = DaskExecutor(client, keep_remote=True)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        timed = await sup.submit(blocked, "t", name="timed", runs_on="dask", timeout=0.2)
+        h = sup.submit(blocked, "c", name="cancelled", runs_on="dask")
+        assert await asyncio.to_thread(STARTED["c"].wait, WAIT)
+        sup.cancel(h)
+        res = await h
+        GATE.set()
+    assert res.state is State.CANCELLED
+    assert timed.state is State.FAILED and isinstance(timed.error, tv.TaskTimeout)
+    del res, timed, h, sup
+    await settle_releases(client)
+    assert not token_keys(cluster, ex)
+
+
+async def test_remotes_are_released_once_nothing_needs_them(
+    client: Any, cluster: LocalCluster
+) -> None:
+    """Explicitly (``release()``: the value goes, what was computed from it stays), and
+    when the last reference goes (the report, the consumers' arguments and the
+    supervisor's result buffer)."""
+    ex = DaskExecutor(client, keep_remote=True)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 10), name="b", runs_on="dask")
+        c = tv.Task(fetch_in_thread, (b.output,), name="c", runs_on="thread")
+        report = await sup.gather([a, b, c])
+        assert report.ok, report
+        ra, rb = cast(Remote, report["a"].ret), cast(Remote, report["b"].ret)
+        akey, bkey = ra.key, rb.key
+        assert scheduler_tasks(cluster)[akey].state == "memory"
+        ra.release()
+        await settle_releases(client)
+        assert ra.released and "released" in repr(ra)
+        held = scheduler_tasks(cluster).get(akey)
+        assert held is None or held.state != "memory"  # (its lineage may stay, not its data)
+        assert await rb == 13  # what was computed from it is still there
+        with pytest.raises(RuntimeError, match="released"):
+            await ra
+    assert not [k for k in client.futures if ex.token in str(k) and "-answer" in str(k)]
+    del report, ra, rb, sup, a, b, c
+    await settle_releases(client)
+    assert bkey not in scheduler_tasks(cluster)
+    assert not token_keys(cluster, ex)
+
+
+def test_keep_remote_with_a_synchronous_client(cluster: LocalCluster) -> None:
+    with Client(cluster) as client:
+        a = tv.Task(add, (20, 1), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 21), name="b", runs_on="dask")
+        t = tv.Task(fetch_in_thread, (b.output,), name="t", runs_on="thread")
+        ex = DaskExecutor(client, keep_remote=True)
+        report = tv.run([a, b, t], aloops=(), executors={"dask": ex})
+        assert report.ok, report
+        assert cast(Remote, report["b"].ret).result(timeout=WAIT) == 42
+        assert report["t"].ret == 43
+
+
+# ------------------------------------------------- the size probe (worker processes)
+
+
+class Probe:
+    """About ``mb`` MB that records where it is unpickled, and refuses to be unpickled
+    in the process whose pid it was given (the test's: the client's)."""
+
+    def __init__(self, forbidden: int, mb: int) -> None:
+        self.forbidden = forbidden
+        self.data = b"x" * (mb << 20)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle_probe, (self.forbidden, self.data))
+
+
+UNPICKLED_HERE: list[int] = []
+
+
+def _unpickle_probe(forbidden: int, data: bytes) -> Probe:
+    if os.getpid() == forbidden:
+        UNPICKLED_HERE.append(len(data))
+        raise RuntimeError(f"the probe ({len(data)} bytes) was unpickled in the client")
+    probe = Probe.__new__(Probe)
+    probe.forbidden, probe.data = forbidden, data
+    return probe
+
+
+def make_probe(forbidden: int, mb: int) -> Probe:
+    return Probe(forbidden, mb)
+
+
+def probe_size(probe: Probe) -> int:
+    assert os.getpid() != probe.forbidden
+    return len(probe.data)
+
+
+@pytest.mark.slow
+def test_a_large_intermediate_never_enters_the_client_process() -> None:
+    """20 MB made on one Dask worker process, measured by another Dask task: with
+    ``keep_remote`` the consumer gets it and the client never unpickles it; without,
+    the same probe fires (the value comes back with its answer)."""
+    UNPICKLED_HERE.clear()
+    me = os.getpid()
+    with (
+        LocalCluster(n_workers=2, processes=True, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+
+        def graph() -> list[tv.Task[Any]]:
+            big = tv.Task(make_probe, (me, 20), name="big", runs_on="dask")
+            size = tv.Task(probe_size, (big.output,), name="size", runs_on="dask")
+            return [big, size]
+
+        kept = tv.run(
+            graph(), aloops=(), executors={"dask": DaskExecutor(client, keep_remote=True)}
+        )
+        assert kept.ok, kept
+        assert cast(Remote, kept["size"].ret).result(timeout=WAIT) == 20 << 20
+        assert UNPICKLED_HERE == []
+        default = tv.run(graph(), aloops=(), executors={"dask": DaskExecutor(client)})
+    assert default["big"].state is State.FAILED
+    assert "unpickled in the client" in str(default["big"].error)
+    assert UNPICKLED_HERE == [20 << 20]
+
+
+@pytest.mark.slow
+def test_keep_remote_a_task_that_kills_its_worker_is_worker_crashed(tmp_path: Path) -> None:
+    """The pair's KilledWorker reaches the answer task: WorkerCrashed, retries decide."""
+    with (
+        LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        ex = DaskExecutor(client, keep_remote=True)
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": ex}) as sup:
+            crashed = sup.submit(die_once, str(tmp_path / "a"), name="crash", runs_on="dask")
+            res = crashed.result(timeout=WAIT)
+            retried = sup.submit(
+                die_once, str(tmp_path / "b"), name="retried", runs_on="dask", retries=1
+            ).result(timeout=WAIT)
+            value = cast(Remote, retried.ret).result(timeout=WAIT)
+    assert res.state is State.FAILED and isinstance(res.error, tv.WorkerCrashed), res
+    assert res.attempts == 1 and (tmp_path / "a").read_text().count("run") == 1
+    assert (retried.state, retried.attempts, value) == (State.DONE, 2, "second attempt")

@@ -28,6 +28,29 @@ What maps to what:
   tasks, each running a batch on one worker (:func:`run_batch`); the size adapts to the
   time per task measured on the workers (see ``DaskExecutor``, and the "Scaling out" page).
 
+``DaskExecutor(client, keep_remote=True)``: values stay on the cluster. Each task goes alone
+as its own Dask task (:func:`run_kept`), whose result is the pair ``(answer, value)``:
+``answer`` is the small part taskvisor needs (ok or the error with its traceback, the
+``shared`` dict, the worker), ``value`` what the function returned. A second, tiny Dask
+task (``operator.getitem(pair, 0)``, keyed ``KEY-answer``) brings only the answer to the
+client; the scheduler runs it where the pair is (it places a task with dependencies only
+on workers holding them), so the value never moves. The task's ``TaskRes.ret`` is then a
+:class:`Remote` holding the pair's future: passed on to another Dask task it travels as
+that future (Dask moves it worker to worker, the task receives the value), passed to any
+other task it arrives as the ``Remote`` itself, and it is released when the last reference
+to it goes. Why a pair and a second task, not one Dask task whose result is the value
+alone: the answer (worker, ``shared``, taskvisor's error with its traceback) has no other
+way back than a result; that costs a second Dask task (the numbers are in
+``benchmarks/README.md``), and batching is off in this mode (a batch's values would live
+and die together).
+
+How a ``Remote`` reaches the worker: the payload is pickled with a pickler whose
+``persistent_id`` turns each ``Remote`` (anywhere in the arguments: top level, nested in
+containers, inside an object) into a slot number; the futures go to ``client.submit`` as a
+separate list argument, which Dask resolves into their pairs on the worker, and the
+worker's unpickler fills each slot with its value. Tried only when the plain pickle fails
+(a ``Remote`` refuses to be pickled): tasks without one pay nothing.
+
 The workers need taskvisor installed (they import :mod:`taskvisor._worker`), as they need
 your own code.
 """
@@ -37,13 +60,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
+import itertools
 import math
+import operator
+import pickle
 import threading
 import time
+import types
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import Any, ClassVar, NoReturn
 
 import cloudpickle  # type: ignore[import-untyped]
 from distributed import Client, KilledWorker
@@ -51,11 +79,11 @@ from distributed import Client, KilledWorker
 from ._errors import WorkerCrashed, warn_user
 from ._job import Job, Outcome
 from ._result import ExceptionInfo
-from ._spec import Task
+from ._spec import Task, Tier, safe_repr
 from ._worker import decode, run_pickled
 from .abc import CancelResult, Executor, Sink
 
-__all__ = ["DaskExecutor"]
+__all__ = ["DaskExecutor", "Remote"]
 
 #: an adaptive batch aims at about this many seconds of work per Dask task
 BATCH_SECONDS = 0.05
@@ -81,23 +109,257 @@ def dask_priority(task: Task[Any]) -> float:
     return int(task.tier) * TIER_STEP + within
 
 
-def run_batch(payloads: list[bytes]) -> tuple[list[tuple[Any, ...]], float]:
+def run_batch(
+    payloads: list[bytes], pairs: list[tuple[Any, Any]] | None = None
+) -> tuple[list[tuple[Any, ...]], float]:
     """On a Dask worker: run each call in turn (one failing never stops the others);
-    their answers and the seconds the whole batch took."""
+    their answers and the seconds the whole batch took. ``pairs``: what Dask made of the
+    futures of the :class:`Remote` arguments (each an ``(answer, value)`` pair)."""
     t0 = time.perf_counter()
-    answers = [run_payload(p) for p in payloads]
+    answers = [run_payload(p, pairs) for p in payloads]
     return answers, time.perf_counter() - t0
 
 
-def run_payload(payload: bytes) -> tuple[Any, ...]:
+def run_payload(payload: bytes, pairs: list[tuple[Any, Any]] | None = None) -> tuple[Any, ...]:
     """On a Dask worker: unpickle the call and run it as the process pool does."""
     try:
-        fn, args, kwargs, shared = cloudpickle.loads(payload)
+        fn, args, kwargs, shared = _loads(payload, pairs)
     except BaseException as exc:
         from ._worker import _error_answer
 
         return _error_answer(exc, None, "dask worker")
     return run_pickled(fn, args, kwargs, shared)
+
+
+def run_kept(payload: bytes, pairs: list[tuple[Any, Any]]) -> tuple[tuple[Any, ...], Any]:
+    """On a Dask worker (``keep_remote=True``): run the call; return ``(answer, value)``.
+
+    ``answer`` is :func:`~taskvisor._worker.run_pickled`'s, without the value (only the
+    ``shared`` dict and the value's type name are pickled into it); ``value`` is what the
+    function returned (``None`` when it failed), left for Dask to keep on this worker."""
+    from ._worker import _error_answer
+
+    try:
+        fn, args, kwargs, shared = _loads(payload, pairs)
+    except BaseException as exc:
+        return _error_answer(exc, None, "dask worker"), None
+    box: list[Any] = []
+    answer = run_pickled(_keeping(fn, box), args, kwargs, shared)
+    if answer[0] != "ok":
+        return answer, None
+    value = box[0]
+    return (answer[0], answer[1], type(value).__name__, answer[3]), value
+
+
+def _keeping(fn: Callable[..., Any], box: list[Any]) -> Callable[..., None]:
+    """``fn`` whose value goes into ``box`` (a coroutine's awaited first), not into the
+    answer :func:`run_pickled` pickles."""
+
+    def call(*args: Any, **kwargs: Any) -> None:
+        ret = fn(*args, **kwargs)
+        if isinstance(ret, types.CoroutineType):
+            ret = asyncio.run(ret)
+        box.append(ret)
+
+    return call
+
+
+def _item(pair: tuple[Any, Any], key: Any) -> tuple[None, Any]:
+    """On a Dask worker: the pair of ``value[key]`` (a projection of a :class:`Remote`)."""
+    return None, pair[1][key]
+
+
+class _Filler(pickle.Unpickler):
+    """The worker's unpickler of a payload with :class:`Remote` slots: slot ``i`` is the
+    value of the ``i``-th pair."""
+
+    def __init__(self, data: bytes, pairs: list[tuple[Any, Any]]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._pairs = pairs
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._pairs[pid][1]
+
+
+def _loads(payload: bytes, pairs: list[tuple[Any, Any]] | None) -> Any:
+    if not pairs:
+        return cloudpickle.loads(payload)
+    return _Filler(payload, pairs).load()
+
+
+class _Lifter(cloudpickle.Pickler):  # type: ignore[misc]
+    """The supervisor's pickler of a payload with :class:`Remote` arguments: each one
+    (anywhere) becomes a slot number, its future goes into ``futures``."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.futures: list[Any] = []
+        self._slots: dict[int, int] = {}
+        self._held: list[Remote] = []  # (alive while pickling: their ids stay theirs)
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if type(obj) is not Remote:
+            return None
+        slot = self._slots.get(id(obj))
+        if slot is None:
+            slot = self._slots[id(obj)] = len(self.futures)
+            self.futures.append(obj._live())
+            self._held.append(obj)
+        return slot
+
+
+def _dumps(call: tuple[Any, ...]) -> tuple[bytes, list[Any]]:
+    """The pickled call and the futures of the :class:`Remote` objects in it (most calls
+    have none: a plain pickle, and the slower pickler only when that fails)."""
+    try:
+        return cloudpickle.dumps(call), []
+    except Exception:
+        buf = io.BytesIO()
+        lifter = _Lifter(buf)
+        lifter.dump(call)  # (raises the real error if it was not a Remote)
+        return buf.getvalue(), lifter.futures
+
+
+_items = itertools.count(1)
+
+
+def _refuse(what: str) -> str:
+    return (
+        f"{what}: its value stays on the Dask cluster. Fetch it first (await remote, or "
+        "remote.result() from a thread) and pass the value, or run the task that needs it "
+        "on Dask (runs_on= the DaskExecutor's name)"
+    )
+
+
+class Remote:
+    """A task's value kept on the Dask cluster: ``TaskRes.ret`` of a task that ran on a
+    ``DaskExecutor(client, keep_remote=True)``.
+
+    Passed to another task on a Dask executor of the same client (as ``a.output``, or by
+    hand, anywhere in its arguments), it travels as a Dask future: Dask moves the value
+    worker to worker and the task receives the value itself. Passed to any other task it
+    arrives as the ``Remote``: a coroutine awaits it, a thread task calls
+    :meth:`result`. It refuses to be pickled (for a process or foreign executor) with a
+    ``TypeError`` saying what to do.
+
+    It holds the only reference taskvisor keeps to the Dask future: once it is gone (your
+    ``TaskRes``, the arguments of the tasks it was passed to, the supervisor's
+    ``result_buffer``), or at once with :meth:`release`, Dask forgets the value. While it is
+    held, Dask may compute it again if the worker holding it is lost (Dask's own rule: the
+    task's function runs again).
+
+    ``remote[key]`` is a Remote of ``value[key]``, computed on the cluster (so
+    ``a.output["k"]`` works); ``.map(f)`` of an ``output`` calls ``f`` with the ``Remote``
+    itself, in the supervisor: fetch there, or do the work in a Dask task.
+    """
+
+    __slots__ = ("__weakref__", "_future", "_name", "_type")
+
+    def __init__(self, future: Any, name: str, type_name: str | None = None) -> None:
+        self._future: Any = future
+        self._name = name
+        self._type = type_name
+
+    @property
+    def key(self) -> str:
+        """The Dask key of the computation holding the value (a pair: taskvisor's small
+        answer and the value)."""
+        return str(self._live().key)
+
+    @property
+    def task_name(self) -> str:
+        """The name of the task (or projection) whose value this is."""
+        return self._name
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._future is None
+
+    def _live(self) -> Any:
+        fut = self._future
+        if fut is None:
+            raise RuntimeError(f"the Remote of task {self._name!r} was released")
+        return fut
+
+    async def fetch(self) -> Any:
+        """The value, brought to this process. On the asynchronous client's own loop it
+        waits there; anywhere else it waits in a thread (``asyncio.to_thread``)."""
+        fut = self._live()
+        client = fut.client
+        if client.asynchronous:
+            pair = await fut
+        else:
+            pair = await asyncio.to_thread(fut.result)
+        return pair[1]
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.fetch().__await__()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value, brought to this process: blocks. For a synchronous client, from
+        anywhere; for an asynchronous one, from any thread but its loop's (there, ``await``
+        the Remote). ``timeout``: seconds, then Dask's ``TimeoutError``."""
+        fut = self._live()
+        if fut.client.asynchronous:
+            raise RuntimeError(
+                f"Remote.result() of task {self._name!r} would block the asynchronous "
+                "client's own event loop: await the Remote there instead"
+            )
+        return fut.result(timeout)[1]
+
+    def release(self) -> None:
+        """Let Dask forget the value now (once no Dask task that was given it still
+        needs it). The Remote cannot be used after."""
+        fut, self._future = self._future, None
+        if fut is not None:
+            fut.release()
+
+    def __getitem__(self, key: Any) -> Remote:
+        fut = self._live()
+        item = fut.client.submit(
+            _item,
+            fut,
+            key,
+            key=f"{fut.key}-item-{next(_items)}",
+            pure=False,
+            # (a tiny task some other task waits for: ahead of everything)
+            priority=int(Tier.CRITICAL) * TIER_STEP + TIER_STEP / 2,
+        )
+        return Remote(item, f"{self._name}[{safe_repr(key)}]")
+
+    def __repr__(self) -> str:
+        if self._future is None:
+            return f"<Remote of task {self._name!r}, released>"
+        kind = f" {self._type}" if self._type else ""
+        return f"<Remote{kind} of task {self._name!r} on Dask, key {self._future.key!r}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            _refuse(f"a taskvisor.dask.Remote (of task {self._name!r}) cannot be pickled")
+        )
+
+    def __copy__(self) -> Remote:
+        return self  # (a handle: a copy is the same value)
+
+    def __deepcopy__(self, memo: Any) -> Remote:
+        return self
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> NoReturn:
+        raise TypeError(_refuse(f"len() of the Remote of task {self._name!r}"))
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(_refuse(f"iterating over the Remote of task {self._name!r}"))
+
+    def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(
+            _refuse(f"the Remote of task {self._name!r} has no attribute {name!r}")
+        )
 
 
 def _set_allowed_failures(n: int, dask_scheduler: Any = None) -> int:
@@ -120,6 +382,15 @@ class DaskExecutor(Executor):
     Dask task — ``None`` (default) adapts it (about ``BATCH_SECONDS`` of work per Dask
     task, at the mean time per task measured so far, at most ``MAX_BATCH``), ``1`` sends
     every task alone. Tasks with ``resources`` always go alone.
+
+    ``keep_remote``: values stay on the cluster. A task that succeeds has a
+    :class:`Remote` as its ``TaskRes.ret``; passed to another Dask task (``a.output``) it
+    travels worker to worker as a Dask future, never through the client; only what you or
+    a non-Dask task fetch comes back. Each task goes alone (no batching) and costs two Dask
+    tasks, the second bringing back the small answer (see the module docstring). Off by
+    default: then every value comes back with its answer and Dask keeps nothing of a task
+    that ended, so a later worker loss never runs a ``DONE`` task again; a ``Remote`` that
+    is held may be computed again by Dask after a worker loss.
     """
 
     pickles = True
@@ -134,6 +405,7 @@ class DaskExecutor(Executor):
         allowed_failures: int | None = 0,
         new_workers: bool = False,
         batch: int | None = None,
+        keep_remote: bool = False,
     ) -> None:
         if not isinstance(client, Client):
             raise TypeError(f"DaskExecutor takes a distributed.Client, got {client!r}")
@@ -153,6 +425,7 @@ class DaskExecutor(Executor):
         self.batch = batch
         self.allowed_failures = allowed_failures
         self.new_workers = new_workers
+        self.keep_remote = bool(keep_remote)
         self.token = uuid.uuid4().hex[:8]
         self._sink: Sink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,6 +437,8 @@ class DaskExecutor(Executor):
         # future (a job of a batch cancelled early is reported at once, and leaves here)
         self._live: dict[Any, tuple[list[Job], list[bytes]]] = {}
         self._jobs: dict[Job, Any] = {}
+        # keep_remote: each live answer future with the future of its (answer, value) pair
+        self._pairs: dict[Any, Any] = {}
         self._watchers: set[asyncio.Future[Any]] = set()
         # batching (the supervisor's loop only): jobs waiting for the end of this turn,
         # by Dask priority; the measured mean seconds per task on a worker
@@ -247,9 +522,10 @@ class DaskExecutor(Executor):
     def submit(self, job: Job) -> None:
         task = job.task
         # (a payload that cannot be pickled raises here: that attempt fails with the reason)
-        payload = cloudpickle.dumps((job.fn, job.args, job.kwargs, job.shared))
-        if task is None or task.resources or self.batch == 1:
-            self._send([job], [payload], 0.0 if task is None else dask_priority(task), task)
+        payload, futures = _dumps((job.fn, job.args, job.kwargs, job.shared))
+        if task is None or task.resources or self.batch == 1 or self.keep_remote or futures:
+            prio = 0.0 if task is None else dask_priority(task)
+            self._send([job], [payload], prio, task, futures=futures)
             return
         prio = dask_priority(task)
         group = self._pending.setdefault(prio, {})
@@ -319,6 +595,7 @@ class DaskExecutor(Executor):
         prio: float,
         task: Task[Any] | None,
         chain: deque[tuple[Job, bytes]] | None = None,
+        futures: list[Any] | None = None,
     ) -> bool:
         """One Dask computation for ``jobs``; False if it could not be sent (each job is
         then reported FAILED with the reason: this may run from ``call_soon``, where no
@@ -330,24 +607,45 @@ class DaskExecutor(Executor):
             key = f"{first.name}-{first.attempt}-{self.token}-{self._sent}"
         else:
             key = f"{first.name}+{len(jobs) - 1}-{self.token}-{self._sent}"
+        pair = None
+        submit = self.client.submit
+        options: dict[str, Any] = {
+            "pure": False,
+            "retries": 0,
+            "fifo_timeout": 0,  # each submit its own generation: FIFO among equal priorities
+            "priority": prio,
+        }
         try:
-            fut = self.client.submit(
-                run_batch,
-                payloads,
-                key=key,
-                pure=False,
-                retries=0,
-                fifo_timeout=0,  # each submit its own generation: FIFO among equal priorities
-                priority=prio,
-                resources=dict(task.resources) if task is not None and task.resources else None,
-            )
+            if self.keep_remote:  # (one job) its (answer, value) pair; the answer alone
+                pair = submit(
+                    run_kept,
+                    payloads[0],
+                    futures or [],
+                    key=key,
+                    resources=dict(task.resources) if task is not None and task.resources else None,
+                    **options,
+                )
+                fut = submit(operator.getitem, pair, 0, key=f"{key}-answer", **options)
+            else:
+                fut = submit(
+                    run_batch,
+                    payloads,
+                    *([futures] if futures else []),
+                    key=key,
+                    resources=dict(task.resources) if task is not None and task.resources else None,
+                    **options,
+                )
         except Exception as exc:  # (a closed client, a scheduler gone ...)
+            if pair is not None:
+                pair.release()
             assert self._sink is not None
             for j in jobs:
                 self._sink(j, self._error(j, exc))
             return False
         with self._lock:
             self._live[fut] = (jobs, payloads)
+            if pair is not None:
+                self._pairs[fut] = pair
             for j in jobs:
                 self._jobs[j] = fut
             if chain:  # (sent on when this one ends)
@@ -382,18 +680,26 @@ class DaskExecutor(Executor):
             return CancelResult.STOPPING  # (its end is being reported)
         if alone:
             reason = job.cancelled or "cancelled by taskvisor"
-            self._later(self.client.cancel([fut], reason=reason))
+            with self._lock:
+                pair = self._pairs.get(fut)
+            futs = [fut] if pair is None else [pair, fut]
+            self._later(self.client.cancel(futs, reason=reason))
         else:
             self._sink(job, cancelled)
         return CancelResult.STOPPING
 
     def shutdown(self) -> list[str]:
         with self._lock:
-            left = list(self._live)
+            left = [*self._live, *self._pairs.values()]
             self._live.clear()
             self._jobs.clear()
+            self._pairs.clear()
         for fut in left:  # (every task has ended by now: nothing needs these)
             fut.release()
+        # the sink is the supervisor's: an executor kept by its user must not keep a
+        # closed supervisor (its result buffer, the Remotes in it) alive; what Dask still
+        # reports late goes nowhere
+        self._sink = _ignore
         return []
 
     def _later(self, result: Any) -> None:
@@ -443,11 +749,15 @@ class DaskExecutor(Executor):
             jobs, payloads = self._live.pop(fut, ([], []))
             mine = [(j, p) for j, p in zip(jobs, payloads, strict=True) if self._jobs.pop(j, None)]
             chain = self._chains.pop(fut, None)
+            pair = self._pairs.pop(fut, None)
             if crashed_batch and len(jobs) > 1:
                 for job, _ in mine:  # (in the same critical section: no cancel is lost)
                     self._jobs[job] = _CHAINED
         fut.release()  # nothing needs it any more: Dask may forget the result now
         assert self._sink is not None
+        if pair is not None:  # keep_remote: ``answers`` is the one job's answer
+            self._kept_ended(mine, pair, answers, exc, cancelled, fut)
+            return
         if answers is not None:
             results, seconds = answers
             per_task = seconds / max(len(results), 1)
@@ -471,6 +781,17 @@ class DaskExecutor(Executor):
             # own: nothing came back), and only the killer ends WorkerCrashed
             self._on_loop(self._resend, deque(mine))
             return
+        self._failed(mine, exc, cancelled, fut)
+
+    def _failed(
+        self,
+        mine: list[tuple[Job, bytes]],
+        exc: BaseException | None,
+        cancelled: bool,
+        fut: Any,
+    ) -> None:
+        """Report each of ``mine`` ended by Dask: cancelled, lost, or an error."""
+        assert self._sink is not None
         for job, _ in mine:
             job.handle = None
             if cancelled and job.cancelled is not None:  # (we asked: the engine knows why)
@@ -478,6 +799,34 @@ class DaskExecutor(Executor):
             else:  # (Dask's own cancel is a failure with Dask's reason: retries decide)
                 why = exc or RuntimeError(f"Dask cancelled {fut.key!r}")
                 self._sink(job, self._error(job, why))
+
+    def _kept_ended(
+        self,
+        mine: list[tuple[Job, bytes]],
+        pair: Any,
+        answer: Any,
+        exc: BaseException | None,
+        cancelled: bool,
+        fut: Any,
+    ) -> None:
+        """keep_remote: the answer of a job is in (or Dask ended it). A success's value
+        stays on the cluster, held by the :class:`Remote` it is reported with (the only
+        reference this executor keeps); anything else releases it at once."""
+        assert self._sink is not None
+        if answer is None or not mine or answer[0] != "ok":
+            pair.release()
+        if answer is None:
+            self._failed(mine, exc, cancelled, fut)
+            return
+        for job, _ in mine:
+            job.handle = None
+            ok, _, shared, excinfo, worker = decode(answer)
+            if ok:
+                self._sink(
+                    job, (Outcome.OK, Remote(pair, job.name, answer[2]), shared, None, worker)
+                )
+            else:
+                self._sink(job, (Outcome.ERROR, None, shared, excinfo, worker))
 
     def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn`` on the supervisor's loop (from Dask's callback thread, or the loop)."""
@@ -501,6 +850,10 @@ class DaskExecutor(Executor):
         if isinstance(exc, KilledWorker):
             exc = WorkerCrashed(job.name, None, None)
         return (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None)
+
+
+def _ignore(job: Job, result: Any) -> None:
+    """The sink of a shut-down executor."""
 
 
 def _decoded(answer: tuple[Any, ...]) -> Any:
