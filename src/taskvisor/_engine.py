@@ -154,6 +154,9 @@ class Engine:
         self._gates_on = self._gates.on
         self._shared = cfg.shared
         self._instruments = cfg.instruments
+        # instrument calls due after the engine lock is released (loop thread): one list
+        # run by one `after` entry, a (hook, arg) pair each (see _instrument)
+        self._hooks: list[tuple[str, Any]] = []
         self._clock: Clock = cfg.clock if cfg.clock is not None else SystemClock()
         # an executor's own measure of a job (job.ran) is in real seconds: it is taken
         # on the real clock only (a mock clock's run times stay mock time)
@@ -720,13 +723,23 @@ class Engine:
     def _instrument(self, hook: str, arg: Any) -> None:
         """Call ``hook(arg)`` on every instrument that has it, outside the critical
         section: after the engine lock is released, on the loop's thread (engine held)."""
-        call = (self._call_hook, (hook, (arg,)))
         if threading.get_ident() == self._tid:
-            self._engine.after.append(call)
+            # (a burst queues a hook per task and event: a pair each, not three tuples,
+            # which the cyclic GC walks until they run)
+            if not self._hooks:
+                self._engine.after.append((self._run_hooks, ()))
+            self._hooks.append((hook, arg))
         else:
+            call = (self._call_hook, (hook, (arg,)))
             assert self._inbox is not None
             self._deferred.append((_CALL, call))
             self._inbox.put((_DEFERRED, None))
+
+    def _run_hooks(self) -> None:
+        """The instrument calls queued on the loop's thread, in order."""
+        hooks, self._hooks = self._hooks, []
+        for hook, arg in hooks:
+            self._call_hook(hook, (arg,))
 
     def _call_hook(self, hook: str, args: tuple[Any, ...]) -> None:
         """Like trio's instruments: one that raises is logged and removed."""
