@@ -30,6 +30,8 @@ from taskvisor.otel import OpenTelemetryInstrument
 from taskvisor.prometheus import PrometheusInstrument
 from taskvisor.testing import MockClock
 
+from .workloads import fails_once
+
 # -- a run with every outcome -----------------------------------------------------------------
 
 
@@ -46,18 +48,6 @@ async def on_aloop(x: int) -> int:
     return x + 1
 
 
-def flaky_fn() -> Any:
-    tries: list[int] = []
-
-    def flaky() -> str:
-        tries.append(1)
-        if len(tries) == 1:
-            raise ConnectionError("first attempt fails")
-        return "ok"
-
-    return flaky
-
-
 def mixed() -> list[tv.Task[Any]]:
     """DONE on a thread and on an aloop (through an item and an output reference), FAILED,
     SKIPPED after it, DONE after a retry, FAILED by a timeout (on the main loop)."""
@@ -65,7 +55,7 @@ def mixed() -> list[tv.Task[Any]]:
     b = tv.Task(on_aloop, (a.output,), name="b", requires={"x"}, runs_on="aloop", priority=3)
     c = tv.Task(boom, name="c", provides={"y"}, runs_on="thread")
     d = tv.Task(abs, (1,), name="d", requires={"y"}, runs_on="thread", tier=tv.LOW)
-    e = tv.Task(flaky_fn(), name="e", retries=1, runs_on="thread")
+    e = tv.Task(fails_once(), name="e", retries=1, runs_on="thread")
     f = tv.Task(hang, name="f", runs_on="main", timeout=5)
     return [a, b, c, d, e, f]
 

@@ -22,6 +22,7 @@ from taskvisor._graph import TIER_STYLE
 from taskvisor._timeline import STATE_COLOURS
 
 from .browser import need, open_page
+from .workloads import fails_once
 
 SVG = "{http://www.w3.org/2000/svg}"
 ODD = 'say "hi" <b> & co'  # a name that breaks every format unless escaped
@@ -231,13 +232,7 @@ class Bars(HTMLParser):
 
 def failing_run(recorder: tv.TimelineRecorder | None = None) -> tv.RunReport:
     """A failure, a retry, a skipped dependent, two tiers, threads and an aloop."""
-    tries: list[int] = []
-
-    def flaky() -> str:
-        tries.append(1)
-        if len(tries) == 1:
-            raise ConnectionError("first attempt fails")
-        return "ok"
+    flaky = fails_once()
 
     def broken() -> None:
         raise ValueError("bad input <i>&</i>")

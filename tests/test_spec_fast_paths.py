@@ -346,3 +346,13 @@ def test_check_item_is_what_task_runs_on_each_item() -> None:
         check_item(("a", EqBoom()), "provide")
     with pytest.raises(tv.SpecError, match=r"provide items must be hashable, got list"):
         check_item(["x"], "provide")
+
+
+def test_each_slot_setter_sets_its_own_slot() -> None:
+    # Task() fills its slots through module-level setters unpacked from Task.__slots__ in
+    # order: each must be the descriptor of the slot its name says
+    from taskvisor import _spec
+
+    for name in _spec.Task.__slots__:
+        setter = getattr(_spec, f"_set_{name}")
+        assert setter.__self__ is _spec.Task.__dict__[name], name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import taskvisor as tv
@@ -63,3 +64,17 @@ def timed() -> tuple[float, int]:
     t0 = time.perf_counter()
     sum(range(1000))
     return time.perf_counter() - t0, os.getpid()
+
+
+def fails_once() -> Callable[[], str]:
+    """A new function whose first call raises ConnectionError and the next return "ok"
+    (a task with ``retries=1``: a retry that succeeds). Runs in this process only."""
+    tries: list[int] = []
+
+    def flaky() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("first attempt fails")
+        return "ok"
+
+    return flaky

@@ -468,31 +468,7 @@ class Task(Generic[T]):
     _set_uses,
     _set_wants_shared,
     _set_weight,
-) = (
-    cast(Any, Task.__dict__[_slot]).__set__
-    for _slot in (
-        "args",
-        "claims",
-        "delay",
-        "dependencies",
-        "fn",
-        "is_coroutine",
-        "kwargs",
-        "name",
-        "priority",
-        "provides",
-        "refs",
-        "requires",
-        "resources",
-        "retries",
-        "runs_on",
-        "tier",
-        "timeout",
-        "uses",
-        "wants_shared",
-        "weight",
-    )
-)
+) = (cast(Any, Task.__dict__[_slot]).__set__ for _slot in Task.__slots__)
 
 
 def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
