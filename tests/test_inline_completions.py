@@ -217,18 +217,37 @@ async def test_a_cancel_right_after_an_inline_finish_is_not_lost(deferred: Defer
     assert rc.state is State.CANCELLED and isinstance(rc.error, tv.TaskCancelled)
 
 
-async def test_a_forgotten_name_reused_after_an_inline_finish(deferred: DeferSpy) -> None:
+class DeliverSpy:
+    """Set when a pool thread, finishing a task itself, has delivered its TaskRes."""
+
+    def __init__(self) -> None:
+        self.delivered = threading.Event()
+
+    def wrap(self, real: Any) -> Any:
+        def deliver(sup: tv.Supervisor, *args: Any) -> None:
+            real(sup, *args)
+            if threading.get_ident() != sup._tid:
+                self.delivered.set()
+
+        return deliver
+
+
+async def test_a_forgotten_name_reused_after_an_inline_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """result_buffer=1: a's inline finish forgets p; a new task named p submitted before
     the loop caught up is the new p, and ends with its own result."""
     gate = threading.Event()
     blocked = blocked_on(gate)
+    spy = DeliverSpy()
+    monkeypatch.setattr(tv.Supervisor, "_deliver", spy.wrap(tv.Supervisor._deliver))
 
     async with tv.Supervisor(threads=2, aloops=(), result_buffer=1) as sup:
         assert (await sup.submit(plus_one, 0, name="p", runs_on="thread")).ret == 1
         ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
         await end_of_turn()
         gate.set()
-        assert deferred.queued.wait(WAIT)
+        assert spy.delivered.wait(WAIT)  # a ended on its pool thread; the loop was not told
         hp = sup.submit(plus_one, 10, name="p", runs_on="thread")
         rp = await hp
         assert (await ha).ret == 41
@@ -264,3 +283,29 @@ async def test_cancel_all_settles_a_task_a_nested_finish_would_forget() -> None:
 
 
 WAIT = 10.0  # a bound on a wait that must end long before (never a synchronisation)
+
+
+async def test_a_gathered_chain_never_wakes_the_loop_to_deliver_a_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gather's countdown runs where a task ends (under the engine lock): a pool thread
+    that finishes a link itself queues no notification for the loop; the loop is woken
+    once, by the last link."""
+    from taskvisor import _engine
+
+    notified: list[str] = []
+    real = tv.Supervisor._to_loop
+
+    def to_loop(sup: tv.Supervisor, what: object, arg: Any) -> None:
+        if what is _engine._NOTIFY:
+            notified.append(arg[0].spec.name)
+        real(sup, what, arg)
+
+    monkeypatch.setattr(tv.Supervisor, "_to_loop", to_loop)
+    async with tv.Supervisor(threads=2, aloops=()) as sup:
+        tasks = [tv.Task(plus_one, (0,), name="c0", runs_on="thread")]
+        for i in range(1, 50):
+            tasks.append(tv.Task(plus_one, (tasks[-1].output,), name=f"c{i}", runs_on="thread"))
+        report = await sup.gather(tasks)
+    assert report.ok and report["c49"].ret == 50
+    assert notified == []

@@ -229,8 +229,11 @@ class TaskHandle(Generic[T]):
     def __await__(self) -> Generator[Any, None, TaskRes[T]]:
         rec = self._rec
         if rec.res is None:
-            if rec.fut is None:
-                rec.fut = self._sup._loop_or_raise().create_future()
+            with self._sup._engine:  # (a pool thread's _deliver reads fut under it)
+                if rec.res is None and rec.fut is None:
+                    rec.fut = self._sup._loop_or_raise().create_future()
+        if rec.res is None:
+            assert rec.fut is not None
             # shielded: one awaiter cancelled (wait_for, a cancel scope) must not cancel the
             # shared future under every other awaiter
             return (yield from asyncio.shield(rec.fut).__await__())

@@ -63,13 +63,47 @@ from ._result import ExceptionInfo, TaskRes
 from ._spec import substitute_call
 from .abc import Executor
 
-__all__ = ["STORY_EVENTS", "Engine", "EngineLock", "SupervisorState", "warn"]
+__all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "warn"]
 
 logger = logging.getLogger("taskvisor")
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)
 _new_tuple: Callable[..., Any] = tuple.__new__  # builds each TaskRes (see Engine._deliver)
+
+
+def _any_thread(listeners: Any) -> bool:
+    """No listener, or one that may run on any thread under the engine lock (it says so
+    with ``any_thread = True``: :class:`Countdown`)."""
+    return listeners is None or getattr(listeners, "any_thread", False) is True
+
+
+class Countdown:
+    """A batch's listener (``gather``): counts its tasks' ends and resolves ``done`` on
+    the loop when the last one ends. It may run on any thread, under the engine lock
+    (``_deliver`` then calls it right there instead of waking the loop per task)."""
+
+    __slots__ = ("done", "left", "loop", "tid")
+    any_thread = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, left: int) -> None:
+        self.loop = loop  # (made on the loop's own thread)
+        self.tid = threading.get_ident()
+        self.left = left
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self, _res: TaskRes[Any]) -> None:
+        self.left -= 1
+        if self.left == 0:
+            if threading.get_ident() == self.tid:
+                _resolve(self.done)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.done)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class SupervisorState(enum.Enum):
@@ -696,10 +730,18 @@ class Engine:
         self._results.append(res)
         self._events += 1
         self._story.extend((now, spec.name, "ended", state))  # (State: named when read)
-        if threading.get_ident() != self._tid:  # futures and listeners live on the loop
-            self._to_loop(_NOTIFY, (rec, res))
-        else:
+        if threading.get_ident() == self._tid:
             self._notify(rec, res)
+        elif rec.fut is None and not self._instruments and _any_thread(rec.listeners):
+            # nothing here needs the loop (no future, no instrument; a gather's countdown
+            # wakes it once, for the batch's last task): a chain of thread tasks flows on
+            # without a loop wake-up per link
+            listeners, rec.listeners = rec.listeners, None
+            if listeners is not None:
+                cast(Countdown, listeners)(res)
+            log_result(res)
+        else:  # futures and listeners live on the loop
+            self._to_loop(_NOTIFY, (rec, res))
 
     def _notify(self, rec: Record, res: TaskRes[Any]) -> None:
         """Tell whoever waits for a task's result (on the loop's thread)."""

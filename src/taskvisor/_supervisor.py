@@ -36,7 +36,7 @@ from typing import Any, Never, TypeVar, cast, overload
 from ._clock import Clock, SystemClock, TimerHandle
 from ._config import OPTIONS, Config, Sampler, WaitCallback
 from ._delivery import Record, ResultStream, StoryEvent, TaskHandle, TaskInfo, set_exc, set_result
-from ._engine import STORY_EVENTS, Engine, SupervisorState, warn
+from ._engine import STORY_EVENTS, Countdown, Engine, SupervisorState, warn
 from ._errors import ClosedError, DuplicateTaskError, SpecError, TaskCancelled
 from ._executors import (
     Aloop,
@@ -649,21 +649,14 @@ class Supervisor(Engine):
         loop = self._own_loop("gather")
         with self._engine:  # no result may land between the submit and the listeners
             recs = self._submit(specs, sealed=True)
-            done = loop.create_future()
             left = sum(1 for r in recs if r.res is None)
-            counter = [left]
-
-            def one(_res: TaskRes[Any]) -> None:
-                counter[0] -= 1
-                if counter[0] == 0 and not done.done():
-                    done.set_result(None)
-
+            countdown = Countdown(loop, left)
             for r in recs:
                 if r.res is None:
-                    r.add_listener(one)
+                    r.add_listener(countdown)
         if left:
             try:
-                await done
+                await countdown.done
             except asyncio.CancelledError:
                 # like asyncio.gather and task groups: the caller gave up, so does the batch
                 with self._engine:
