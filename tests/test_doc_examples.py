@@ -247,12 +247,11 @@ def _rst_examples(text: str, rel: str) -> Iterator[Example]:
                 if marker[1] != indent:
                     raise MarkerError(f"{marker[0]}: not indented as its block")
                 m = _parse_marker(marker[0], marker[2], marker[3])
-            if block.group(2) in PYTHON and (m is None or m.kind != "console"):
-                yield Example(rel, i + 1, start + 1, code, **(m or Marker()).__dict__)
-            elif block.group(2) in SHELL and m is not None and m.kind == "console":
-                yield Example(rel, i + 1, start + 1, code, **m.__dict__)
-            elif marker is not None:
-                raise MarkerError(f"{marker[0]}: a marker before a {block.group(2)!r} block")
+            ex = _block_example(
+                rel, i + 1, start + 1, code, block.group(2), marker and marker[0], m
+            )
+            if ex is not None:
+                yield ex
             marker = None
             i = j
             continue
@@ -261,6 +260,27 @@ def _rst_examples(text: str, rel: str) -> Iterator[Example]:
         i += 1
     if marker is not None:
         raise MarkerError(f"{marker[0]}: a marker without a code block after it")
+
+
+def _block_example(
+    rel: str,
+    line: int,
+    first: int,
+    code: str,
+    lang: str,
+    where: str | None,
+    m: Marker | None,
+) -> Example | None:
+    """The example a code block in ``lang`` makes (``m``: its parsed ``marker``), or None
+    for a block that is not run; a marker (``where`` it is) on a block it cannot apply to
+    is an error."""
+    if lang in PYTHON and (m is None or m.kind != "console"):
+        return Example(rel, line, first, code, **(m or Marker()).__dict__)
+    if lang in SHELL and m is not None and m.kind == "console":
+        return Example(rel, line, first, code, **m.__dict__)
+    if where is not None:
+        raise MarkerError(f"{where}: a marker before a {lang!r} block")
+    return None
 
 
 def _markdown_examples(text: str, rel: str) -> Iterator[Example]:
@@ -286,12 +306,9 @@ def _markdown_examples(text: str, rel: str) -> Iterator[Example]:
                 j += 1
             code = "\n".join(lines[i + 1 : j]) + "\n"
             m = None if marker is None else _parse_marker(*marker)
-            if fence.group(1) in PYTHON and (m is None or m.kind != "console"):
-                yield Example(rel, i + 1, i + 2, code, **(m or Marker()).__dict__)
-            elif fence.group(1) in SHELL and m is not None and m.kind == "console":
-                yield Example(rel, i + 1, i + 2, code, **m.__dict__)
-            elif marker is not None:
-                raise MarkerError(f"{marker[0]}: a marker before a {fence.group(1)!r} block")
+            ex = _block_example(rel, i + 1, i + 2, code, fence.group(1), marker and marker[0], m)
+            if ex is not None:
+                yield ex
             marker = None
             i = j + 1
             continue

@@ -25,7 +25,7 @@ from taskvisor import State, _executors
 from taskvisor.testing import MockClock
 
 from .conftest import Gates, end_of_turn, noop
-from .workloads import add, identity
+from .workloads import add, fails_once, identity
 
 T = TypeVar("T")
 WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
@@ -596,13 +596,7 @@ async def test_instruments_hear_every_step_on_the_loop_outside_the_engine(
 ) -> None:
     ref: list[tv.Supervisor] = []
     rec, broken = Recorder(ref), Broken()
-    flaky_runs: list[int] = []
-
-    def flaky() -> str:
-        flaky_runs.append(1)
-        if len(flaky_runs) == 1:
-            raise ValueError("once")
-        return "ok"
+    flaky = fails_once()
 
     async with tv.Supervisor(instruments=[rec, broken], aloops=()) as sup:
         ref.append(sup)

@@ -282,6 +282,12 @@ def _not_user() -> tuple[str, ...]:
     return tuple(skip)
 
 
+def missing_extra(module: str, package: str, extra: str) -> ImportError:
+    """The error of an optional module whose library is not installed: what it needs and
+    the ``pip install`` that brings it."""
+    return ImportError(f"{module} needs {package}: pip install taskvisor[{extra}]")
+
+
 def warn_user(message: str) -> None:
     """Issue a :class:`TaskvisorWarning` located at the user's line: the innermost frame
     outside taskvisor and the asyncio/threading machinery (``warnings.warn``'s

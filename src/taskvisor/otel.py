@@ -38,14 +38,14 @@ from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._errors import missing_extra
+
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 except ImportError as exc:  # pragma: no cover (the tests run with it installed)
-    raise ImportError(
-        "taskvisor.otel needs opentelemetry-api: pip install taskvisor[otel]"
-    ) from exc
+    raise missing_extra("taskvisor.otel", "opentelemetry-api", "otel") from exc
 
 from ._errors import DependencyError, TaskFailError
 from ._spec import safe_repr

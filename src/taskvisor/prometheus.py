@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._errors import missing_extra
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 except ImportError as exc:  # pragma: no cover (the tests run with it installed)
-    raise ImportError(
-        "taskvisor.prometheus needs prometheus-client: pip install taskvisor[prometheus]"
-    ) from exc
+    raise missing_extra("taskvisor.prometheus", "prometheus-client", "prometheus") from exc
 
 if TYPE_CHECKING:
     from ._delivery import TaskInfo
