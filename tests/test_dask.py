@@ -21,6 +21,10 @@ from distributed import Client, LocalCluster, get_worker
 import taskvisor as tv
 from taskvisor import State
 from taskvisor.dask import DaskExecutor, Remote, dask_priority
+from taskvisor.testing import MockClock
+
+from . import workloads
+from .workloads import die_once, hang
 
 WAIT = 30.0  # a bound on a wait that must end long before (never a synchronisation)
 
@@ -374,15 +378,6 @@ async def test_an_asynchronous_client_of_another_loop_is_refused(cluster: LocalC
 # ---------------------------------------------------------------- worker processes
 
 
-def die_once(marker: str) -> str:
-    path = Path(marker)
-    with path.open("a") as f:
-        f.write("run\n")
-    if path.read_text().count("run") == 1:
-        os._exit(3)  # the first attempt kills its worker
-    return "second attempt"
-
-
 def side_effect(marker: str) -> str:
     with Path(marker).open("a") as f:
         f.write("ran\n")
@@ -471,6 +466,11 @@ def scheduler_tasks(cluster: LocalCluster) -> dict[Any, Any]:
     """The in-process scheduler's tasks (read from this thread: a snapshot)."""
     assert cluster.scheduler is not None
     return cast(dict[Any, Any], cluster.scheduler.tasks)
+
+
+def scheduler_workers(cluster: LocalCluster) -> list[str]:
+    assert cluster.scheduler is not None
+    return list(cluster.scheduler.workers)
 
 
 def token_keys(cluster: LocalCluster, ex: DaskExecutor) -> set[str]:
@@ -733,3 +733,175 @@ def test_keep_remote_a_task_that_kills_its_worker_is_worker_crashed(tmp_path: Pa
     assert res.state is State.FAILED and isinstance(res.error, tv.WorkerCrashed), res
     assert res.attempts == 1 and (tmp_path / "a").read_text().count("run") == 1
     assert (retried.state, retried.attempts, value) == (State.DONE, 2, "second attempt")
+
+
+# ---------------------------------------------------------------- isolate: a child per task
+
+
+async def started_pid(fifo: Path) -> int:
+    """The pid ``hang`` wrote: it is running. (If it never comes, the reader is let go.)"""
+
+    def read() -> int:
+        with fifo.open() as f:
+            return int(f.readline())
+
+    reader = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        return await asyncio.wait_for(asyncio.shield(reader), WAIT)
+    finally:
+        if not reader.done():  # a writer that closes at once: the reader sees the end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            with pytest.raises(ValueError):
+                await reader
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[LocalCluster]:
+    """One worker with one thread: a task left running there blocks every later one."""
+    with (
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as warm,
+    ):
+        warm.submit(add, 0, 0, pure=False).result()  # (its thread starts before any test)
+        yield c
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_isolate_cancel_and_timeout_free_the_worker(
+    one_thread: LocalCluster, tmp_path: Path, how: str
+) -> None:
+    """isolate=True: a task cancelled or timed out while it runs has its child process
+    killed, and the worker's only thread runs the next task (without isolate it would
+    wait for ever: a thread cannot be stopped)."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    clock = MockClock(autojump=False)  # (the timeout falls due when the test says)
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        tv.Supervisor(
+            aloops=(), clock=clock, executors={"dask": DaskExecutor(client, isolate=True)}
+        ) as sup,
+    ):
+        timeout = 5.0 if how == "timeout" else None
+        h = sup.submit(hang, str(fifo), name="hang", runs_on="dask", timeout=timeout)
+        pid = await started_pid(fifo)
+        if how == "cancel":
+            sup.cancel(h)
+        else:
+            clock.advance(5.0)
+        res = await h
+        after = await sup.submit(workloads.add, 1, 2, runs_on="dask")
+    if how == "cancel":
+        assert res.state is State.CANCELLED, res
+    else:
+        assert res.state is State.FAILED and isinstance(res.error, tv.TaskTimeout), res
+    assert (after.state, after.ret) == (State.DONE, 3), after
+    assert gone(pid)  # (killed, and reaped by the thread that then ran ``add``)
+
+
+async def test_isolate_a_task_that_kills_its_process_is_worker_crashed_alone(
+    one_thread: LocalCluster, tmp_path: Path
+) -> None:
+    """The child dies, not the worker: WorkerCrashed naming the worker, the child's pid
+    and its exit code; ``retries`` re-run it for real; the rest of its batch is DONE,
+    and the same worker goes on."""
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        sup_for(client, isolate=True, batch=8) as sup,
+    ):
+        workers = set(scheduler_workers(one_thread))
+        report = await sup.gather(
+            [
+                *(tv.Task(workloads.add, (i, 1), runs_on="dask") for i in range(3)),
+                tv.Task(workloads.die, (3,), name="killer", runs_on="dask"),
+                *(tv.Task(workloads.add, (i, 2), runs_on="dask") for i in range(3)),
+                tv.Task(
+                    die_once, (str(tmp_path / "a"),), name="retried", retries=1, runs_on="dask"
+                ),
+            ]
+        )
+        assert set(scheduler_workers(one_thread)) == workers  # (none lost, none new)
+    killed = report["killer"]
+    err = killed.error
+    assert killed.state is State.FAILED and isinstance(err, tv.WorkerCrashed), killed
+    assert err.exitcode == 3 and err.pid is not None and err.pid != os.getpid()
+    assert err.where == f"Dask worker {next(iter(workers))}"
+    assert killed.worker == f"Dask worker {next(iter(workers))}, pid {err.pid}"
+    rets = [r.ret for r in report if r.name not in ("killer", "retried")]
+    assert sorted(cast(list[int], rets)) == [1, 2, 2, 3, 3, 4]
+    retried = report["retried"]
+    assert (retried.state, retried.ret, retried.attempts) == (State.DONE, "second attempt", 2)
+    assert (tmp_path / "a").read_text().count("run") == 2
+
+
+async def test_isolate_keep_remote_values_stay_on_the_worker(
+    one_thread: LocalCluster, tmp_path: Path
+) -> None:
+    """isolate and keep_remote together: the value comes back from the child to the
+    worker, where Dask keeps it; a cancel stops the child and frees the thread."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        sup_for(client, isolate=True, keep_remote=True) as sup,
+    ):
+        a = sup.submit(workloads.identity, 3, name="a", runs_on="dask")
+        b = sup.submit(workloads.add, 1, a.output, name="b", runs_on="dask")
+        h = sup.submit(hang, str(fifo), name="hang", runs_on="dask")
+        pid = await started_pid(fifo)
+        sup.cancel(h)
+        res, rb = await h, await b
+        assert isinstance(rb.ret, Remote) and await rb.ret == 4
+    assert res.state is State.CANCELLED
+    assert gone(pid)
+
+
+def test_a_release_before_the_child_starts_never_starts_it() -> None:
+    """Dask releases a key in the instant between its thread starting and taking a
+    child: the thread then never runs the call (and the note of it is dropped once Dask
+    says the thread returned)."""
+    from taskvisor import dask as tvdask
+
+    tvdask._release_running("k-early")  # (no child runs it yet)
+    answers, _ = tvdask.run_isolated("k-early", ["early"], [b"never unpickled"])
+    assert answers[0][0] == "err" and "was stopped" in answers[0][3]
+    assert "k-early" not in tvdask._doomed
+    tvdask._release_running("k-late")
+    tvdask._Isolation("p").transition("k-late", "cancelled", "released")
+    assert "k-late" not in tvdask._doomed
+
+
+@pytest.mark.slow
+def test_isolate_on_worker_processes(tmp_path: Path) -> None:
+    """Worker processes are daemonic (a nanny starts them): the child still starts (it is
+    not a multiprocessing child); a crash leaves the worker process alive; a cancel
+    frees its thread."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    with (
+        LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
+        Client(c) as client,
+    ):
+        pids = client.run(os.getpid)
+        ex = DaskExecutor(client, isolate=True)
+        with tv.BackgroundSupervisor(aloops=(), executors={"dask": ex}) as sup:
+            crashed = sup.submit(workloads.die, 3, name="killer", runs_on="dask").result(
+                timeout=WAIT
+            )
+            h = sup.submit(hang, str(fifo), name="hang", runs_on="dask")
+            pid = asyncio.run(started_pid(fifo))
+            sup.cancel(h)
+            res = h.result(timeout=WAIT)
+            after = sup.submit(workloads.add, 2, 2, runs_on="dask").result(timeout=WAIT)
+        assert client.run(os.getpid) == pids  # the same worker process throughout
+    assert isinstance(crashed.error, tv.WorkerCrashed) and crashed.error.exitcode == 3
+    assert res.state is State.CANCELLED and after.ret == 4
+    assert gone(pid)

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import taskvisor as tv
@@ -78,3 +79,19 @@ def fails_once() -> Callable[[], str]:
         return "ok"
 
     return flaky
+
+
+def die_once(marker: str) -> str:
+    path = Path(marker)
+    with path.open("a") as f:
+        f.write("run\n")
+    if path.read_text().count("run") == 1:
+        os._exit(3)  # the first attempt kills its worker
+    return "second attempt"
+
+
+def hang(fifo: str) -> None:
+    """Say which process runs it (through ``fifo``), then never return by itself."""
+    with Path(fifo).open("w") as f:
+        f.write(f"{os.getpid()}\n")
+    threading.Event().wait()

@@ -64,10 +64,10 @@ import io
 import itertools
 import math
 import operator
+import os
 import pickle
 import threading
 import time
-import types
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -75,12 +75,15 @@ from typing import Any, ClassVar, NoReturn
 
 import cloudpickle  # type: ignore[import-untyped]
 from distributed import Client, KilledWorker
+from distributed.diagnostics.plugin import WorkerPlugin
 
+from ._child import Child, ChildDied
+from ._dask_worker import run_kept, run_payload
 from ._errors import WorkerCrashed, warn_user
 from ._job import Job, Outcome
 from ._result import ExceptionInfo
 from ._spec import Task, Tier, safe_repr
-from ._worker import decode, run_pickled
+from ._worker import _error_answer, decode
 from .abc import CancelResult, Executor, Sink
 
 __all__ = ["DaskExecutor", "Remote"]
@@ -120,71 +123,164 @@ def run_batch(
     return answers, time.perf_counter() - t0
 
 
-def run_payload(payload: bytes, pairs: list[tuple[Any, Any]] | None = None) -> tuple[Any, ...]:
-    """On a Dask worker: unpickle the call and run it as the process pool does."""
-    try:
-        fn, args, kwargs, shared = _loads(payload, pairs)
-    except BaseException as exc:
-        from ._worker import _error_answer
-
-        return _error_answer(exc, None, "dask worker")
-    return run_pickled(fn, args, kwargs, shared)
-
-
-def run_kept(payload: bytes, pairs: list[tuple[Any, Any]]) -> tuple[tuple[Any, ...], Any]:
-    """On a Dask worker (``keep_remote=True``): run the call; return ``(answer, value)``.
-
-    ``answer`` is :func:`~taskvisor._worker.run_pickled`'s, without the value (only the
-    ``shared`` dict and the value's type name are pickled into it); ``value`` is what the
-    function returned (``None`` when it failed), left for Dask to keep on this worker."""
-    from ._worker import _error_answer
-
-    try:
-        fn, args, kwargs, shared = _loads(payload, pairs)
-    except BaseException as exc:
-        return _error_answer(exc, None, "dask worker"), None
-    box: list[Any] = []
-    answer = run_pickled(_keeping(fn, box), args, kwargs, shared)
-    if answer[0] != "ok":
-        return answer, None
-    value = box[0]
-    return (answer[0], answer[1], type(value).__name__, answer[3]), value
-
-
-def _keeping(fn: Callable[..., Any], box: list[Any]) -> Callable[..., None]:
-    """``fn`` whose value goes into ``box`` (a coroutine's awaited first), not into the
-    answer :func:`run_pickled` pickles."""
-
-    def call(*args: Any, **kwargs: Any) -> None:
-        ret = fn(*args, **kwargs)
-        if isinstance(ret, types.CoroutineType):
-            ret = asyncio.run(ret)
-        box.append(ret)
-
-    return call
-
-
 def _item(pair: tuple[Any, Any], key: Any) -> tuple[None, Any]:
     """On a Dask worker: the pair of ``value[key]`` (a projection of a :class:`Remote`)."""
     return None, pair[1][key]
 
 
-class _Filler(pickle.Unpickler):
-    """The worker's unpickler of a payload with :class:`Remote` slots: slot ``i`` is the
-    value of the ``i``-th pair."""
+# ------------------------------------------------------------ isolate=True, on a worker
+#
+# Each worker thread that runs a task takes an idle child process of this worker's (or
+# starts one) and hands it the call; the child is registered under the Dask key it runs,
+# so that the worker's plugin (_Isolation), told by Dask that the key was released while
+# executing (a cancel, a timeout), kills that child and the thread is free at once. A
+# child whose task killed it is the task's WorkerCrashed; the worker itself lives on.
 
-    def __init__(self, data: bytes, pairs: list[tuple[Any, Any]]) -> None:
-        super().__init__(io.BytesIO(data))
-        self._pairs = pairs
+_children = threading.Lock()  # the three below (worker threads and the worker's loop)
+_idle: list[Child] = []
+_running: dict[str, Child] = {}  # Dask key -> the child running it
+# keys released while executing before their thread registered a child: never started
+_doomed: set[str] = set()
 
-    def persistent_load(self, pid: Any) -> Any:
-        return self._pairs[pid][1]
+
+def run_isolated(
+    key: str, names: list[str], payloads: list[bytes], pairs: list[Any] | None = None
+) -> tuple[list[tuple[Any, ...]], float]:
+    """On a Dask worker (``isolate=True``): :func:`run_batch`, each call in a child
+    process (one child for the batch, a new one after a call that killed it)."""
+    t0 = time.perf_counter()
+    answers = []
+    for name, payload in zip(names, payloads, strict=True):
+        value, error = _in_child(key, name, run_payload, payload, pairs)
+        answers.append(error if error is not None else value)
+    return answers, time.perf_counter() - t0
 
 
-def _loads(payload: bytes, pairs: list[tuple[Any, Any]] | None) -> Any:
-    if not pairs:
-        return cloudpickle.loads(payload)
-    return _Filler(payload, pairs).load()
+def run_kept_isolated(
+    key: str, name: str, payload: bytes, pairs: list[Any]
+) -> tuple[tuple[Any, ...], Any]:
+    """On a Dask worker (``isolate=True, keep_remote=True``): :func:`run_kept` in a
+    child process; the value comes back to the worker, where Dask keeps it."""
+    value, error = _in_child(key, name, run_kept, payload, pairs)
+    return (error, None) if error is not None else value
+
+
+def _in_child(
+    key: str, name: str, fn: Callable[..., Any], *args: Any
+) -> tuple[Any, tuple[Any, ...] | None]:
+    """``(fn(*args), None)`` run in a child of this worker's, or ``(None, error answer)``
+    if the child died with it (``WorkerCrashed``) or was killed by a cancel. A child
+    found dead before it got the call is replaced once."""
+    where = _where()
+    for fresh in (False, True):
+        child = _take(key)
+        if child is None:  # (released before it could start)
+            return None, _error_answer(_stopped(name), None, where)
+        try:
+            value = child.call(fn, *args)
+        except ChildDied as died:
+            _give_back(key, child)
+            if died.killed:
+                return None, _error_answer(_stopped(name), None, f"{where}, pid {died.pid}")
+            if died.sent or fresh:
+                crashed = WorkerCrashed(name, died.exitcode, died.pid, where)
+                return None, _error_answer(crashed, None, f"{where}, pid {died.pid}")
+            continue
+        _give_back(key, child)
+        answer = value[0] if fn is run_kept else value
+        named = (*answer[:-1], f"{where}, {answer[-1]}")  # "Dask worker tcp://..., pid 42"
+        return ((named, value[1]) if fn is run_kept else named), None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stopped(name: str) -> BaseException:
+    return RuntimeError(f"task {name!r} was stopped: Dask released it (a cancel or a timeout)")
+
+
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address}"
+    except Exception:  # (not on a worker: called directly)
+        return f"process {os.getpid()}"
+
+
+def _take(key: str) -> Child | None:
+    """An idle live child (or a new one) registered as running ``key``; None if ``key``
+    was released already."""
+    child = None
+    dead = []
+    with _children:
+        if key in _doomed:
+            _doomed.discard(key)
+            return None
+        while _idle and child is None:
+            child = _idle.pop()
+            if not child.alive():
+                dead.append(child)
+                child = None
+    for gone in dead:
+        gone.stop()
+    if child is None:
+        child = Child()
+    with _children:
+        if key in _doomed:  # (released while the child started)
+            _doomed.discard(key)
+            _idle.append(child)
+            return None
+        _running[key] = child
+    return child
+
+
+def _give_back(key: str, child: Child) -> None:
+    """``key`` is done with ``child``: idle again, unless it died or was killed."""
+    with _children:
+        _running.pop(key, None)
+        keep = not child.killed and child.alive()
+        if keep:
+            _idle.append(child)
+    if not keep:
+        child.stop()
+
+
+def _release_running(key: str) -> None:
+    """Dask released ``key`` while it was executing (the worker's loop): kill its child."""
+    with _children:
+        child = _running.pop(key, None)
+        if child is None:
+            _doomed.add(key)
+            return
+        child.kill()
+
+
+def _stop_idle() -> None:
+    with _children:
+        idle = _idle[:]
+        _idle.clear()
+    for child in idle:
+        child.stop()
+
+
+class _Isolation(WorkerPlugin):
+    """On each worker (``isolate=True``): a task released while it executes has its child
+    process killed, which frees the worker thread that waited for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # (one per executor: its close unregisters it, see shutdown)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if not isinstance(key, str):
+            return
+        if start in ("executing", "long-running") and finish in ("released", "cancelled"):
+            _release_running(key)
+        elif start == "cancelled":  # (its thread has returned: nothing to kill any more)
+            with _children:
+                _doomed.discard(key)
+
+    def teardown(self, worker: Any) -> None:
+        # (the idle children of this process: another executor's start again on demand)
+        _stop_idle()
 
 
 class _Lifter(cloudpickle.Pickler):  # type: ignore[misc]
@@ -406,6 +502,7 @@ class DaskExecutor(Executor):
         new_workers: bool = False,
         batch: int | None = None,
         keep_remote: bool = False,
+        isolate: bool = False,
     ) -> None:
         if not isinstance(client, Client):
             raise TypeError(f"DaskExecutor takes a distributed.Client, got {client!r}")
@@ -426,7 +523,9 @@ class DaskExecutor(Executor):
         self.allowed_failures = allowed_failures
         self.new_workers = new_workers
         self.keep_remote = bool(keep_remote)
+        self.isolate = bool(isolate)
         self.token = uuid.uuid4().hex[:8]
+        self._plugin = f"taskvisor-isolate-{self.token}"
         self._sink: Sink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async = False  # an asynchronous client on the supervisor's loop (see open)
@@ -469,6 +568,8 @@ class DaskExecutor(Executor):
                 )
             if self.allowed_failures is not None:
                 await client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
+            if self.isolate:
+                await client.register_plugin(_Isolation(self._plugin))
             try:
                 info = await client.scheduler.identity(n_workers=-1)
             except TypeError:  # (a scheduler older than n_workers: it lists them all)
@@ -480,6 +581,8 @@ class DaskExecutor(Executor):
     def _sync_open(self) -> dict[str, Any]:
         if self.allowed_failures is not None:
             self.client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
+        if self.isolate:
+            self.client.register_plugin(_Isolation(self._plugin))
         return self._sync_info()
 
     def _sync_info(self) -> dict[str, Any]:
@@ -523,7 +626,14 @@ class DaskExecutor(Executor):
         task = job.task
         # (a payload that cannot be pickled raises here: that attempt fails with the reason)
         payload, futures = _dumps((job.fn, job.args, job.kwargs, job.shared))
-        if task is None or task.resources or self.batch == 1 or self.keep_remote or futures:
+        if (
+            task is None
+            or task.resources
+            or self.batch == 1
+            or self.keep_remote
+            or futures
+            or (self.isolate and task.timeout is not None)  # (alone: its timeout frees it)
+        ):
             prio = 0.0 if task is None else dask_priority(task)
             self._send([job], [payload], prio, task, futures=futures)
             return
@@ -618,7 +728,7 @@ class DaskExecutor(Executor):
         try:
             if self.keep_remote:  # (one job) its (answer, value) pair; the answer alone
                 pair = submit(
-                    run_kept,
+                    *((run_kept_isolated, key, first.name) if self.isolate else (run_kept,)),
                     payloads[0],
                     futures or [],
                     key=key,
@@ -628,7 +738,11 @@ class DaskExecutor(Executor):
                 fut = submit(operator.getitem, pair, 0, key=f"{key}-answer", **options)
             else:
                 fut = submit(
-                    run_batch,
+                    *(
+                        (run_isolated, key, [j.name for j in jobs])
+                        if self.isolate
+                        else (run_batch,)
+                    ),
                     payloads,
                     *([futures] if futures else []),
                     key=key,
@@ -696,11 +810,26 @@ class DaskExecutor(Executor):
             self._pairs.clear()
         for fut in left:  # (every task has ended by now: nothing needs these)
             fut.release()
+        if self.isolate and self._loop is not None:
+            self._unregister()
         # the sink is the supervisor's: an executor kept by its user must not keep a
         # closed supervisor (its result buffer, the Remotes in it) alive; what Dask still
         # reports late goes nowhere
         self._sink = _ignore
         return []
+
+    def _unregister(self) -> None:
+        """(The supervisor's closer thread) take the plugin off the workers: its teardown
+        stops their idle children, so a closed supervisor leaves no process behind."""
+        assert self._loop is not None
+        try:
+            # (from a thread of its own, an asynchronous client's method runs on its loop,
+            # the supervisor's, free meanwhile: it waits for this thread)
+            done = self.client.unregister_worker_plugin(self._plugin)
+            if inspect.isawaitable(done):  # (not seen; belt and braces)
+                asyncio.run_coroutine_threadsafe(_awaited(done), self._loop).result(60)
+        except Exception as exc:  # (a client closed first, a lost scheduler)
+            warn_user(f"DaskExecutor: the workers' idle child processes were not stopped: {exc}")
 
     def _later(self, result: Any) -> None:
         """What a client method returned: a coroutine (asynchronous client) runs on the
@@ -850,6 +979,10 @@ class DaskExecutor(Executor):
         if isinstance(exc, KilledWorker):
             exc = WorkerCrashed(job.name, None, None)
         return (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None)
+
+
+async def _awaited(what: Any) -> Any:
+    return await what
 
 
 def _ignore(job: Job, result: Any) -> None:
