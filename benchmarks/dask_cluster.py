@@ -9,7 +9,10 @@ One ``LocalCluster`` (2 workers of 4 threads, ``processes=False``) and one synch
 * W4's layered DAG (100 x 100, each task taking the results of 2 tasks of the layer
   before) through taskvisor beside the same graph as raw futures (each
   ``client.submit(f, *parent_futures)``), and through a ``DaskExecutor(keep_remote=True)``
-  (each output passed on as a Dask future: no batching, two Dask tasks per task).
+  (each output passed on as a Dask future: no batching, two Dask tasks per task);
+* the no-op tasks through a ``DaskExecutor(isolate=True)`` too (each task in a child
+  process of its worker, so that a cancel or a crash costs the child, not the worker):
+  what one round trip to a child per task adds.
 
 Targets (issue 11): with batching, µs per task <= 1/3 of raw futures; the DAG no slower
 than raw futures. ``keep_remote`` has no target: it trades speed (no batching, two Dask
@@ -50,12 +53,22 @@ def run(cfg: Config) -> list[Row]:
         aloops=(), executors={"dask": DaskExecutor(client, keep_remote=True)}, result_buffer=1
     )
     kept.start()
+    isolated = tv.BackgroundSupervisor(
+        aloops=(), executors={"dask": DaskExecutor(client, isolate=True)}
+    )
+    isolated.start()
 
-    def ours(n: int) -> float:
+    def noops_on(on: tv.BackgroundSupervisor, n: int) -> float:
         tasks = [tv.Task(noop, runs_on="dask") for _ in range(n)]
         t0 = time.perf_counter()
-        assert sup.gather(tasks).ok
+        assert on.gather(tasks).ok
         return time.perf_counter() - t0
+
+    def ours(n: int) -> float:
+        return noops_on(sup, n)
+
+    def isolated_noops(n: int) -> float:
+        return noops_on(isolated, n)
 
     def submit(n: int) -> float:
         t0 = time.perf_counter()
@@ -92,7 +105,7 @@ def run(cfg: Config) -> list[Row]:
         return time.perf_counter() - t0
 
     try:
-        for warm in (ours, submit):
+        for warm in (ours, submit, isolated_noops):  # (isolated: each thread's child starts)
             warm(100)
         base = "client.submit + gather"
         rows = timed_rows(
@@ -109,6 +122,12 @@ def run(cfg: Config) -> list[Row]:
                 ),
                 Contender(base, submit),
                 Contender("client.map + gather", map_),
+                Contender(
+                    "taskvisor DaskExecutor(isolate=True)",
+                    isolated_noops,
+                    taskvisor=True,
+                    baseline=base,
+                ),
             ],
             cfg.reps,
         )
@@ -138,6 +157,7 @@ def run(cfg: Config) -> list[Row]:
     finally:
         sup.close()
         kept.close()
+        isolated.close()
         client.close()
         cluster.close()
     return rows

@@ -21,7 +21,8 @@ What maps to what:
   supervisor starts, so Dask does not quietly re-run a task that killed its worker:
   taskvisor's ``retries`` decide;
 * ``cancel`` and ``timeout`` cancel the Dask future (a function already running in a
-  worker thread runs on, as Dask cannot interrupt it; its result is dropped);
+  worker thread runs on, as Dask cannot interrupt it; its result is dropped), and with
+  ``isolate=True`` stop it: its child process is killed and the worker thread is free;
 * a finished task's future is released as soon as its result is in: Dask never holds
   (and never recomputes after a worker loss) the result of a task that has ended;
 * small tasks dispatched together (same Dask priority, no ``resources``) go as fewer Dask
@@ -50,6 +51,21 @@ containers, inside an object) into a slot number; the futures go to ``client.sub
 separate list argument, which Dask resolves into their pairs on the worker, and the
 worker's unpickler fills each slot with its value. Tried only when the plain pickle fails
 (a ``Remote`` refuses to be pickled): tasks without one pay nothing.
+
+``DaskExecutor(client, isolate=True)``: each task runs in a child process of its worker
+(:mod:`taskvisor._child`: started with ``subprocess``, as a nanny's worker is a daemonic
+process that ``multiprocessing`` refuses children to; one per worker thread, kept for the
+next task). The worker thread hands it the call and waits. A task that kills its process
+costs the child, not the worker: it ends ``WorkerCrashed`` naming the worker, the child's
+pid and exit code, the rest of its batch goes on, and the worker keeps its other tasks and
+the values it holds. A worker plugin (``_Isolation``) is told when Dask releases a key
+that is executing (our cancel, our timeout) and kills the child running it, so the
+thread waiting for it is free at once. A task with a ``timeout`` goes alone (not in a
+batch), so that its timeout stops only itself. The plugin is registered when the
+supervisor starts and taken off the workers when it closes; its teardown stops their idle
+children. Cost: one round trip to the child per task (numbers in
+``benchmarks/README.md``); the child imports :mod:`taskvisor._dask_worker`, not
+``distributed``.
 
 The workers need taskvisor installed (they import :mod:`taskvisor._worker`), as they need
 your own code.
@@ -487,6 +503,13 @@ class DaskExecutor(Executor):
     default: then every value comes back with its answer and Dask keeps nothing of a task
     that ended, so a later worker loss never runs a ``DONE`` task again; a ``Remote`` that
     is held may be computed again by Dask after a worker loss.
+
+    ``isolate``: each task runs in a child process of its worker (kept for the next task,
+    started again after one died). A task that kills its process ends ``WorkerCrashed``
+    and the worker lives on; a ``cancel`` or ``timeout`` of a running task kills its
+    child, which frees the worker thread at once (without it the function runs on to its
+    end in the thread: Python cannot stop a thread). Tasks with a ``timeout`` then go
+    alone. Costs a round trip to the child per task; off by default.
     """
 
     pickles = True
