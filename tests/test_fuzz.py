@@ -496,7 +496,7 @@ def _check_sane(t: tv.Task[Any]) -> None:
     assert isinstance(t.name, str) and t.name
     assert callable(t.fn)
     assert type(t.args) is tuple
-    assert type(t.kwargs) is dict and all(isinstance(k, str) for k in t.kwargs)
+    assert isinstance(t.kwargs, dict) and all(isinstance(k, str) for k in t.kwargs)
     for field in (t.requires, t.provides, t.claims, t.uses):
         assert type(field) is frozenset
         for item in field:

@@ -242,7 +242,10 @@ async def test_a_forgotten_name_reused_after_an_inline_finish(
     spy = DeliverSpy()
     monkeypatch.setattr(tv.Supervisor, "_deliver", spy.wrap(tv.Supervisor._deliver))
 
-    async with tv.Supervisor(threads=2, aloops=(), result_buffer=1) as sup:
+    # one pool thread: p's completion has let go of the engine lock before a runs, so a's
+    # own finish takes it (with two, the other thread could still hold it, and a's
+    # completion would go to the loop instead)
+    async with tv.Supervisor(threads=1, aloops=(), result_buffer=1) as sup:
         assert (await sup.submit(plus_one, 0, name="p", runs_on="thread")).ret == 1
         ha = sup.submit(tv.Task(blocked, name="a", runs_on="thread"))
         await end_of_turn()

@@ -279,6 +279,19 @@ def test_a_single_output_item_is_one_item() -> None:
     assert spec.requires == {a.output.item}
 
 
+def test_empty_kwargs_are_shared_read_only_and_reach_the_call_as_a_plain_dict() -> None:
+    a, b = tv.Task(positional), tv.Task(positional, kwargs={})
+    assert a.kwargs == {} and a.kwargs is b.kwargs
+    with pytest.raises(TypeError, match="read-only"):
+        a.kwargs["x"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        a.kwargs.setdefault("x", 1)
+    assert tv.Task(positional).kwargs == {}
+    assert type(pickle.loads(pickle.dumps(a.kwargs))) is dict
+    own = tv.Task(positional, kwargs={"x": 1})
+    assert own.kwargs == {"x": 1} and own.kwargs is not a.kwargs
+
+
 def test_copies_and_pickles_of_the_empty_resources_are_plain_dicts() -> None:
     import copy
 

@@ -146,14 +146,15 @@ _counter = itertools.count(1)
 
 
 class _ReadOnlyEmpty(dict[str, Any]):
-    """The one empty ``resources`` every task without them shares (a dict per task was
-    64 bytes of every pending task). It refuses to be filled, so no task can change
-    another's; a copy or a pickle of it is an ordinary empty dict."""
+    """The one empty ``resources`` (and the one empty ``kwargs``) every task without them
+    shares (a dict per task was 64 bytes of every pending task). It refuses to be filled,
+    so no task can change another's; a copy or a pickle of it is an ordinary empty dict
+    (so a process worker unpickles a plain ``{}``, importing nothing)."""
 
     __slots__ = ()
 
     def _read_only(self, *_: Any, **__: Any) -> Any:
-        raise TypeError("a Task's resources are read-only")
+        raise TypeError("a Task is immutable: its empty resources and kwargs are read-only")
 
     __setitem__ = __delitem__ = update = setdefault = _read_only
     pop = popitem = clear = __ior__ = _read_only
@@ -167,6 +168,7 @@ class _ReadOnlyEmpty(dict[str, Any]):
 
 
 _NO_RESOURCES: dict[str, float] = _ReadOnlyEmpty()
+_NO_KWARGS: dict[str, Any] = _ReadOnlyEmpty()
 _NO_ITEMS: frozenset[Any] = frozenset()  # shared: an empty frozenset is 216 bytes each
 
 # Task fields a @task decorator may preset, with their defaults.
@@ -335,7 +337,7 @@ class Task(Generic[T]):
         if type(args) is not tuple:
             args = _args(name, args)
         _set_args(self, args)
-        kw = {} if kwargs is None else _kwargs(name, kwargs)
+        kw = _NO_KWARGS if kwargs is None else _kwargs(name, kwargs)
         _set_kwargs(self, kw)
         try:
             refs = _refs_in(args, kw)
@@ -676,7 +678,7 @@ def _kwargs(task: str, kwargs: Any) -> dict[str, Any]:
             f"task {task!r}: kwargs: reading {type(kwargs).__name__} {safe_repr(kwargs)} "
             f"raised {safe_repr(exc)}"
         ) from exc
-    return kw
+    return kw if kw else _NO_KWARGS
 
 
 def _unreadable(task: str, args: tuple[Any, ...], kw: dict[str, Any], exc: Exception) -> SpecError:
