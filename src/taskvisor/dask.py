@@ -874,15 +874,33 @@ class DaskExecutor(Executor):
             self._ended(fut, answers, None)
 
     def _done(self, fut: Any) -> None:
-        """A synchronous client: Dask's callback thread, once the future is done."""
+        """A synchronous client: Dask's callback thread, once the future is done.
+
+        A finished future's answers are fetched together with those of every other live
+        future that has finished meanwhile: one ``gather`` (one round trip) for the lot
+        instead of one each. (The callbacks run one at a time on that one thread, so the
+        ones that finished while a fetch was under way wait behind it: the sweep takes
+        them now, and their own callbacks find them ended.)"""
         status = fut.status
         if status == "finished":
+            with self._lock:
+                if fut not in self._live:  # (fetched with an earlier batch)
+                    return
+                batch = [fut, *(f for f in self._live if f is not fut and f.status == "finished")]
             try:
-                answers = fut.result()
-            except Exception as exc:  # (cancelled meanwhile, or the result was lost)
-                self._ended(fut, None, exc, cancelled=fut.status == "cancelled")
-            else:
-                self._ended(fut, answers, None)
+                results = self.client.gather(batch)
+            except Exception:  # (one was cancelled meanwhile, or lost its result): each alone
+                results = None
+            for i, f in enumerate(batch):
+                if results is not None:
+                    self._ended(f, results[i], None)
+                    continue
+                try:
+                    answers = f.result()
+                except Exception as exc:
+                    self._ended(f, None, exc, cancelled=f.status == "cancelled")
+                else:
+                    self._ended(f, answers, None)
         elif status == "cancelled":
             reason = getattr(getattr(fut, "_state", None), "exception", None)
             self._ended(fut, None, reason, cancelled=True)
