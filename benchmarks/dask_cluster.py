@@ -9,7 +9,8 @@ One ``LocalCluster`` (2 workers of 4 threads, ``processes=False``) and one synch
 * W4's layered DAG (100 x 100, each task taking the results of 2 tasks of the layer
   before) through taskvisor beside the same graph as raw futures (each
   ``client.submit(f, *parent_futures)``), and through a ``DaskExecutor(keep_remote=True)``
-  (each output passed on as a Dask future: no batching, two Dask tasks per task);
+  (each output passed on as a Dask future: no batching, one Dask task per task, its
+  answer back as a Dask event);
 * the no-op tasks through a ``DaskExecutor(isolate=True)`` too (each task in a child
   process of its worker, so that a cancel or a crash costs the child, not the worker):
   what one round trip to a child per task adds.

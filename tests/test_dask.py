@@ -631,11 +631,53 @@ async def test_remotes_are_released_once_nothing_needs_them(
         assert await rb == 13  # what was computed from it is still there
         with pytest.raises(RuntimeError, match="released"):
             await ra
-    assert not [k for k in client.futures if ex.token in str(k) and "-answer" in str(k)]
+    assert not (ex._live or ex._expected or ex._heard or ex._parked)
+    assert cluster.scheduler is not None
+    assert ex._topic not in cluster.scheduler._broker._topics  # (the answers' topic is gone)
+    assert ex._topic not in client._event_handlers
     del report, ra, rb, sup, a, b, c
     await settle_releases(client)
     assert bkey not in scheduler_tasks(cluster)
     assert not token_keys(cluster, ex)
+
+
+async def test_keep_remote_sends_one_dask_task_per_task(client: Any, cluster: LocalCluster) -> None:
+    """The answer comes back as an event, not as a second Dask task or a fetch."""
+    ex = DaskExecutor(client, keep_remote=True)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        a = tv.Task(add, (1, 2), name="a", runs_on="dask")
+        b = tv.Task(add, (a.output, 10), name="b", runs_on="dask")
+        report = await sup.gather([a, b])
+        assert report.ok, report
+        keys = token_keys(cluster, ex)
+        assert sorted(k.split("-")[0] for k in keys) == ["a", "b"], keys
+        assert await cast(Remote, report["b"].ret) == 13
+
+
+async def test_an_answer_heard_after_its_task_finished_still_ends_it(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: Dask reports the task done before its answer event arrives (the
+    event is held back here); the finished future waits, parked, for the answer."""
+    held: list[Any] = []
+    parked = threading.Event()
+    real_hear, real_done = DaskExecutor._hear, DaskExecutor._kept_done
+
+    def done(self: DaskExecutor, fut: Any) -> None:
+        real_done(self, fut)
+        parked.set()
+
+    monkeypatch.setattr(DaskExecutor, "_hear", lambda self, event: held.append(event))
+    monkeypatch.setattr(DaskExecutor, "_kept_done", done)
+    ex = DaskExecutor(client, keep_remote=True)
+    async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
+        h = sup.submit(add, 20, 22, name="a", runs_on="dask")
+        assert await asyncio.to_thread(parked.wait, WAIT)
+        assert list(ex._parked) and len(held) == 1
+        assert sup.task_state(h) is State.RUNNING
+        real_hear(ex, held[0])  # (on the client's loop, as Dask calls it)
+        res = await h
+        assert res.state is State.DONE and await cast(Remote, res.ret) == 42
 
 
 def test_keep_remote_with_a_synchronous_client(cluster: LocalCluster) -> None:
@@ -717,7 +759,7 @@ def test_a_large_intermediate_never_enters_the_client_process() -> None:
 
 @pytest.mark.slow
 def test_keep_remote_a_task_that_kills_its_worker_is_worker_crashed(tmp_path: Path) -> None:
-    """The pair's KilledWorker reaches the answer task: WorkerCrashed, retries decide."""
+    """The task's KilledWorker: WorkerCrashed, retries decide."""
     with (
         LocalCluster(processes=True, n_workers=1, threads_per_worker=1, **cluster_kwargs()) as c,
         Client(c) as client,

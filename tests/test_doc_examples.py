@@ -434,6 +434,9 @@ def _subprocess(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # Dask's own INFO/WARNING lines ("event loop was unresponsive" on a busy machine) are
     # not the example's: its stderr must stay empty of taskvisor's and Python's warnings
     env["DASK_LOGGING__DISTRIBUTED"] = "error"
+    # nor is the dashboard's port taken by another example's cluster running at the same
+    # time (the suite runs on xdist): Dask then warns and takes another port
+    env["PYTHONWARNINGS"] = "ignore:Port 8787 is already in use:UserWarning"
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=WAIT, cwd=cwd, env=env, check=False
     )

@@ -17,23 +17,23 @@ from ._worker import _error_answer, run_pickled
 __all__ = ["run_kept", "run_payload"]
 
 
-def run_payload(payload: bytes, pairs: list[tuple[Any, Any]] | None = None) -> tuple[Any, ...]:
+def run_payload(payload: bytes, values: list[Any] | None = None) -> tuple[Any, ...]:
     """On a Dask worker: unpickle the call and run it as the process pool does."""
     try:
-        fn, args, kwargs, shared = _loads(payload, pairs)
+        fn, args, kwargs, shared = _loads(payload, values)
     except BaseException as exc:
         return _error_answer(exc, None, "dask worker")
     return run_pickled(fn, args, kwargs, shared)
 
 
-def run_kept(payload: bytes, pairs: list[tuple[Any, Any]]) -> tuple[tuple[Any, ...], Any]:
+def run_kept(payload: bytes, values: list[Any]) -> tuple[tuple[Any, ...], Any]:
     """On a Dask worker (``keep_remote=True``): run the call; return ``(answer, value)``.
 
     ``answer`` is :func:`~taskvisor._worker.run_pickled`'s, without the value (only the
     ``shared`` dict and the value's type name are pickled into it); ``value`` is what the
     function returned (``None`` when it failed), left for Dask to keep on this worker."""
     try:
-        fn, args, kwargs, shared = _loads(payload, pairs)
+        fn, args, kwargs, shared = _loads(payload, values)
     except BaseException as exc:
         return _error_answer(exc, None, "dask worker"), None
     box: list[Any] = []
@@ -59,17 +59,17 @@ def _keeping(fn: Callable[..., Any], box: list[Any]) -> Callable[..., None]:
 
 class _Filler(pickle.Unpickler):
     """The worker's unpickler of a payload with :class:`Remote` slots: slot ``i`` is the
-    value of the ``i``-th pair."""
+    ``i``-th value (what Dask made of the ``i``-th future)."""
 
-    def __init__(self, data: bytes, pairs: list[tuple[Any, Any]]) -> None:
+    def __init__(self, data: bytes, values: list[Any]) -> None:
         super().__init__(io.BytesIO(data))
-        self._pairs = pairs
+        self._values = values
 
     def persistent_load(self, pid: Any) -> Any:
-        return self._pairs[pid][1]
+        return self._values[pid]
 
 
-def _loads(payload: bytes, pairs: list[tuple[Any, Any]] | None) -> Any:
-    if not pairs:
+def _loads(payload: bytes, values: list[Any] | None) -> Any:
+    if not values:
         return pickle.loads(payload)  # (what cloudpickle wrote, plain pickle reads)
-    return _Filler(payload, pairs).load()
+    return _Filler(payload, values).load()

@@ -30,25 +30,25 @@ What maps to what:
   time per task measured on the workers (see ``DaskExecutor``, and the "Scaling out" page).
 
 ``DaskExecutor(client, keep_remote=True)``: values stay on the cluster. Each task goes alone
-as its own Dask task (:func:`run_kept`), whose result is the pair ``(answer, value)``:
-``answer`` is the small part taskvisor needs (ok or the error with its traceback, the
-``shared`` dict, the worker), ``value`` what the function returned. A second, tiny Dask
-task (``operator.getitem(pair, 0)``, keyed ``KEY-answer``) brings only the answer to the
-client; the scheduler runs it where the pair is (it places a task with dependencies only
-on workers holding them), so the value never moves. The task's ``TaskRes.ret`` is then a
-:class:`Remote` holding the pair's future: passed on to another Dask task it travels as
-that future (Dask moves it worker to worker, the task receives the value), passed to any
-other task it arrives as the ``Remote`` itself, and it is released when the last reference
-to it goes. Why a pair and a second task, not one Dask task whose result is the value
-alone: the answer (worker, ``shared``, taskvisor's error with its traceback) has no other
-way back than a result; that costs a second Dask task (the numbers are in
-``benchmarks/README.md``), and batching is off in this mode (a batch's values would live
-and die together).
+as one Dask task (:func:`run_remote`) whose result is the value, which Dask keeps on the
+worker. The small part taskvisor needs (the *answer*: ok or the error with its traceback,
+the ``shared`` dict, the worker) comes back as a Dask event, ``(key, answer)``, on a topic
+of this executor's (``Worker.log_event``; the client subscribes before the first task is
+sent and the handler runs on the client's loop). The worker sends the event before it
+reports the task done, on the same stream, so the answer is usually in when the future
+is seen done; if not, the finished future waits for it (parked). No second Dask task, no
+fetch per task. The task's ``TaskRes.ret`` is then a :class:`Remote` holding the future:
+passed on to another Dask task it travels as that future (Dask moves the value worker to
+worker, the task receives the value), passed to any other task it arrives as the
+``Remote`` itself, and it is released when the last reference to it goes. Batching is off
+in this mode (a batch's values would live and die together). When the supervisor closes
+the topic is unsubscribed and dropped from the scheduler (which keeps a topic's last
+events, up to ``distributed.admin.low-level-log-length``).
 
 How a ``Remote`` reaches the worker: the payload is pickled with a pickler whose
 ``persistent_id`` turns each ``Remote`` (anywhere in the arguments: top level, nested in
 containers, inside an object) into a slot number; the futures go to ``client.submit`` as a
-separate list argument, which Dask resolves into their pairs on the worker, and the
+separate list argument, which Dask resolves into their values on the worker, and the
 worker's unpickler fills each slot with its value. Tried only when the plain pickle fails
 (a ``Remote`` refuses to be pickled): tasks without one pay nothing.
 
@@ -79,7 +79,6 @@ import inspect
 import io
 import itertools
 import math
-import operator
 import os
 import pickle
 import threading
@@ -129,19 +128,35 @@ def dask_priority(task: Task[Any]) -> float:
 
 
 def run_batch(
-    payloads: list[bytes], pairs: list[tuple[Any, Any]] | None = None
+    payloads: list[bytes], values: list[Any] | None = None
 ) -> tuple[list[tuple[Any, ...]], float]:
     """On a Dask worker: run each call in turn (one failing never stops the others);
-    their answers and the seconds the whole batch took. ``pairs``: what Dask made of the
-    futures of the :class:`Remote` arguments (each an ``(answer, value)`` pair)."""
+    their answers and the seconds the whole batch took. ``values``: what Dask made of the
+    futures of the :class:`Remote` arguments."""
     t0 = time.perf_counter()
-    answers = [run_payload(p, pairs) for p in payloads]
+    answers = [run_payload(p, values) for p in payloads]
     return answers, time.perf_counter() - t0
 
 
-def _item(pair: tuple[Any, Any], key: Any) -> tuple[None, Any]:
-    """On a Dask worker: the pair of ``value[key]`` (a projection of a :class:`Remote`)."""
-    return None, pair[1][key]
+def run_remote(
+    key: str, topic: str, name: str, isolate: bool, payload: bytes, values: list[Any]
+) -> Any:
+    """On a Dask worker (``keep_remote=True``): run the call (in a child process with
+    ``isolate``), tell the client its answer as an event on ``topic`` (``(key, answer)``),
+    and return the value (``None`` if the call failed), which Dask keeps on this worker."""
+    if isolate:
+        answer, value = run_kept_isolated(key, name, payload, values)
+    else:
+        answer, value = run_kept(payload, values)
+    from distributed import get_worker  # (only here: the child never imports distributed)
+
+    get_worker().log_event(topic, (key, answer))
+    return value
+
+
+def _item(value: Any, key: Any) -> Any:
+    """On a Dask worker: ``value[key]`` (a projection of a :class:`Remote`)."""
+    return value[key]
 
 
 # ------------------------------------------------------------ isolate=True, on a worker
@@ -160,24 +175,24 @@ _doomed: set[str] = set()
 
 
 def run_isolated(
-    key: str, names: list[str], payloads: list[bytes], pairs: list[Any] | None = None
+    key: str, names: list[str], payloads: list[bytes], values: list[Any] | None = None
 ) -> tuple[list[tuple[Any, ...]], float]:
     """On a Dask worker (``isolate=True``): :func:`run_batch`, each call in a child
     process (one child for the batch, a new one after a call that killed it)."""
     t0 = time.perf_counter()
     answers = []
     for name, payload in zip(names, payloads, strict=True):
-        value, error = _in_child(key, name, run_payload, payload, pairs)
+        value, error = _in_child(key, name, run_payload, payload, values)
         answers.append(error if error is not None else value)
     return answers, time.perf_counter() - t0
 
 
 def run_kept_isolated(
-    key: str, name: str, payload: bytes, pairs: list[Any]
+    key: str, name: str, payload: bytes, values: list[Any]
 ) -> tuple[tuple[Any, ...], Any]:
     """On a Dask worker (``isolate=True, keep_remote=True``): :func:`run_kept` in a
     child process; the value comes back to the worker, where Dask keeps it."""
-    value, error = _in_child(key, name, run_kept, payload, pairs)
+    value, error = _in_child(key, name, run_kept, payload, values)
     return (error, None) if error is not None else value
 
 
@@ -374,8 +389,7 @@ class Remote:
 
     @property
     def key(self) -> str:
-        """The Dask key of the computation holding the value (a pair: taskvisor's small
-        answer and the value)."""
+        """The Dask key of the computation holding the value."""
         return str(self._live().key)
 
     @property
@@ -400,10 +414,8 @@ class Remote:
         fut = self._live()
         client = fut.client
         if client.asynchronous:
-            pair = await fut
-        else:
-            pair = await asyncio.to_thread(fut.result)
-        return pair[1]
+            return await fut
+        return await asyncio.to_thread(fut.result)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.fetch().__await__()
@@ -418,7 +430,7 @@ class Remote:
                 f"Remote.result() of task {self._name!r} would block the asynchronous "
                 "client's own event loop: await the Remote there instead"
             )
-        return fut.result(timeout)[1]
+        return fut.result(timeout)
 
     def release(self) -> None:
         """Let Dask forget the value now (once no Dask task that was given it still
@@ -498,8 +510,8 @@ class DaskExecutor(Executor):
     ``keep_remote``: values stay on the cluster. A task that succeeds has a
     :class:`Remote` as its ``TaskRes.ret``; passed to another Dask task (``a.output``) it
     travels worker to worker as a Dask future, never through the client; only what you or
-    a non-Dask task fetch comes back. Each task goes alone (no batching) and costs two Dask
-    tasks, the second bringing back the small answer (see the module docstring). Off by
+    a non-Dask task fetch comes back. Each task goes alone (no batching) as one Dask task;
+    its small answer comes back as a Dask event (see the module docstring). Off by
     default: then every value comes back with its answer and Dask keeps nothing of a task
     that ended, so a later worker loss never runs a ``DONE`` task again; a ``Remote`` that
     is held may be computed again by Dask after a worker loss.
@@ -559,8 +571,13 @@ class DaskExecutor(Executor):
         # future (a job of a batch cancelled early is reported at once, and leaves here)
         self._live: dict[Any, tuple[list[Job], list[bytes]]] = {}
         self._jobs: dict[Job, Any] = {}
-        # keep_remote: each live answer future with the future of its (answer, value) pair
-        self._pairs: dict[Any, Any] = {}
+        # keep_remote: the answers come as events on this topic (see _hear); the keys
+        # whose answer is awaited, answers heard before their future was seen done, and
+        # futures seen done before their answer was heard
+        self._topic = f"taskvisor-{self.token}"
+        self._expected: set[str] = set()
+        self._heard: dict[str, tuple[Any, ...]] = {}
+        self._parked: dict[str, Any] = {}
         self._watchers: set[asyncio.Future[Any]] = set()
         # batching (the supervisor's loop only): jobs waiting for the end of this turn,
         # by Dask priority; the measured mean seconds per task on a worker
@@ -593,6 +610,8 @@ class DaskExecutor(Executor):
                 await client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
             if self.isolate:
                 await client.register_plugin(_Isolation(self._plugin))
+            if self.keep_remote:  # (before any task is sent: on the same stream)
+                client.subscribe_topic(self._topic, self._hear)
             try:
                 info = await client.scheduler.identity(n_workers=-1)
             except TypeError:  # (a scheduler older than n_workers: it lists them all)
@@ -606,6 +625,8 @@ class DaskExecutor(Executor):
             self.client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
         if self.isolate:
             self.client.register_plugin(_Isolation(self._plugin))
+        if self.keep_remote:  # (before any task is sent: on the same stream)
+            self.client.subscribe_topic(self._topic, self._hear)
         return self._sync_info()
 
     def _sync_info(self) -> dict[str, Any]:
@@ -740,25 +761,30 @@ class DaskExecutor(Executor):
             key = f"{first.name}-{first.attempt}-{self.token}-{self._sent}"
         else:
             key = f"{first.name}+{len(jobs) - 1}-{self.token}-{self._sent}"
-        pair = None
         submit = self.client.submit
         options: dict[str, Any] = {
             "pure": False,
             "retries": 0,
             "fifo_timeout": 0,  # each submit its own generation: FIFO among equal priorities
             "priority": prio,
+            "key": key,
+            "resources": dict(task.resources) if task is not None and task.resources else None,
         }
+        if self.keep_remote:  # (one job) its value stays; its answer comes as an event
+            with self._lock:
+                self._expected.add(key)
         try:
-            if self.keep_remote:  # (one job) its (answer, value) pair; the answer alone
-                pair = submit(
-                    *((run_kept_isolated, key, first.name) if self.isolate else (run_kept,)),
+            if self.keep_remote:
+                fut = submit(
+                    run_remote,
+                    key,
+                    self._topic,
+                    first.name,
+                    self.isolate,
                     payloads[0],
                     futures or [],
-                    key=key,
-                    resources=dict(task.resources) if task is not None and task.resources else None,
                     **options,
                 )
-                fut = submit(operator.getitem, pair, 0, key=f"{key}-answer", **options)
             else:
                 fut = submit(
                     *(
@@ -768,30 +794,26 @@ class DaskExecutor(Executor):
                     ),
                     payloads,
                     *([futures] if futures else []),
-                    key=key,
-                    resources=dict(task.resources) if task is not None and task.resources else None,
                     **options,
                 )
         except Exception as exc:  # (a closed client, a scheduler gone ...)
-            if pair is not None:
-                pair.release()
+            with self._lock:
+                self._expected.discard(key)
             assert self._sink is not None
             for j in jobs:
                 self._sink(j, self._error(j, exc))
             return False
         with self._lock:
             self._live[fut] = (jobs, payloads)
-            if pair is not None:
-                self._pairs[fut] = pair
             for j in jobs:
                 self._jobs[j] = fut
             if chain:  # (sent on when this one ends)
                 self._chains[fut] = chain
         for j in jobs:
             j.handle = fut
-        if self._async:
+        if self._async and not self.keep_remote:
             self._later(self._watch(fut))
-        else:
+        else:  # (keep_remote: the value is not fetched, so not awaited either)
             fut.add_done_callback(self._done)
         return True
 
@@ -817,42 +839,48 @@ class DaskExecutor(Executor):
             return CancelResult.STOPPING  # (its end is being reported)
         if alone:
             reason = job.cancelled or "cancelled by taskvisor"
-            with self._lock:
-                pair = self._pairs.get(fut)
-            futs = [fut] if pair is None else [pair, fut]
-            self._later(self.client.cancel(futs, reason=reason))
+            self._later(self.client.cancel([fut], reason=reason))
         else:
             self._sink(job, cancelled)
         return CancelResult.STOPPING
 
     def shutdown(self) -> list[str]:
         with self._lock:
-            left = [*self._live, *self._pairs.values()]
+            left = list(self._live)
             self._live.clear()
             self._jobs.clear()
-            self._pairs.clear()
+            self._expected.clear()
+            self._heard.clear()
+            self._parked.clear()
         for fut in left:  # (every task has ended by now: nothing needs these)
             fut.release()
-        if self.isolate and self._loop is not None:
-            self._unregister()
+        if (self.isolate or self.keep_remote) and self._loop is not None:
+            self._leave()
         # the sink is the supervisor's: an executor kept by its user must not keep a
         # closed supervisor (its result buffer, the Remotes in it) alive; what Dask still
         # reports late goes nowhere
         self._sink = _ignore
         return []
 
-    def _unregister(self) -> None:
-        """(The supervisor's closer thread) take the plugin off the workers: its teardown
-        stops their idle children, so a closed supervisor leaves no process behind."""
+    def _leave(self) -> None:
+        """(The supervisor's closer thread) take off the cluster what this executor put
+        there: the isolate plugin (its teardown stops the workers' idle children, so a
+        closed supervisor leaves no process behind) and the answers' event topic (the
+        scheduler keeps a topic's last events). From a thread of its own, an asynchronous
+        client's methods run on its loop, the supervisor's, free meanwhile: it waits for
+        this thread."""
         assert self._loop is not None
+        client = self.client
         try:
-            # (from a thread of its own, an asynchronous client's method runs on its loop,
-            # the supervisor's, free meanwhile: it waits for this thread)
-            done = self.client.unregister_worker_plugin(self._plugin)
-            if inspect.isawaitable(done):  # (not seen; belt and braces)
-                asyncio.run_coroutine_threadsafe(_awaited(done), self._loop).result(60)
+            if self.keep_remote:
+                client.unsubscribe_topic(self._topic)
+                # (distributed leaves the handler, which holds this executor, behind)
+                client._event_handlers.pop(self._topic, None)
+                _settled(client.run_on_scheduler(_drop_topic, self._topic), self._loop)
+            if self.isolate:
+                _settled(client.unregister_worker_plugin(self._plugin), self._loop)
         except Exception as exc:  # (a client closed first, a lost scheduler)
-            warn_user(f"DaskExecutor: the workers' idle child processes were not stopped: {exc}")
+            warn_user(f"DaskExecutor: what it left on the cluster was not cleared: {exc}")
 
     def _later(self, result: Any) -> None:
         """What a client method returned: a coroutine (asynchronous client) runs on the
@@ -882,7 +910,9 @@ class DaskExecutor(Executor):
         ones that finished while a fetch was under way wait behind it: the sweep takes
         them now, and their own callbacks find them ended.)"""
         status = fut.status
-        if status == "finished":
+        if status == "finished" and self.keep_remote:
+            self._kept_done(fut)
+        elif status == "finished":
             with self._lock:
                 if fut not in self._live:  # (fetched with an earlier batch)
                     return
@@ -907,6 +937,33 @@ class DaskExecutor(Executor):
         else:
             self._ended(fut, None, fut.exception() or RuntimeError("no result"))
 
+    def _kept_done(self, fut: Any) -> None:
+        """keep_remote: a future finished (its value is on a worker); its answer was
+        heard already (the usual order: the worker sends the event before it reports the
+        task done, on the same stream), or it is parked until :meth:`_hear` brings it."""
+        key = fut.key
+        with self._lock:
+            if fut not in self._live:
+                return
+            answer = self._heard.pop(key, None)
+            if answer is None:
+                self._parked[key] = fut
+                return
+        self._ended(fut, answer, None)
+
+    def _hear(self, event: tuple[float, Any]) -> None:
+        """keep_remote: an answer event ``(key, answer)`` from a worker (the client's loop).
+        One nobody waits for (its task ended or was cancelled meanwhile) is dropped."""
+        key, answer = event[1]
+        with self._lock:
+            if key not in self._expected:
+                return
+            fut = self._parked.pop(key, None)
+            if fut is None:
+                self._heard[key] = tuple(answer)
+                return
+        self._on_loop(self._ended, fut, tuple(answer), None)
+
     def _ended(
         self, fut: Any, answers: Any, exc: BaseException | None, *, cancelled: bool = False
     ) -> None:
@@ -919,15 +976,19 @@ class DaskExecutor(Executor):
             jobs, payloads = self._live.pop(fut, ([], []))
             mine = [(j, p) for j, p in zip(jobs, payloads, strict=True) if self._jobs.pop(j, None)]
             chain = self._chains.pop(fut, None)
-            pair = self._pairs.pop(fut, None)
             if crashed_batch and len(jobs) > 1:
                 for job, _ in mine:  # (in the same critical section: no cancel is lost)
                     self._jobs[job] = _CHAINED
-        fut.release()  # nothing needs it any more: Dask may forget the result now
+            if self.keep_remote:
+                key = fut.key
+                self._expected.discard(key)
+                self._heard.pop(key, None)
+                self._parked.pop(key, None)
         assert self._sink is not None
-        if pair is not None:  # keep_remote: ``answers`` is the one job's answer
-            self._kept_ended(mine, pair, answers, exc, cancelled, fut)
+        if self.keep_remote:  # ``answers`` is the one job's answer
+            self._kept_ended(mine, answers, exc, cancelled, fut)
             return
+        fut.release()  # nothing needs it any more: Dask may forget the result now
         if answers is not None:
             results, seconds = answers
             per_task = seconds / max(len(results), 1)
@@ -973,7 +1034,6 @@ class DaskExecutor(Executor):
     def _kept_ended(
         self,
         mine: list[tuple[Job, bytes]],
-        pair: Any,
         answer: Any,
         exc: BaseException | None,
         cancelled: bool,
@@ -984,7 +1044,7 @@ class DaskExecutor(Executor):
         reference this executor keeps); anything else releases it at once."""
         assert self._sink is not None
         if answer is None or not mine or answer[0] != "ok":
-            pair.release()
+            fut.release()
         if answer is None:
             self._failed(mine, exc, cancelled, fut)
             return
@@ -993,7 +1053,7 @@ class DaskExecutor(Executor):
             ok, _, shared, excinfo, worker = decode(answer)
             if ok:
                 self._sink(
-                    job, (Outcome.OK, Remote(pair, job.name, answer[2]), shared, None, worker)
+                    job, (Outcome.OK, Remote(fut, job.name, answer[2]), shared, None, worker)
                 )
             else:
                 self._sink(job, (Outcome.ERROR, None, shared, excinfo, worker))
@@ -1022,8 +1082,21 @@ class DaskExecutor(Executor):
         return (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None)
 
 
+def _settled(done: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """What a client method returned, settled (a coroutine is run on ``loop``: not seen
+    from a thread of its own; belt and braces)."""
+    if inspect.isawaitable(done):
+        asyncio.run_coroutine_threadsafe(_awaited(done), loop).result(60)
+
+
 async def _awaited(what: Any) -> Any:
     return await what
+
+
+def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
+    """On the scheduler: forget an event topic and the events it keeps (no public API)."""
+    with contextlib.suppress(Exception):
+        dask_scheduler._broker._topics.pop(topic, None)
 
 
 def _ignore(job: Job, result: Any) -> None:
