@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import dask
+import psutil
 import pytest
 from distributed import Client, LocalCluster, get_worker
 
 import taskvisor as tv
 from taskvisor import State
+from taskvisor import dask as tvdask
 from taskvisor.dask import DaskExecutor, Remote, dask_priority
 from taskvisor.testing import MockClock
 
@@ -634,7 +636,7 @@ async def test_remotes_are_released_once_nothing_needs_them(
     assert not (ex._live or ex._expected or ex._heard or ex._parked)
     assert cluster.scheduler is not None
     assert ex._topic not in cluster.scheduler._broker._topics  # (the answers' topic is gone)
-    assert ex._topic not in client._event_handlers
+    assert client._event_handlers[ex._topic] is tvdask._ignore_event  # (holds nothing)
     del report, ra, rb, sup, a, b, c
     await settle_releases(client)
     assert bkey not in scheduler_tasks(cluster)
@@ -792,7 +794,7 @@ async def started_pid(fifo: Path) -> int:
         return await asyncio.wait_for(asyncio.shield(reader), WAIT)
     finally:
         if not reader.done():  # a writer that closes at once: the reader sees the end
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            os.close(os.open(fifo, os.O_RDWR))  # (never blocks, with or without a reader)
             with pytest.raises(ValueError):
                 await reader
 
@@ -902,23 +904,119 @@ async def test_isolate_keep_remote_values_stay_on_the_worker(
         sup.cancel(h)
         res, rb = await h, await b
         assert isinstance(rb.ret, Remote) and await rb.ret == 4
-    assert res.state is State.CANCELLED
+        after = await sup.submit(workloads.add, 1, 1, runs_on="dask")  # (the thread is free)
+    assert res.state is State.CANCELLED and after.state is State.DONE
     assert gone(pid)
+
+
+async def test_isolate_cancelling_a_task_of_a_running_batch_stops_it_alone(
+    one_thread: LocalCluster, tmp_path: Path
+) -> None:
+    """A batch of three, the first hanging: cancelling it kills its child (asked of the
+    workers by the executor), the other two run, and the thread is free after."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        sup_for(client, isolate=True, batch=3) as sup,
+    ):
+        h = sup.submit(hang, str(fifo), name="hang", runs_on="dask")
+        rest = [sup.submit(workloads.add, i, 1, runs_on="dask") for i in range(2)]
+        pid = await started_pid(fifo)
+        sup.cancel(h)
+        res = await h
+        assert [(await r).ret for r in rest] == [1, 2]
+        after = await sup.submit(workloads.add, 2, 2, runs_on="dask")
+    assert res.state is State.CANCELLED and after.ret == 4
+    assert gone(pid)
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie waiting for whoever reaps orphans here (it runs nothing)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_isolate_a_cancel_stops_what_the_task_started_too(
+    one_thread: LocalCluster, tmp_path: Path
+) -> None:
+    """The child leads a process group: the cancel kills the group, so a process the task
+    started neither lives on nor holds the thread (by keeping the child's pipe open)."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        sup_for(client, isolate=True) as sup,
+    ):
+        h = sup.submit(workloads.hang_with_a_grandchild, str(fifo), runs_on="dask")
+        grandchild = await started_pid(fifo)
+        sup.cancel(h)
+        assert (await h).state is State.CANCELLED
+        after = await sup.submit(workloads.add, 5, 5, runs_on="dask")
+    assert after.ret == 10
+    for _ in range(int(WAIT / 0.01)):  # (its end is the kernel's: a condition, polled)
+        if ended(grandchild):
+            break
+        await asyncio.sleep(0.01)
+    assert ended(grandchild)
+
+
+async def test_a_cancel_just_before_the_supervisor_closes_still_stops_the_child(
+    one_thread: LocalCluster, tmp_path: Path
+) -> None:
+    """The supervisor closes right after cancelling a running task: the child is killed
+    all the same (the worker plugin stays registered), and the worker's thread is free
+    for the next supervisor."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    async with Client(one_thread.scheduler_address, asynchronous=True) as client:
+        async with sup_for(client, isolate=True) as sup:
+            h = sup.submit(hang, str(fifo), name="hang", runs_on="dask")
+            pid = await started_pid(fifo)
+            sup.cancel(h)
+        assert (await h).state is State.CANCELLED
+        async with sup_for(client, isolate=True) as sup:
+            after = await sup.submit(workloads.add, 3, 4, runs_on="dask")
+    assert after.ret == 7
+    assert gone(pid)
+
+
+async def test_isolate_a_value_that_cannot_come_back_from_the_child_fails_the_task(
+    one_thread: LocalCluster,
+) -> None:
+    """keep_remote with isolate: a value the child cannot pickle fails its task with the
+    reason (not a crash), and the child serves the next task."""
+    async with (
+        Client(one_thread.scheduler_address, asynchronous=True) as client,
+        sup_for(client, isolate=True, keep_remote=True) as sup,
+    ):
+        bad = await sup.submit(workloads.unpicklable, name="bad", runs_on="dask")
+        good = await sup.submit(workloads.add, 1, 2, runs_on="dask")
+        assert await cast(Remote, good.ret) == 3
+    assert bad.state is State.FAILED and not isinstance(bad.error, tv.WorkerCrashed), bad
+    assert "child process" in str(bad.error)
 
 
 def test_a_release_before_the_child_starts_never_starts_it() -> None:
     """Dask releases a key in the instant between its thread starting and taking a
-    child: the thread then never runs the call (and the note of it is dropped once Dask
-    says the thread returned)."""
-    from taskvisor import dask as tvdask
-
+    child: the thread then runs nothing (it raises, and Dask drops the error of a
+    cancelled task); the key stays doomed until Dask says its thread returned. A call of a
+    batch cancelled before it started is skipped, the rest of the batch runs."""
     tvdask._release_running("k-early")  # (no child runs it yet)
-    answers, _ = tvdask.run_isolated("k-early", ["early"], [b"never unpickled"])
-    assert answers[0][0] == "err" and "was stopped" in answers[0][3]
+    with pytest.raises(tvdask._Stopped):
+        tvdask.run_isolated("k-early", ["early"], [b"never unpickled"])
+    assert "k-early" in tvdask._doomed  # (its thread may not have returned yet)
+    tvdask._Isolation().transition("k-early", "cancelled", "error")
     assert "k-early" not in tvdask._doomed
-    tvdask._release_running("k-late")
-    tvdask._Isolation("p").transition("k-late", "cancelled", "released")
-    assert "k-late" not in tvdask._doomed
+    payload = pickle.dumps((workloads.add, (1, 2), {}, None))
+    tvdask._skipped["k-batch"] = {"skip"}
+    answers, _ = tvdask.run_isolated("k-batch", ["skip", "run"], [b"never unpickled", payload])
+    assert answers[0][0] == "err" and "was stopped" in answers[0][3]
+    assert answers[1][0] == "ok" and pickle.loads(answers[1][1])[0] == 3
+    assert "k-batch" not in tvdask._skipped
+    tvdask._stop_idle()
 
 
 @pytest.mark.slow

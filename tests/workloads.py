@@ -95,3 +95,18 @@ def hang(fifo: str) -> None:
     with Path(fifo).open("w") as f:
         f.write(f"{os.getpid()}\n")
     threading.Event().wait()
+
+
+def unpicklable() -> Any:
+    """A value no pickler takes (a lock)."""
+    return threading.Lock()
+
+
+def hang_with_a_grandchild(fifo: str) -> None:
+    """``hang``, having started a process of its own: its pid is the one written."""
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    with Path(fifo).open("w") as f:
+        f.write(f"{sleeper.pid}\n")
+    threading.Event().wait()

@@ -15,6 +15,12 @@ host could pickle the child receives), the answer pickled back the same way. A t
 pipe, whose writing end only the host holds, is the child's lifeline: when the host dies,
 however it dies, a watcher thread in the child sees the end of it and exits at once.
 
+The child leads a process group of its own (``start_new_session``): :meth:`Child.kill`
+kills the group, so what a task started (``os.system("... &")``, a pool of its own) goes
+with it instead of holding the answer pipe open, and the child's pipe ends are not
+inherited by what it starts. A call that fails in the child (its value does not pickle)
+comes back as :class:`ChildError`; the child lives on.
+
 Threads: a :class:`Child` is used by one thread at a time (the one running a task on it);
 :meth:`Child.kill` may come from any other (the Dask worker's loop, on a cancel).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +40,7 @@ from typing import Any, Final
 
 from ._worker import ORPHANED
 
-__all__ = ["Child", "ChildDied", "main"]
+__all__ = ["Child", "ChildDied", "ChildError", "main"]
 
 _PROTO: Final = pickle.HIGHEST_PROTOCOL
 
@@ -62,6 +69,14 @@ class ChildDied(Exception):
         self.killed = killed  # by :meth:`Child.kill` (a cancel), not by its task
 
 
+class ChildError(Exception):
+    """The call could not be made or answered (``text``: the child's traceback)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class Child:
     """One child process and the pipes to it (the host's side)."""
 
@@ -84,6 +99,7 @@ class Child:
                 ],
                 pass_fds=(calls_r, answers_w, life_r),
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # (a group of its own: kill() takes what it started)
                 env=None if env is None else dict(env),
             )
         except BaseException:
@@ -105,8 +121,14 @@ class Child:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the child (``fn`` importable there, by reference); raises
-        :class:`ChildDied` if the child ends before it answers."""
-        data = _dumps((fn, args))  # (what does not pickle raises here, in the host)
+        :class:`ChildDied` if the child ends before it answers, :class:`ChildError` if the
+        call could not be sent or its value could not come back."""
+        try:
+            data = _dumps((fn, args))
+        except Exception as exc:
+            raise ChildError(
+                f"the call could not be pickled for the child process: {exc!r}"
+            ) from None
         try:
             self._calls.send_bytes(data)
         except OSError:  # (a broken pipe: the child is gone)
@@ -115,7 +137,13 @@ class Child:
             answer = self._answers.recv_bytes()
         except (EOFError, OSError):
             raise self._died(sent=True) from None
-        return pickle.loads(answer)
+        try:
+            ok, value = pickle.loads(answer)
+        except Exception as exc:
+            raise ChildError(f"the child's answer could not be unpickled: {exc!r}") from None
+        if not ok:
+            raise ChildError(value)
+        return value
 
     def _died(self, *, sent: bool) -> ChildDied:
         exitcode = self.proc.wait()
@@ -126,8 +154,9 @@ class Child:
         """Stop the child now, whatever it runs (any thread): its caller gets
         :class:`ChildDied` with ``killed`` set."""
         self.killed = True
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        if self.proc.returncode is None:  # (not reaped: its pid is still its own)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     def close(self) -> None:
         for conn in (self._calls, self._answers):
@@ -152,11 +181,15 @@ def main() -> None:
     """The child: run each call received, send back its value; return at the end of the
     calls pipe (the host closed it). Exits at once when the lifeline ends (host gone)."""
     calls_fd, answers_fd, life_fd = (int(a) for a in sys.argv[1:4])
+    for fd in (calls_fd, answers_fd, life_fd):  # (what a task starts does not get them)
+        os.set_inheritable(fd, False)
 
     def lifeline() -> None:
         with contextlib.suppress(OSError):
             while os.read(life_fd, 1):
                 pass
+        with contextlib.suppress(OSError):  # the host is gone: so is what the task started
+            os.killpg(0, signal.SIGKILL)
         os._exit(ORPHANED)
 
     threading.Thread(target=lifeline, name="taskvisor-lifeline", daemon=True).start()
@@ -172,9 +205,15 @@ def main() -> None:
                 data = calls.recv_bytes()
             except EOFError:
                 return
-            fn, args = pickle.loads(data)
-            value = fn(*args)  # (the callers' functions answer errors, never raise)
+            try:
+                fn, args = pickle.loads(data)
+                value = fn(*args)  # (the callers' functions answer errors, never raise)
+                out = _dumps((True, value))
+            except Exception:
+                import traceback
+
+                out = _dumps((False, traceback.format_exc()))
             for stream in (sys.stdout, sys.stderr):  # what the task printed, now
                 with contextlib.suppress(Exception):
                     stream.flush()
-            answers.send_bytes(_dumps(value))
+            answers.send_bytes(out)

@@ -60,10 +60,13 @@ costs the child, not the worker: it ends ``WorkerCrashed`` naming the worker, th
 pid and exit code, the rest of its batch goes on, and the worker keeps its other tasks and
 the values it holds. A worker plugin (``_Isolation``) is told when Dask releases a key
 that is executing (our cancel, our timeout) and kills the child running it, so the
-thread waiting for it is free at once. A task with a ``timeout`` goes alone (not in a
-batch), so that its timeout stops only itself. The plugin is registered when the
-supervisor starts and taken off the workers when it closes; its teardown stops their idle
-children. Cost: one round trip to the child per task (numbers in
+thread waiting for it is free at once; a task cancelled inside a running batch is
+stopped on the workers by name (``client.run``), the rest of its batch goes on. A task
+with a ``timeout`` goes alone (not in a batch). The child leads a process group, and a
+kill takes the group: what the task started goes too. The plugin is registered once per
+cluster (one name, idempotent) and stays: taking it off at a supervisor's close could
+overtake the release of a task cancelled just before. At close the workers' idle
+children stop. Cost: one round trip to the child per task (numbers in
 ``benchmarks/README.md``); the child imports :mod:`taskvisor._dask_worker`, not
 ``distributed``.
 
@@ -78,6 +81,7 @@ import contextlib
 import inspect
 import io
 import itertools
+import logging
 import math
 import os
 import pickle
@@ -92,7 +96,7 @@ import cloudpickle  # type: ignore[import-untyped]
 from distributed import Client, KilledWorker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ._child import Child, ChildDied
+from ._child import Child, ChildDied, ChildError
 from ._dask_worker import run_kept, run_payload
 from ._errors import WorkerCrashed, warn_user
 from ._job import Job, Outcome
@@ -102,6 +106,8 @@ from ._worker import _error_answer, decode
 from .abc import CancelResult, Executor, Sink
 
 __all__ = ["DaskExecutor", "Remote"]
+
+logger = logging.getLogger("taskvisor")
 
 #: an adaptive batch aims at about this many seconds of work per Dask task
 BATCH_SECONDS = 0.05
@@ -162,16 +168,30 @@ def _item(value: Any, key: Any) -> Any:
 # ------------------------------------------------------------ isolate=True, on a worker
 #
 # Each worker thread that runs a task takes an idle child process of this worker's (or
-# starts one) and hands it the call; the child is registered under the Dask key it runs,
-# so that the worker's plugin (_Isolation), told by Dask that the key was released while
-# executing (a cancel, a timeout), kills that child and the thread is free at once. A
-# child whose task killed it is the task's WorkerCrashed; the worker itself lives on.
+# starts one) and hands it each call; the child is registered under the Dask key and the
+# task name it runs. Two ways to stop a call, both from the worker's loop thread:
+# * Dask releases a key while it executes (a cancel or timeout of a task sent alone, a
+#   whole batch released): the worker's plugin (_Isolation) dooms the key and kills its
+#   child; the thread raises at once (Dask drops the error of a cancelled task) and runs
+#   nothing more of the batch. The key stays doomed until Dask says its thread returned
+#   (a transition out of "cancelled"), so a thread that had not taken a child yet never
+#   starts one.
+# * one task of a running batch is cancelled: the executor asks the workers
+#   (``client.run(_stop_call, key, name)``) to kill the child if it runs that call, or to
+#   skip the call if it has not started; the rest of the batch goes on.
+# A child whose task killed it is the task's WorkerCrashed; the worker itself lives on.
+# The plugin is registered once per cluster under one name and stays (unregistering it
+# at a supervisor's close could overtake the release of a task cancelled just before).
 
-_children = threading.Lock()  # the three below (worker threads and the worker's loop)
+_children = threading.Lock()  # the four below (worker threads and the worker's loop)
 _idle: list[Child] = []
-_running: dict[str, Child] = {}  # Dask key -> the child running it
-# keys released while executing before their thread registered a child: never started
-_doomed: set[str] = set()
+_running: dict[str, tuple[Child, str]] = {}  # Dask key -> the child and the task it runs
+_doomed: set[str] = set()  # keys released while executing, until their thread returned
+_skipped: dict[str, set[str]] = {}  # key -> names of calls cancelled before they started
+
+
+class _Stopped(RuntimeError):
+    """Raised by a computation whose key Dask released (Dask drops it: it was cancelled)."""
 
 
 def run_isolated(
@@ -181,9 +201,13 @@ def run_isolated(
     process (one child for the batch, a new one after a call that killed it)."""
     t0 = time.perf_counter()
     answers = []
-    for name, payload in zip(names, payloads, strict=True):
-        value, error = _in_child(key, name, run_payload, payload, values)
-        answers.append(error if error is not None else value)
+    try:
+        for name, payload in zip(names, payloads, strict=True):
+            value, error = _in_child(key, name, run_payload, payload, values)
+            answers.append(error if error is not None else value)
+    finally:
+        with _children:
+            _skipped.pop(key, None)
     return answers, time.perf_counter() - t0
 
 
@@ -200,23 +224,32 @@ def _in_child(
     key: str, name: str, fn: Callable[..., Any], *args: Any
 ) -> tuple[Any, tuple[Any, ...] | None]:
     """``(fn(*args), None)`` run in a child of this worker's, or ``(None, error answer)``
-    if the child died with it (``WorkerCrashed``) or was killed by a cancel. A child
-    found dead before it got the call is replaced once."""
+    if the child died with it (``WorkerCrashed``), the call was cancelled, or it could not
+    be sent or answered. Raises :class:`_Stopped` if the key was released. A child found
+    dead before it got the call is replaced once."""
     where = _where()
     for fresh in (False, True):
-        child = _take(key)
-        if child is None:  # (released before it could start)
+        child = _take(key, name)
+        if child is None:  # (cancelled before it could start)
             return None, _error_answer(_stopped(name), None, where)
         try:
             value = child.call(fn, *args)
         except ChildDied as died:
             _give_back(key, child)
+            at = f"{where}, pid {died.pid}"
             if died.killed:
-                return None, _error_answer(_stopped(name), None, f"{where}, pid {died.pid}")
+                return None, _error_answer(_stopped(name), None, at)
             if died.sent or fresh:
                 crashed = WorkerCrashed(name, died.exitcode, died.pid, where)
-                return None, _error_answer(crashed, None, f"{where}, pid {died.pid}")
+                return None, _error_answer(crashed, None, at)
             continue
+        except ChildError as err:  # (the child lives on)
+            _give_back(key, child)
+            failed = RuntimeError(f"task {name!r} in a child process: {err.text}")
+            return None, _error_answer(failed, None, f"{where}, pid {child.pid}")
+        except BaseException:
+            _give_back(key, child)
+            raise
         _give_back(key, child)
         answer = value[0] if fn is run_kept else value
         named = (*answer[:-1], f"{where}, {answer[-1]}")  # "Dask worker tcp://..., pid 42"
@@ -225,7 +258,7 @@ def _in_child(
 
 
 def _stopped(name: str) -> BaseException:
-    return RuntimeError(f"task {name!r} was stopped: Dask released it (a cancel or a timeout)")
+    return RuntimeError(f"task {name!r} was stopped: it was cancelled (or timed out)")
 
 
 def _where() -> str:
@@ -237,14 +270,21 @@ def _where() -> str:
         return f"process {os.getpid()}"
 
 
-def _take(key: str) -> Child | None:
-    """An idle live child (or a new one) registered as running ``key``; None if ``key``
-    was released already."""
+def _take(key: str, name: str) -> Child | None:
+    """An idle live child (or a new one) registered as running ``name`` of ``key``; None
+    if that call was cancelled before it started. Raises :class:`_Stopped` if ``key`` was
+    released."""
+
+    def check() -> bool:  # (under _children)
+        if key in _doomed:
+            raise _Stopped(f"Dask released {key!r}")
+        skipped = _skipped.get(key)
+        return skipped is None or name not in skipped
+
     child = None
     dead = []
     with _children:
-        if key in _doomed:
-            _doomed.discard(key)
+        if not check():
             return None
         while _idle and child is None:
             child = _idle.pop()
@@ -256,36 +296,61 @@ def _take(key: str) -> Child | None:
     if child is None:
         child = Child()
     with _children:
-        if key in _doomed:  # (released while the child started)
-            _doomed.discard(key)
+        try:
+            go = check()  # (released, or cancelled, while the child started)
+        except _Stopped:
+            _idle.append(child)
+            raise
+        if not go:
             _idle.append(child)
             return None
-        _running[key] = child
+        _running[key] = (child, name)
     return child
 
 
 def _give_back(key: str, child: Child) -> None:
-    """``key`` is done with ``child``: idle again, unless it died or was killed."""
+    """``key`` is done with ``child``: idle again, unless it died or was killed. Raises
+    :class:`_Stopped` if ``key`` was released meanwhile (the rest of its batch goes)."""
     with _children:
         _running.pop(key, None)
         keep = not child.killed and child.alive()
         if keep:
             _idle.append(child)
+        doomed = key in _doomed
     if not keep:
         child.stop()
+    if doomed:
+        raise _Stopped(f"Dask released {key!r}")
 
 
 def _release_running(key: str) -> None:
-    """Dask released ``key`` while it was executing (the worker's loop): kill its child."""
+    """Dask released ``key`` while it was executing (the worker's loop): doom it, and
+    kill its child if one runs it."""
     with _children:
-        child = _running.pop(key, None)
-        if child is None:
-            _doomed.add(key)
+        _doomed.add(key)
+        running = _running.pop(key, None)
+        if running is not None:
+            running[0].kill()
+
+
+def _stop_call(key: str, name: str, dask_worker: Any = None) -> None:
+    """On every worker (``client.run``, the worker's loop): the task ``name`` of the batch
+    ``key`` was cancelled. Kill the child if it runs that call now; skip it if the batch
+    is on this worker and the call has not started."""
+    with _children:
+        running = _running.get(key)
+        if running is not None and running[1] == name:
+            del _running[key]
+            running[0].kill()
             return
-        child.kill()
+        ts = None if dask_worker is None else dask_worker.state.tasks.get(key)
+        if ts is not None and ts.state not in ("memory", "error", "released", "forgotten"):
+            _skipped.setdefault(key, set()).add(name)
 
 
 def _stop_idle() -> None:
+    """On every worker, when a supervisor closes: stop the idle children (a busy one
+    goes back to idle when its thread is done, and ends with the worker)."""
     with _children:
         idle = _idle[:]
         _idle.clear()
@@ -297,8 +362,8 @@ class _Isolation(WorkerPlugin):
     """On each worker (``isolate=True``): a task released while it executes has its child
     process killed, which frees the worker thread that waited for it."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name  # (one per executor: its close unregisters it, see shutdown)
+    name = "taskvisor-isolate"
+    idempotent = True  # (registered by every isolate executor: once is enough)
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if not isinstance(key, str):
@@ -310,7 +375,6 @@ class _Isolation(WorkerPlugin):
                 _doomed.discard(key)
 
     def teardown(self, worker: Any) -> None:
-        # (the idle children of this process: another executor's start again on demand)
         _stop_idle()
 
 
@@ -560,7 +624,6 @@ class DaskExecutor(Executor):
         self.keep_remote = bool(keep_remote)
         self.isolate = bool(isolate)
         self.token = uuid.uuid4().hex[:8]
-        self._plugin = f"taskvisor-isolate-{self.token}"
         self._sink: Sink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async = False  # an asynchronous client on the supervisor's loop (see open)
@@ -609,7 +672,7 @@ class DaskExecutor(Executor):
             if self.allowed_failures is not None:
                 await client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
             if self.isolate:
-                await client.register_plugin(_Isolation(self._plugin))
+                await client.register_plugin(_Isolation())
             if self.keep_remote:  # (before any task is sent: on the same stream)
                 client.subscribe_topic(self._topic, self._hear)
             try:
@@ -624,7 +687,7 @@ class DaskExecutor(Executor):
         if self.allowed_failures is not None:
             self.client.run_on_scheduler(_set_allowed_failures, self.allowed_failures)
         if self.isolate:
-            self.client.register_plugin(_Isolation(self._plugin))
+            self.client.register_plugin(_Isolation())
         if self.keep_remote:  # (before any task is sent: on the same stream)
             self.client.subscribe_topic(self._topic, self._hear)
         return self._sync_info()
@@ -837,6 +900,8 @@ class DaskExecutor(Executor):
                 del self._jobs[job]
         if fut is None:
             return CancelResult.STOPPING  # (its end is being reported)
+        if self.isolate and not alone:  # stop its call on the worker (or never start it)
+            self._later(self._stop_call(fut.key, job.name))
         if alone:
             reason = job.cancelled or "cancelled by taskvisor"
             self._later(self.client.cancel([fut], reason=reason))
@@ -864,23 +929,36 @@ class DaskExecutor(Executor):
 
     def _leave(self) -> None:
         """(The supervisor's closer thread) take off the cluster what this executor put
-        there: the isolate plugin (its teardown stops the workers' idle children, so a
-        closed supervisor leaves no process behind) and the answers' event topic (the
-        scheduler keeps a topic's last events). From a thread of its own, an asynchronous
+        there: the workers' idle children (so a closed supervisor leaves no process behind;
+        the plugin stays, see _Isolation) and the answers' event topic (the scheduler keeps
+        a topic's last events). From a thread of its own, an asynchronous
         client's methods run on its loop, the supervisor's, free meanwhile: it waits for
         this thread."""
         assert self._loop is not None
         client = self.client
         try:
             if self.keep_remote:
-                client.unsubscribe_topic(self._topic)
-                # (distributed leaves the handler, which holds this executor, behind)
-                client._event_handlers.pop(self._topic, None)
+                # the scheduler forgets the topic and its subscribers at once (an
+                # unsubscribe message would go on the client's stream and could come
+                # after, making the topic again). The client's handler, which holds this
+                # executor, becomes one that holds nothing (an event already on its way
+                # must still find one: distributed fails on a topic it has no handler for)
                 _settled(client.run_on_scheduler(_drop_topic, self._topic), self._loop)
+                client._event_handlers[self._topic] = _ignore_event
             if self.isolate:
-                _settled(client.unregister_worker_plugin(self._plugin), self._loop)
+                _settled(client.run(_stop_idle), self._loop)
         except Exception as exc:  # (a client closed first, a lost scheduler)
             warn_user(f"DaskExecutor: what it left on the cluster was not cleared: {exc}")
+
+    async def _stop_call(self, key: str, name: str) -> None:
+        """Ask every worker to stop (or skip) the call ``name`` of the batch ``key``."""
+        try:
+            if self._async:
+                await self.client.run(_stop_call, key, name)
+            else:
+                await asyncio.to_thread(self.client.run, _stop_call, key, name)
+        except Exception as exc:  # (a lost worker, a closed client: its result is dropped)
+            logger.debug("stopping %r of %r on the workers failed: %r", name, key, exc)
 
     def _later(self, result: Any) -> None:
         """What a client method returned: a coroutine (asynchronous client) runs on the
@@ -1097,6 +1175,10 @@ def _drop_topic(topic: str, dask_scheduler: Any = None) -> None:
     """On the scheduler: forget an event topic and the events it keeps (no public API)."""
     with contextlib.suppress(Exception):
         dask_scheduler._broker._topics.pop(topic, None)
+
+
+def _ignore_event(event: Any) -> None:
+    """The answers' handler of a shut-down executor."""
 
 
 def _ignore(job: Job, result: Any) -> None:
