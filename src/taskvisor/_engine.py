@@ -38,6 +38,7 @@ from ._config import Config
 from ._delivery import Record, TaskInfo, log_result
 from ._errors import (
     ClosedError,
+    DuplicateTaskError,
     NotRunError,
     SpecError,
     TaskCancelled,
@@ -142,14 +143,18 @@ class EngineLock:
     def __enter__(self) -> None:
         self._lock.acquire()
         self.depth += 1
-        sup = self._sup
-        if self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid:
-            try:
-                sup._catch_up()
-            except BaseException:
-                self.depth -= 1
-                self._lock.release()
-                raise
+        if self.depth == 1:
+            sup = self._sup
+            if (sup._deferred and threading.get_ident() == sup._tid) or sup._incoming:
+                try:
+                    if sup._deferred and threading.get_ident() == sup._tid:
+                        sup._catch_up()
+                    if sup._incoming:
+                        sup._take_in()
+                except BaseException:
+                    self.depth -= 1
+                    self._lock.release()
+                    raise
 
     def __exit__(self, *_: object) -> None:
         self.depth -= 1
@@ -212,6 +217,12 @@ class Engine:
         self._engine = EngineLock(self)
         # what pool threads handling their own completions left for the loop, in order
         self._deferred: deque[tuple[object, Any]] = deque()
+        # single submits from other threads, queued without the engine lock (see
+        # _queue_in) for whoever next takes it to hand to the planner (_take_in); the
+        # intake lock guards the queue, the names reserved by it, and RUNNING -> CLOSING
+        self._intake = threading.Lock()
+        self._incoming: list[Record] = []
+        self._reserved: set[str] = set()  # names queued, not yet known to the planner
         self._pending_exec = 0  # instruction lists among them (results are harmless)
         # the instructions to carry out, in the planner's order; one drain at a time
         # each with the records it names, bound when the planner gave it (see _execute)
@@ -340,6 +351,87 @@ class Engine:
         except Exception:
             logger.critical("could not end task %r after an internal error", name, exc_info=True)
 
+    def _queue_in(self, spec: Any, target: str) -> Record | None:
+        """A single submit from a thread other than the loop's, without the engine lock:
+        queue it for the planner and return its record, or ``None`` when it must take the
+        locked path (``Supervisor._submit``) instead.
+
+        Only a spec the planner cannot refuse qualifies: no dependency (a task that needs
+        nothing closes no cycle and names no unknown output) and only plain items (no
+        ``__eq__`` of the user's to raise), with a name that neither the planner nor the
+        queue holds. Everything else (a duplicate, a reusable name, a closed supervisor)
+        goes the locked way, which raises as it always did. Names are reserved from here
+        until the planner has them (``_take_in``), so two threads submitting the same name
+        at once see each other: one is queued, the other takes the locked path and gets
+        ``DuplicateTaskError``; and the locked path, holding the engine lock, admits what
+        is queued before it asks the planner (``EngineLock.__enter__``), so it never takes a
+        name a queued task holds (see ``_reserve``).
+
+        The first submit into an empty queue wakes the loop (through the inbox, as the
+        deferred work does); the queue is emptied only by ``_take_in``, which takes all of
+        it under the intake lock, so a submit that finds the queue non-empty is taken in by
+        the drain that the first one's wake-up (or an earlier lock holder) runs: none is
+        stranded.
+        """
+        name = spec.name
+        rec = Record(spec, target, self._now())
+        with self._intake:
+            if (
+                self.state is not SupervisorState.RUNNING
+                or name in self._reserved
+                or name in self._planner
+            ):
+                return None
+            self._reserved.add(name)
+            wake = not self._incoming
+            self._incoming.append(rec)
+        if wake:
+            assert self._inbox is not None
+            self._inbox.put((_DEFERRED, None))
+        return rec
+
+    def _reserve(self, names: list[str]) -> None:
+        """The locked path's submit (engine held) takes its names out of the intake's
+        reach: a thread that queued one of them since this lock holder took in the queue
+        holds it already (``DuplicateTaskError``). Release with ``_unreserve``."""
+        with self._intake:
+            reserved = self._reserved
+            if reserved and not reserved.isdisjoint(names):
+                raise DuplicateTaskError(next(n for n in names if n in reserved))
+            reserved.update(names)
+
+    def _unreserve(self, names: list[str]) -> None:
+        with self._intake:
+            self._reserved.difference_update(names)
+
+    def _take_in(self) -> None:
+        """Hand the queued submits to the planner, as one batch admitted at once (engine
+        held; any thread). Their names stay reserved until the planner has them."""
+        with self._intake:
+            recs, self._incoming = self._incoming, []
+        if not recs:
+            return
+        specs = [r.spec for r in recs]
+        names = [s.name for s in specs]
+        try:
+            instrs = self._planner.submit(specs, admit=True, pinned=self._pinning, now=self._now())
+        except Exception as exc:  # (cannot happen: see _queue_in) each task fails loudly
+            self._unreserve(names)
+            for rec in recs:
+                self._internal_error(rec.spec.name, exc, rec=rec)
+            return
+        recs_by_name, tell = self._recs, self._story.extend
+        for rec in recs:
+            name = rec.spec.name
+            recs_by_name[name] = rec
+            tell((rec.submitted, name, "submitted", rec.target))
+        self._events += len(recs)
+        self._unreserve(names)
+        if self._instruments:
+            for rec in recs:
+                self._instrument("task_submitted", self._info(rec, 0, None))
+        self._execute(instrs)
+
     def _to_loop(self, what: object, arg: Any) -> None:
         """Queue work for the loop's thread (from another thread, engine held); the loop
         runs it before anything else it does under the engine lock."""
@@ -425,6 +517,9 @@ class Engine:
             return False
         gone = self._handles_gone
         names = [gone.popleft() for _ in range(len(gone))]
+        # a handle dies after its submit returned: a task still queued (see _queue_in)
+        # is taken in first, or the planner would not know the name it unpins
+        self._take_in()
         self._execute(self._planner.unpin(names, now=self._now()))
         return True
 
