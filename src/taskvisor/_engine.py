@@ -126,6 +126,9 @@ class EngineLock:
     Entered on the loop's thread it first runs what other threads queued for the loop
     (``_NOTIFY``/``_EXECUTE``), in order, so the planner never gets a new event
     from the loop while instructions it gave earlier are still waiting to be carried out.
+    Entered on any thread, at any depth, it then hands the planner the submits other
+    threads queued without it (``Engine._take_in``): whoever holds the lock sees every
+    task a returned ``TaskHandle`` names (``cancel``, ``task_state``, ``story`` ...).
     ``after`` holds user callbacks (wait alarms, done callbacks): the outermost exit on the
     loop's thread releases the lock first and then calls them, so user code never runs
     while an instruction list is half done, and may call the supervisor again. Pool
@@ -143,18 +146,18 @@ class EngineLock:
     def __enter__(self) -> None:
         self._lock.acquire()
         self.depth += 1
-        if self.depth == 1:
-            sup = self._sup
-            if (sup._deferred and threading.get_ident() == sup._tid) or sup._incoming:
-                try:
-                    if sup._deferred and threading.get_ident() == sup._tid:
-                        sup._catch_up()
-                    if sup._incoming:
-                        sup._take_in()
-                except BaseException:
-                    self.depth -= 1
-                    self._lock.release()
-                    raise
+        sup = self._sup
+        catch_up = self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid
+        if catch_up or sup._incoming:
+            try:
+                if catch_up:
+                    sup._catch_up()
+                if sup._incoming:  # (at any depth: a main function may look the task up)
+                    sup._take_in()
+            except BaseException:
+                self.depth -= 1
+                self._lock.release()
+                raise
 
     def __exit__(self, *_: object) -> None:
         self.depth -= 1
