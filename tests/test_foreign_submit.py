@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import taskvisor as tv
-from taskvisor import State
+from taskvisor import State, _engine
 
 from .conftest import noop
 from .workloads import add
@@ -95,10 +95,10 @@ async def test_the_loop_woken_by_a_foreign_submit_takes_it_in(
     async with tv.Supervisor(threads=2, aloops=()) as sup:
         take_in = sup._take_in
 
-        def spy() -> None:
+        def spy(closing: bool = False) -> None:
             if sup._incoming and threading.get_ident() == sup._tid:
                 took_in.set()
-            take_in()
+            take_in(closing)
 
         monkeypatch.setattr(sup, "_take_in", spy)
         t = InThread(user)
@@ -280,3 +280,30 @@ def test_every_accepted_foreign_submit_ends_before_close_returns() -> None:
     assert len(everything) >= 100
     assert all(h.done() and h.result().ok for h in everything)
     assert not sup.supervisor._incoming and not sup.supervisor._reserved
+
+
+async def test_a_full_intake_makes_the_submitter_take_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Backpressure: with ``INTAKE_LIMIT`` submits queued, the next submit takes the
+    locked path (it waits for the lock the loop holds here), and takes the queue in."""
+    monkeypatch.setattr(_engine, "INTAKE_LIMIT", 3)
+    three, fourth = threading.Event(), threading.Event()
+    handles: list[tv.TaskHandle[Any]] = []
+
+    def user() -> None:
+        for i in range(4):
+            if i == 3:
+                three.set()
+            handles.append(sup.submit(add, i, 1, runs_on="thread"))
+        fourth.set()
+
+    async with tv.Supervisor(threads=2, aloops=()) as sup:
+        with sup._engine:
+            t = InThread(user)
+            assert three.wait(WAIT)
+            assert len(sup._incoming) == 3
+            assert not fourth.is_set()  # (it waits for this lock)
+        assert await t.done() is None
+        assert [(await h).ret for h in handles] == [1, 2, 3, 4]
+        assert not sup._incoming

@@ -282,8 +282,9 @@ class Supervisor(Engine):
                 await ex.open()
         except BaseException:
             await self._shutdown_executors()
-            with self._engine, self._intake:  # (what was queued is taken in, as if locked)
+            with self._engine:
                 self.state = SupervisorState.CLOSED
+                self._take_in(closing=True)  # (what was queued meanwhile: as if locked)
             _LIVE.discard(self)
             raise
 
@@ -307,9 +308,10 @@ class Supervisor(Engine):
         for worker in self._workers:  # workers first: they never hold closing open
             worker.stop()
         with self._engine:
-            with self._intake:  # (no submit is queued after this: see Engine._queue_in)
-                self.state = SupervisorState.CLOSING
-            self._take_in()  # those queued before are accepted work
+            self.state = SupervisorState.CLOSING
+            # submits queued before are accepted work; any later is withdrawn by its
+            # submitter, which raises ClosedError (see Engine._queue_in)
+            self._take_in(closing=True)
             pending = [self._recs[n] for n in self._planner.live()]
         try:
             with self._engine:
@@ -715,7 +717,7 @@ class Supervisor(Engine):
             if self._gates_on and on_loop:  # (its timer lives on the loop; the loop samples
                 self._sample(now)  # again on every completion it takes in)
             names = [s.name for s in specs]
-            self._reserve(names)  # (a name queued since this thread took the lock: taken)
+            token = self._reserve(names)  # (a name queued since the lock was taken: taken)
             try:
                 # graph errors raise here, before anything changed
                 try:
@@ -729,7 +731,7 @@ class Supervisor(Engine):
                         specs, sealed=sealed, admit=admit, pinned=pinned, now=now
                     )
             finally:
-                self._unreserve(names)
+                self._unreserve(names, token)
             recs = []
             tell = self._story.extend
             for spec, target in zip(specs, targets, strict=True):
