@@ -10,7 +10,11 @@ were when the planner gave it.
 Threads. The loop's thread takes the lock at every entry point. A pool thread takes it
 without waiting, to finish a lone successful thread task itself and start the next one
 at once (``_sink``: a chain of thread tasks makes no loop round trip per link); a user's
-thread waits for it. Off the loop, only thread dispatches are carried out in the calling
+thread waits for it, except for a single ``submit`` the planner cannot refuse: that one
+takes no lock at all, queues its record (``_queue_in``) and wakes the loop, and whoever
+next enters the lock, on any thread and at any depth, hands the queue to the planner
+first (``_take_in``), so every holder of the lock sees every task a returned handle
+names. Off the loop, only thread dispatches are carried out in the calling
 thread; everything the loop owns (futures, listeners, timers, warnings, other executors)
 is queued to it, in order (``_to_loop``, ``_catch_up``). User callbacks run after the
 outermost release of the lock, on the loop's thread.
@@ -38,6 +42,7 @@ from ._config import Config
 from ._delivery import Record, TaskInfo, log_result
 from ._errors import (
     ClosedError,
+    DuplicateTaskError,
     NotRunError,
     SpecError,
     TaskCancelled,
@@ -69,6 +74,7 @@ logger = logging.getLogger("taskvisor")
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)
+INTAKE_LIMIT = 1024  # queued foreign submits beyond which a submit takes the lock (backpressure)
 _new_tuple: Callable[..., Any] = tuple.__new__  # builds each TaskRes (see Engine._deliver)
 
 
@@ -125,6 +131,9 @@ class EngineLock:
     Entered on the loop's thread it first runs what other threads queued for the loop
     (``_NOTIFY``/``_EXECUTE``), in order, so the planner never gets a new event
     from the loop while instructions it gave earlier are still waiting to be carried out.
+    Entered on any thread, at any depth, it then hands the planner the submits other
+    threads queued without it (``Engine._take_in``): whoever holds the lock sees every
+    task a returned ``TaskHandle`` names (``cancel``, ``task_state``, ``story`` ...).
     ``after`` holds user callbacks (wait alarms, done callbacks): the outermost exit on the
     loop's thread releases the lock first and then calls them, so user code never runs
     while an instruction list is half done, and may call the supervisor again. Pool
@@ -143,9 +152,14 @@ class EngineLock:
         self._lock.acquire()
         self.depth += 1
         sup = self._sup
-        if self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid:
+        catch_up = self.depth == 1 and sup._deferred and threading.get_ident() == sup._tid
+        if catch_up or sup._incoming or sup._intake_woken:
             try:
-                sup._catch_up()
+                if catch_up:
+                    sup._catch_up()
+                # (at any depth: a main function may look up a task a thread just queued)
+                if sup._incoming or sup._intake_woken:
+                    sup._take_in()
             except BaseException:
                 self.depth -= 1
                 self._lock.release()
@@ -212,6 +226,14 @@ class Engine:
         self._engine = EngineLock(self)
         # what pool threads handling their own completions left for the loop, in order
         self._deferred: deque[tuple[object, Any]] = deque()
+        # single submits from other threads, queued without any lock (see _queue_in) for
+        # whoever next takes the engine lock to hand to the planner (_take_in); a wake-up
+        # of the loop is pending while _intake_woken is set
+        self._incoming: deque[Record] = deque()
+        self._intake_woken = False
+        # names between a submit and the planner: each maps to its owner (a queued record,
+        # or the token of a locked submit), set and deleted by that owner only
+        self._reserved: dict[str, object] = {}
         self._pending_exec = 0  # instruction lists among them (results are harmless)
         # the instructions to carry out, in the planner's order; one drain at a time
         # each with the records it names, bound when the planner gave it (see _execute)
@@ -340,6 +362,117 @@ class Engine:
         except Exception:
             logger.critical("could not end task %r after an internal error", name, exc_info=True)
 
+    def _queue_in(self, spec: Any, target: str) -> Record | None:
+        """A single submit from a thread other than the loop's, without any lock: queue it
+        for the planner and return its record, or ``None`` when it must take the locked
+        path (``Supervisor._submit``) instead, which raises as it always did.
+
+        Only a spec the planner cannot refuse qualifies: no dependency (a task that needs
+        nothing closes no cycle and names no unknown output) and only plain items (no
+        ``__eq__`` of the user's to raise, see ``_plain_items``), with a name nobody holds.
+        A lock, even one held for a microsecond, made the eight submitting threads of W7
+        convoy on it under the GIL (a thread switched out while holding it stalls the
+        others): every step here is one operation the GIL makes atomic, in an order that
+        makes it safe.
+
+        * The name: reserved with ``dict.setdefault`` (of two threads, one wins), then
+          looked up in the planner (read without the engine lock: one dict lookup). Every
+          name reaches the planner reserved (``_reserve`` for the locked path), so a name
+          not reserved by someone else and unknown to the planner is free; anything else
+          (a duplicate, a name an ended task may hand on) goes the locked way.
+        * Closing: the record is appended, *then* the state read again (``aclose`` writes
+          the state, then takes the queue in, under the engine lock; after that, nothing
+          takes it in: ``_take_in``). Still running: the close's take-in will see it. Not
+          running: withdraw it (``deque.remove``); if it is gone, the close took it in.
+        * Backpressure: with ``INTAKE_LIMIT`` submits queued, the next one takes the
+          locked path, and so takes the queue in itself: threads that submit faster than
+          the loop admits do the admitting (as every submit did before) instead of
+          growing the queue without bound.
+        * The wake-up, as ``Inbox``: after the append, the first submit to find no
+          wake-up pending sets the flag and wakes the loop; ``_take_in`` clears the flag
+          before it empties the queue. A record is thus either seen by a take-in already
+          on its way, or wakes the loop itself: none is stranded.
+        """
+        if self.state is not SupervisorState.RUNNING or len(self._incoming) >= INTAKE_LIMIT:
+            return None  # (a full queue: this thread takes the lock and the queue in itself)
+        name = spec.name
+        rec = Record(spec, target, self._now())
+        reserved = self._reserved
+        if reserved.setdefault(name, rec) is not rec:
+            return None
+        if name in self._planner:
+            del reserved[name]
+            return None
+        incoming = self._incoming
+        incoming.append(rec)
+        if self.state is not SupervisorState.RUNNING:
+            try:
+                incoming.remove(rec)
+            except ValueError:  # the close took it in: accepted
+                return rec
+            del reserved[name]
+            return None
+        if not self._intake_woken:
+            self._intake_woken = True
+            assert self._inbox is not None
+            self._inbox.put((_DEFERRED, None))
+        return rec
+
+    def _reserve(self, names: list[str]) -> object:
+        """Reserve the names of a locked submit (engine held) against the threads that
+        queue without the lock: a name one of them holds raises ``DuplicateTaskError``
+        (the engine lock's holder took the queue in on entry: it is queued since, and
+        taken). Returns the token to ``_unreserve`` with."""
+        token, reserved = object(), self._reserved
+        for i, name in enumerate(names):
+            owner = reserved.setdefault(name, token)
+            if owner is not token:
+                self._unreserve(names[:i], token)
+                raise DuplicateTaskError(name)
+        return token
+
+    def _unreserve(self, names: list[str], token: object) -> None:
+        reserved = self._reserved
+        for name in names:
+            if reserved.get(name) is token:  # (a name twice in the batch: once)
+                del reserved[name]
+
+    def _take_in(self, closing: bool = False) -> None:
+        """Hand the queued submits to the planner, as one batch admitted at once (engine
+        held; any thread). Once the supervisor has stopped running only ``closing`` (the
+        close itself) takes them in: any queued later is withdrawn by its submitter."""
+        self._intake_woken = False  # (before the queue is read: see _queue_in)
+        if self.state is not SupervisorState.RUNNING and not closing:
+            return
+        incoming, recs = self._incoming, []
+        while True:  # (one atomic popleft each: another thread may append meanwhile)
+            try:
+                recs.append(incoming.popleft())
+            except IndexError:
+                break
+        if not recs:
+            return
+        specs = [r.spec for r in recs]
+        reserved = self._reserved
+        try:
+            instrs = self._planner.submit(specs, admit=True, pinned=self._pinning, now=self._now())
+        except Exception as exc:  # (cannot happen: see _queue_in) each task fails loudly
+            for rec in recs:
+                del reserved[rec.spec.name]
+                self._internal_error(rec.spec.name, exc, rec=rec)
+            return
+        recs_by_name, tell = self._recs, self._story.extend
+        for rec in recs:
+            name = rec.spec.name
+            recs_by_name[name] = rec
+            del reserved[name]  # (the planner has it now)
+            tell((rec.submitted, name, "submitted", rec.target))
+        self._events += len(recs)
+        if self._instruments:
+            for rec in recs:
+                self._instrument("task_submitted", self._info(rec, 0, None))
+        self._execute(instrs)
+
     def _to_loop(self, what: object, arg: Any) -> None:
         """Queue work for the loop's thread (from another thread, engine held); the loop
         runs it before anything else it does under the engine lock."""
@@ -425,6 +558,9 @@ class Engine:
             return False
         gone = self._handles_gone
         names = [gone.popleft() for _ in range(len(gone))]
+        # a handle dies after its submit returned: a task still queued (see _queue_in)
+        # is taken in first, or the planner would not know the name it unpins
+        self._take_in()
         self._execute(self._planner.unpin(names, now=self._now()))
         return True
 

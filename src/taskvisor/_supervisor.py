@@ -53,6 +53,7 @@ from ._planner import State
 from ._procpool import ProcessPool
 from ._result import ExceptionInfo, RunReport, TaskRes
 from ._spec import (
+    _PLAIN_ITEMS,
     META_KEYS,
     Task,
     Tier,
@@ -281,7 +282,9 @@ class Supervisor(Engine):
                 await ex.open()
         except BaseException:
             await self._shutdown_executors()
-            self.state = SupervisorState.CLOSED
+            with self._engine:
+                self.state = SupervisorState.CLOSED
+                self._take_in(closing=True)  # (what was queued meanwhile: as if locked)
             _LIVE.discard(self)
             raise
 
@@ -306,6 +309,9 @@ class Supervisor(Engine):
             worker.stop()
         with self._engine:
             self.state = SupervisorState.CLOSING
+            # submits queued before are accepted work; any later is withdrawn by its
+            # submitter, which raises ClosedError (see Engine._queue_in)
+            self._take_in(closing=True)
             pending = [self._recs[n] for n in self._planner.live()]
         try:
             with self._engine:
@@ -687,27 +693,45 @@ class Supervisor(Engine):
         self, specs: list[Task[Any]], *, sealed: bool, admit: bool = True, pinned: bool = False
     ) -> list[Record]:
         """``admit=False``: admit at the end of this turn of the loop. (Another thread has
-        no turns: its submits are admitted at once, and its thread tasks start from it.)
-        ``pinned``: a :class:`TaskHandle` will hold each task (see ``TaskHandle.__del__``)."""
+        no turns: its submits are admitted at once, and its thread tasks start from the
+        thread that takes them in.) ``pinned``: a :class:`TaskHandle` will hold each task
+        (see ``TaskHandle.__del__``).
+
+        A single ``submit`` from another thread that the planner cannot refuse skips the
+        engine lock: it is queued, and whoever next takes the lock (the loop, woken for
+        it) hands the queue to the planner as one batch (``Engine._queue_in``). With eight
+        threads submitting, waiting for the engine lock was most of their time (issue 13).
+        """
         targets = [self._target(s) for s in specs]  # (no lock needed: the caller's thread)
         on_loop = threading.get_ident() == self._tid
+        if not on_loop and not sealed and len(specs) == 1 and pinned is self._pinning:
+            spec = specs[0]
+            if not spec.dependencies and _plain_items(spec):
+                rec = self._queue_in(spec, targets[0])
+                if rec is not None:
+                    return [rec]
         admit = admit or not on_loop
-        with self._engine:
+        with self._engine:  # (entering takes in what other threads queued: see _queue_in)
             self._check_running("submit")
             now = self._now()
             if self._gates_on and on_loop:  # (its timer lives on the loop; the loop samples
                 self._sample(now)  # again on every completion it takes in)
-            # graph errors raise here, before anything changed
+            names = [s.name for s in specs]
+            token = self._reserve(names)  # (a name queued since the lock was taken: taken)
             try:
-                instrs = self._planner.submit(
-                    specs, sealed=sealed, admit=admit, pinned=pinned, now=now
-                )
-            except DuplicateTaskError:
-                if not self._unpin():  # (the old task's handle may have just died)
-                    raise
-                instrs = self._planner.submit(
-                    specs, sealed=sealed, admit=admit, pinned=pinned, now=now
-                )
+                # graph errors raise here, before anything changed
+                try:
+                    instrs = self._planner.submit(
+                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                    )
+                except DuplicateTaskError:
+                    if not self._unpin():  # (the old task's handle may have just died)
+                        raise
+                    instrs = self._planner.submit(
+                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                    )
+            finally:
+                self._unreserve(names, token)
             recs = []
             tell = self._story.extend
             for spec, target in zip(specs, targets, strict=True):
@@ -935,6 +959,16 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
             "own keyword arguments as kwargs={...}"
         )
     return Task(task, args, kwargs, **meta)
+
+
+def _plain_items(spec: Task[Any]) -> bool:
+    """Are all its provides, claims and uses of plain types (no user ``__eq__`` that the
+    planner's lookups could make raise)?"""
+    for group in (spec.provides, spec.claims, spec.uses):
+        for item in group:
+            if type(item) not in _PLAIN_ITEMS:
+                return False
+    return True
 
 
 def _put_back(source: Any, item: Any, name: str) -> None:
