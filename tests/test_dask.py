@@ -200,7 +200,9 @@ async def test_new_workers_true_warns_and_the_task_waits_in_dask(client: Any) ->
     assert res.state is State.CANCELLED
 
 
-async def test_cancel_and_timeout_cancel_the_dask_future(client: Any) -> None:
+async def test_cancel_and_timeout_cancel_the_dask_future(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     ex = DaskExecutor(client)
     async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
         timed = await sup.submit(blocked, "t", name="timed", runs_on="dask", timeout=0.2)
@@ -213,6 +215,9 @@ async def test_cancel_and_timeout_cancel_the_dask_future(client: Any) -> None:
         GATE.set()
     assert timed.state is State.FAILED and isinstance(timed.error, tv.TaskTimeout)
     assert res.state is State.CANCELLED
+    # the function may run on in its thread: said once, with the way to stop it
+    told = [r for r in caplog.records if "isolate=True" in r.getMessage()]
+    assert len(told) == 1 and "'timed'" in told[0].getMessage(), told
 
 
 async def test_ended_tasks_leave_no_future_behind(client: Any) -> None:

@@ -651,6 +651,7 @@ class DaskExecutor(Executor):
         self._per_task: float | None = None
         self._probe: Job | None = None  # the job sent alone to measure a first timing
         self._sent = 0  # Dask computations sent (a part of each key)
+        self._told_threads = False  # (see cancel)
 
     # ------------------------------------------------------------ the seam
 
@@ -900,6 +901,14 @@ class DaskExecutor(Executor):
                 del self._jobs[job]
         if fut is None:
             return CancelResult.STOPPING  # (its end is being reported)
+        if not self.isolate and not self._told_threads:  # (once: not silent, not noisy)
+            self._told_threads = True
+            logger.warning(
+                "DaskExecutor: %r was cancelled (or timed out) after it was sent to Dask; "
+                "if its function already runs in a worker thread it runs on to its end "
+                "(a thread cannot be stopped): DaskExecutor(client, isolate=True) stops it",
+                job.name,
+            )
         if self.isolate and not alone:  # stop its call on the worker (or never start it)
             self._later(self._stop_call(fut.key, job.name))
         if alone:
