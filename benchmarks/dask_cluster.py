@@ -16,9 +16,9 @@ One ``LocalCluster`` (2 workers of 4 threads, ``processes=False``) and one synch
   what one round trip to a child per task adds.
 
 Targets (issue 11): with batching, µs per task <= 1/3 of raw futures; the DAG no slower
-than raw futures. ``keep_remote`` has no target: it trades speed (no batching, two Dask
-tasks and an answer fetch per task) for values that never come back through the client;
-its row says what that costs. Skipped when ``distributed`` is not installed.
+than raw futures. ``keep_remote`` has no target: it trades speed (no batching, a layer of
+the graph sent when the one before has answered) for values that never come back
+through the client; its row says what that costs. Skipped when ``distributed`` is not installed.
 """
 
 from __future__ import annotations
