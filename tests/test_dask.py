@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import dask
-import psutil
 import pytest
 from distributed import Client, LocalCluster, get_worker
 
@@ -936,36 +935,39 @@ async def test_isolate_cancelling_a_task_of_a_running_batch_stops_it_alone(
     assert gone(pid)
 
 
-def ended(pid: int) -> bool:
-    """Gone, or a zombie waiting for whoever reaps orphans here (it runs nothing)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 async def test_isolate_a_cancel_stops_what_the_task_started_too(
     one_thread: LocalCluster, tmp_path: Path
 ) -> None:
     """The child leads a process group: the cancel kills the group, so a process the task
-    started neither lives on nor holds the thread (by keeping the child's pipe open)."""
-    fifo = tmp_path / "started"
+    started neither lives on nor holds the thread (by keeping the child's pipe open). That
+    process alone holds a FIFO's writing end: its reader sees the end when it dies."""
+    fifo, life = tmp_path / "started", tmp_path / "life"
     os.mkfifo(fifo)
-    async with (
-        Client(one_thread.scheduler_address, asynchronous=True) as client,
-        sup_for(client, isolate=True) as sup,
-    ):
-        h = sup.submit(workloads.hang_with_a_grandchild, str(fifo), runs_on="dask")
-        grandchild = await started_pid(fifo)
-        sup.cancel(h)
-        assert (await h).state is State.CANCELLED
-        after = await sup.submit(workloads.add, 5, 5, runs_on="dask")
-    assert after.ret == 10
-    for _ in range(int(WAIT / 0.01)):  # (its end is the kernel's: a condition, polled)
-        if ended(grandchild):
-            break
-        await asyncio.sleep(0.01)
-    assert ended(grandchild)
+    os.mkfifo(life)
+    reader = os.open(life, os.O_RDONLY | os.O_NONBLOCK)  # (open before any writer)
+    try:
+        async with (
+            Client(one_thread.scheduler_address, asynchronous=True) as client,
+            sup_for(client, isolate=True) as sup,
+        ):
+            h = sup.submit(workloads.hang_with_a_grandchild, str(fifo), str(life), runs_on="dask")
+            await started_pid(fifo)  # (the grandchild holds the writing end now)
+            sup.cancel(h)
+            assert (await h).state is State.CANCELLED
+            after = await sup.submit(workloads.add, 5, 5, runs_on="dask")
+        assert after.ret == 10
+        os.set_blocking(reader, True)
+        end = asyncio.ensure_future(asyncio.to_thread(os.read, reader, 1))
+        try:
+            assert await asyncio.wait_for(asyncio.shield(end), WAIT) == b""  # it died
+        finally:
+            if not end.done():  # (a byte lets the reader go: the assert above failed)
+                writer = os.open(life, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(writer, b"x")
+                os.close(writer)
+                await end
+    finally:
+        os.close(reader)
 
 
 async def test_a_cancel_just_before_the_supervisor_closes_still_stops_the_child(

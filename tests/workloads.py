@@ -102,11 +102,15 @@ def unpicklable() -> Any:
     return threading.Lock()
 
 
-def hang_with_a_grandchild(fifo: str) -> None:
-    """``hang``, having started a process of its own: its pid is the one written."""
+def hang_with_a_grandchild(fifo: str, life: str) -> None:
+    """``hang``, having started a process of its own that alone holds the writing end of
+    the FIFO ``life`` (its reader sees the end when that process dies); the pid written
+    to ``fifo`` is that process's."""
     import subprocess
 
-    sleeper = subprocess.Popen(["sleep", "3600"])
+    end = os.open(life, os.O_WRONLY)  # (the test holds the reading end open already)
+    sleeper = subprocess.Popen(["sleep", "3600"], pass_fds=(end,))
+    os.close(end)
     with Path(fifo).open("w") as f:
         f.write(f"{sleeper.pid}\n")
     threading.Event().wait()
