@@ -44,6 +44,12 @@ from taskvisor._spec import Task
 from taskvisor.abc import CancelResult
 
 
+class _Machine(Attempts):
+    """The attempt machine alone (a mixin: its user declares the slots)."""
+
+    __slots__ = ("attempts", "job", "res", "spec")
+
+
 def noop() -> None:
     pass
 
@@ -93,7 +99,7 @@ class AttemptsMachine(RuleBasedStateMachine):
     def three_tasks(self, kinds: list[tuple[int, float | None, bool, bool]]) -> None:
         for i, (retries, timeout, reports_start, can_stop) in enumerate(kinds):
             spec = Task(noop, name=f"t{i}", retries=retries, timeout=timeout)
-            self.tasks.append(Model(Attempts(spec), reports_start, can_stop))
+            self.tasks.append(Model(_Machine(spec), reports_start, can_stop))
 
     # ------------------------------------------------------------------ helpers
 

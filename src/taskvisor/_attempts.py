@@ -64,9 +64,16 @@ ENDS = frozenset({Act.DONE, Act.FAILED, Act.TIMED_OUT, Act.CANCELLED, Act.ABANDO
 
 
 class Attempts:
-    """The attempts of one task (the supervisor's record of a task is one)."""
+    """The attempts of one task (the supervisor's record of a task is one).
 
-    __slots__ = ("attempts", "job", "res", "spec")
+    A mixin without slots of its own: the class that mixes it in declares ``spec``,
+    ``attempts``, ``job`` and ``res`` (the supervisor's ``Record`` is also the planner's
+    record of the task: one object per task, see ``_delivery.Record``).
+    """
+
+    # no slots of its own and no instance dict (the subclass has the slots); written as
+    # a call so that mypy does not take ``()`` to mean "assigns no attribute at all"
+    __slots__ = tuple[str, ...]()
 
     spec: Task[Any]
     attempts: int  # attempts counted so far (a withdrawn one is not)

@@ -1,8 +1,9 @@
 """Delivery of results: the task record, handles, result streams, and the types of the
 events the supervisor tells about.
 
-The supervisor keeps one :class:`Record` per task from submission until it is forgotten:
-its attempt machine (the base class), its call, its timer, and who waits for its
+The supervisor keeps one :class:`Record` per task from submission until it is forgotten,
+and the planner keeps the same object as its own record of the task: the planner's
+fields (the base class), its attempt machine (a mixin), its call, its timer, and who waits for its
 :class:`TaskRes` — a future for ``await handle``, listeners (``run()`` streams,
 ``gather`` counters, done callbacks), an event for ``handle.result()`` in another
 thread. The engine builds the ``TaskRes`` (``Engine._deliver``) and calls them.
@@ -21,6 +22,7 @@ from ._attempts import Attempts
 from ._clock import TimerHandle
 from ._errors import SpecError
 from ._job import Job
+from ._planner import _T as PlannerRecord
 from ._planner import State
 from ._result import TaskRes
 from ._spec import Task, safe_repr
@@ -69,15 +71,21 @@ class TaskInfo(NamedTuple):
     time: float  # the supervisor's clock
 
 
-class Record(Attempts):
-    """The supervisor's record of one task: its attempt machine, and what the supervisor
-    keeps beside it."""
+class Record(PlannerRecord, Attempts):
+    """The one record of a task, from its submission until it is forgotten: the
+    planner's (the base class), its attempt machine (the mixin), and what the supervisor
+    keeps beside them. The engine builds it and hands it to the planner with the spec
+    (``Planner.submit(records=...)``): one object per task, not one per layer (issue 13:
+    every long-lived object per task costs its share of each full cyclic-GC pass)."""
 
     __slots__ = (
         "args",
+        "attempts",
         "fut",
+        "job",
         "kwargs",
         "listeners",
+        "res",
         "run_time",
         "shared_in",
         "started",
@@ -87,9 +95,11 @@ class Record(Attempts):
         "waiter",
     )
 
+    spec: Task[Any]
+
     def __init__(self, spec: Task[Any], target: str, now: float) -> None:
+        PlannerRecord.__init__(self, spec, 0)  # (the planner numbers it at submit)
         # (Attempts' slots set here, not through its __init__: one call less per task)
-        self.spec = spec
         self.target = target
         self.submitted = now
         self.started: float | None = None

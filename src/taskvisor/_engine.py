@@ -455,7 +455,9 @@ class Engine:
         specs = [r.spec for r in recs]
         reserved = self._reserved
         try:
-            instrs = self._planner.submit(specs, admit=True, pinned=self._pinning, now=self._now())
+            instrs = self._planner.submit(
+                specs, admit=True, pinned=self._pinning, now=self._now(), records=recs
+            )
         except Exception as exc:  # (cannot happen: see _queue_in) each task fails loudly
             for rec in recs:
                 del reserved[rec.spec.name]

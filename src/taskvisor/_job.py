@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._result import ExceptionInfo
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._spec import Task
 
 __all__ = ["Job", "Outcome", "Result", "Sink"]
@@ -47,10 +49,12 @@ class Job:
         "returned",
         "running",
         "shared",
+        "sink",
         "started",
         "target",
         "task",
         "watch",
+        "worker",
     )
 
     def __init__(
@@ -86,6 +90,22 @@ class Job:
         self.task = task  # the Task it is an attempt of (None in pool-level tests)
         # report Outcome.STARTED when a worker really starts it (its timeout runs from then)
         self.watch = False
+        # where a coroutine job's asyncio Task reports its end (``__call__``: the Task's
+        # done-callback is the job itself, no partial per task)
+        self.sink: Any = None
+        self.worker: str | None = None
+
+    def __call__(self, t: asyncio.Task[Any]) -> None:
+        """The done-callback of the asyncio Task running this job: report how it ended."""
+        sink, worker = self.sink, self.worker
+        if t.cancelled():
+            sink(self, (Outcome.CANCELLED, None, self.shared, None, worker))
+            return
+        exc = t.exception()
+        if exc is not None:
+            sink(self, (Outcome.ERROR, None, self.shared, ExceptionInfo.from_exc(exc), worker))
+        else:
+            sink(self, (Outcome.OK, t.result(), self.shared, None, worker))
 
 
 class Outcome(enum.Enum):

@@ -432,8 +432,13 @@ class Planner:
         admit: bool = True,
         pinned: bool = False,
         now: float = 0.0,
+        records: Sequence[_T] | None = None,
     ) -> list[Instruction]:
         """Add a batch. Graph errors raise before anything changes.
+
+        ``records``: the caller's records of the specs (instances of a subclass of the
+        planner's record, built with ``_T.__init__``, one per spec in order): the planner
+        keeps them instead of records of its own (the supervisor's ``Record`` is one).
 
         ``sealed``: every dependency must be satisfied or provided by a known task now;
         what nobody can provide is settled at once with ``DependencyError``.
@@ -459,7 +464,13 @@ class Planner:
             ) from exc
         for old in reused:
             self._forget(old)
-        new = [_T(s, next(self._seq)) for s in specs]
+        if records is None:
+            new = [_T(s, next(self._seq)) for s in specs]
+        else:
+            new = list(records)
+            seq = self._seq
+            for t in new:
+                t.seq = next(seq)
         if pinned:
             for t in new:
                 t.pinned = True

@@ -717,28 +717,28 @@ class Supervisor(Engine):
             if self._gates_on and on_loop:  # (its timer lives on the loop; the loop samples
                 self._sample(now)  # again on every completion it takes in)
             names = [s.name for s in specs]
+            # (the planner keeps these very records: one object per task)
+            recs = [Record(spec, target, now) for spec, target in zip(specs, targets, strict=True)]
             token = self._reserve(names)  # (a name queued since the lock was taken: taken)
             try:
                 # graph errors raise here, before anything changed
                 try:
                     instrs = self._planner.submit(
-                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now, records=recs
                     )
                 except DuplicateTaskError:
                     if not self._unpin():  # (the old task's handle may have just died)
                         raise
                     instrs = self._planner.submit(
-                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now
+                        specs, sealed=sealed, admit=admit, pinned=pinned, now=now, records=recs
                     )
             finally:
                 self._unreserve(names, token)
-            recs = []
-            tell = self._story.extend
-            for spec, target in zip(specs, targets, strict=True):
-                rec = Record(spec, target, now)
-                self._recs[spec.name] = rec
-                recs.append(rec)
-                tell((now, spec.name, "submitted", target))
+            tell, by_name = self._story.extend, self._recs
+            for rec in recs:
+                name = rec.spec.name
+                by_name[name] = rec
+                tell((now, name, "submitted", rec.target))
             self._events += len(specs)
             if self._instruments:
                 for rec in recs:

@@ -1,0 +1,111 @@
+"""One record per task (issue 13): the planner keeps the supervisor's own record of each
+task, and a coroutine task in flight costs no wrapper object of ours beside its ``Job``.
+
+Every long-lived object per task is walked by each full pass of the cyclic GC; these tests
+keep the count from creeping back. They count objects by type after ``gc.collect()``,
+with the tasks held at a known point by events (never by time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import threading
+from collections import Counter
+from typing import Any
+
+import taskvisor as tv
+from taskvisor._delivery import Record
+from taskvisor._job import Job
+from taskvisor._planner import _T
+
+from .conftest import noop
+
+N = 200
+
+
+def _count(*types: type) -> Counter[type]:
+    gc.collect()
+    wanted = set(types)
+    return Counter(type(o) for o in gc.get_objects() if type(o) in wanted)
+
+
+def _same_records(sup: tv.Supervisor, names: list[str]) -> None:
+    planner_recs = sup._planner._tasks  # (a white-box test: the point is the identity)
+    for name in names:
+        rec = sup._recs[name]
+        assert type(rec) is Record
+        assert planner_recs[name] is rec, name
+
+
+async def test_the_planner_keeps_the_supervisors_record() -> None:
+    release = asyncio.Event()
+
+    async def blocker() -> None:
+        await release.wait()
+
+    async with tv.Supervisor(pool_size=1, aloops=()) as sup:
+        first = sup.submit(blocker, runs_on="main", name="blocker")
+        queued = [sup.submit(noop, name=f"q{i}") for i in range(3)]  # (pool full: queued)
+        stream = sup.run(tv.Task(noop, name=f"b{i}") for i in range(3))  # (one batch)
+        _same_records(sup, ["blocker", "q0", "q1", "q2", "b0", "b1", "b2"])
+        assert sup.task_state("q0") is tv.State.QUEUED
+        release.set()
+        assert (await first).ok
+        for h in queued:
+            assert (await h).ok
+        assert [res.ok async for res in stream] == [True] * 3
+        _same_records(sup, ["q0", "b2"])  # (and still the same once ended)
+
+
+async def test_a_submit_from_another_thread_hands_its_record_to_the_planner() -> None:
+    async with tv.Supervisor(aloops=()) as sup:
+        handles: list[Any] = []
+        t = threading.Thread(target=lambda: handles.append(sup.submit(noop, name="far")))
+        t.start()
+        await asyncio.to_thread(t.join)
+        with sup._engine:  # (entering takes in what other threads queued)
+            _same_records(sup, ["far"])
+        assert (await handles[0]).ok
+
+
+async def test_pending_tasks_cost_one_record_each_and_no_planner_record() -> None:
+    release = asyncio.Event()
+
+    async def blocker() -> None:
+        await release.wait()
+
+    async with tv.Supervisor(pool_size=1, aloops=()) as sup:
+        sup.submit(blocker, runs_on="main")
+        before = _count(Record, _T, Job)
+        handles = [sup.submit(noop) for _ in range(N)]
+        grew = _count(Record, _T, Job) - before
+        assert grew == Counter({Record: N}), grew  # no _T of the planner's, no Job yet
+        release.set()
+        for h in handles:
+            assert (await h).ok
+
+
+async def test_a_running_coroutine_has_no_wrapper_of_ours_beside_its_job() -> None:
+    release = asyncio.Event()
+    started = 0
+    all_started = asyncio.Event()
+
+    async def waits() -> None:
+        nonlocal started
+        started += 1
+        if started == N:
+            all_started.set()
+        await release.wait()
+
+    async with tv.Supervisor(aloops=()) as sup:
+        before = _count(Record, _T, Job, functools.partial)
+        handles = [sup.submit(waits, runs_on="main") for _ in range(N)]
+        await all_started.wait()
+        grew = _count(Record, _T, Job, functools.partial) - before
+        # its asyncio Task's done-callback is the Job itself (Job.__call__): no partial
+        assert grew == Counter({Record: N, Job: N}), grew
+        release.set()
+        for h in handles:
+            assert (await h).ok
