@@ -975,3 +975,34 @@ async def test_process_task_run_time_is_its_time_in_the_worker() -> None:
     # and the measured interval ended before the supervisor heard of it
     assert own <= res.run_time
     assert res.run_time <= (res.finished_at - res.started_at).total_seconds() + 1e-6
+
+
+async def test_a_burst_of_completions_admits_once_with_every_slot_it_freed() -> None:
+    """Completions that reach the loop together are finished first and admitted once:
+    the higher tier's head gets the two slots they freed together (admitting after each
+    would give the first freed slot to the low task, and the high one would wait)."""
+    go_a, go_b, both_run = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    started: list[str] = []
+
+    async def hold(ev: asyncio.Event) -> None:
+        started.append("held")
+        if len(started) == 2:
+            both_run.set()
+        await ev.wait()
+
+    async def note(name: str) -> str:
+        started.append(name)
+        return name
+
+    async with tv.Supervisor(pool_size=2, aloops=()) as sup:
+        a = sup.submit(hold, go_a, runs_on="main", name="a")
+        b = sup.submit(hold, go_b, runs_on="main", name="b")
+        await both_run.wait()  # (the pool is full)
+        low = sup.submit(note, "low", runs_on="main", tier="low", name="low")
+        big = sup.submit(note, "big", runs_on="main", tier="high", weight=2, name="big")
+        assert sup.task_state("low") is State.QUEUED and sup.task_state("big") is State.QUEUED
+        go_a.set()
+        go_b.set()  # (both end in one turn of the loop: one burst)
+        for h in (a, b, low, big):
+            assert (await h).ok
+    assert started == ["held", "held", "big", "low"]

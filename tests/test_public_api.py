@@ -8,6 +8,7 @@ import inspect
 import pickle
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +249,9 @@ def test_the_engine_builds_task_results_in_field_order() -> None:
         "name",
         "state",
         "ok",
-        "submitted_at",
-        "started_at",
-        "finished_at",
+        "submitted_ts",
+        "started_ts",
+        "finished_ts",
         "wait_time",
         "run_time",
         "attempts",
@@ -266,4 +267,12 @@ def test_the_engine_builds_task_results_in_field_order() -> None:
         1,
     )
     assert res.submitted_at <= res.started_at <= res.finished_at  # type: ignore[operator]
+    # the datetimes are built when read, from the timestamps the tuple holds
+    assert res.started_ts is not None
+    for ts, at in [
+        (res.submitted_ts, res.submitted_at),
+        (res.started_ts, res.started_at),
+        (res.finished_ts, res.finished_at),
+    ]:
+        assert at == datetime.fromtimestamp(ts, UTC) and at.tzinfo is UTC
     assert res.runs_on == "thread" and res.worker is not None and res.excinfo is None

@@ -33,7 +33,6 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from ._attempts import TIMEOUT, Act
@@ -239,6 +238,8 @@ class Engine:
         # each with the records it names, bound when the planner gave it (see _execute)
         self._todo: deque[tuple[Instruction, Any]] = deque()
         self._draining = False
+        # the loop is taking a burst of completions in: admit once, after it (see _drain)
+        self._burst = False
         # admission of single submits on the loop runs once per turn (tier order holds
         # among back-to-back submits)
         self._admit_soon = False
@@ -328,16 +329,25 @@ class Engine:
         return 0 if pool is None else pool.busy
 
     def _drain(self, batch: list[tuple[Any, Any]]) -> None:
+        """The completions of one burst, in one engine entry: the planner finishes each
+        and admits once, at the end, with every slot the burst freed (``_burst``: one
+        admission pass and one round of instructions instead of one per task)."""
         with self._engine:
             if self._gates_on:
                 self._sample(self._now())
-            for what, arg in batch:
-                if what is _DEFERRED:  # a wake-up for the deferred work: done on entry
-                    continue
-                try:
-                    self._on_done(what, arg)
-                except Exception as exc:  # a taskvisor bug: fail the task loudly, go on
-                    self._internal_error(what.name, exc, job=what)
+            self._burst = len(batch) > 1
+            try:
+                for what, arg in batch:
+                    if what is _DEFERRED:  # a wake-up for the deferred work: done on entry
+                        continue
+                    try:
+                        self._on_done(what, arg)
+                    except Exception as exc:  # a taskvisor bug: fail the task loudly, go on
+                        self._internal_error(what.name, exc, job=what)
+            finally:
+                if self._burst:
+                    self._burst = False
+                    self._execute(self._planner.admit_queued(now=self._now()))
             self._check_quiet()
 
     def _internal_error(
@@ -809,11 +819,18 @@ class Engine:
             out_shared = rec.shared_in if rec.shared_in is not None else {}
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
-        self._execute(
-            self._planner.finish(
-                spec.name, state, deps_ok=deps_ok, locks_ok=locks_ok, keep_slot=keep_slot, now=now
-            )
+        burst = self._burst  # (admission comes once, after the burst: see _drain)
+        instrs = self._planner.finish(
+            spec.name,
+            state,
+            deps_ok=deps_ok,
+            locks_ok=locks_ok,
+            keep_slot=keep_slot,
+            now=now,
+            admit=not burst,
         )
+        if instrs or not burst:
+            self._execute(instrs)
 
     def _settle(self, rec: Record, state: State, error: NotRunError) -> None:
         self._deliver(
@@ -851,9 +868,9 @@ class Engine:
                 spec.name,
                 state,
                 state is State.DONE,
-                datetime.fromtimestamp(wall(rec.submitted), UTC),
-                None if started is None else datetime.fromtimestamp(wall(started), UTC),
-                datetime.fromtimestamp(wall(now), UTC),
+                wall(rec.submitted),
+                None if started is None else wall(started),
+                wall(now),  # (datetimes only when read: TaskRes.submitted_at ...)
                 (now if started is None else started) - rec.submitted,
                 rec.run_time,
                 rec.attempts,

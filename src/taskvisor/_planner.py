@@ -518,6 +518,7 @@ class Planner:
         locks_ok: bool = False,
         keep_slot: bool = False,
         now: float = 0.0,
+        admit: bool = True,
     ) -> list[Instruction]:
         """A running task ended: ``DONE``, ``FAILED`` or ``CANCELLED``.
 
@@ -525,6 +526,9 @@ class Planner:
         provides / releases its locks. CANCELLED releases locks and provides nothing.
         ``keep_slot``: its slots and resources stay in use until :meth:`release` (a thread
         that was abandoned on timeout or cancel still runs).
+        ``admit=False``: the caller finishes a burst of tasks and then calls
+        :meth:`admit_queued` once (what fits is admitted then, in tier order, with every
+        slot the burst freed; any other event admits it earlier).
         """
         self._clock(now)
         t = self._tasks[name]
@@ -594,6 +598,14 @@ class Planner:
             self._failed_once = True
             self._cancel_all(f"fail_fast: {name!r} failed")
         self._retire(t)
+        if admit:
+            self._admit()
+        return self._flush()
+
+    def admit_queued(self, *, now: float = 0.0) -> list[Instruction]:
+        """Admit what fits from the tier queues (after ``finish(admit=False)``); unlike
+        :meth:`admit`, what ``submit(admit=False)`` holds keeps waiting."""
+        self._clock(now)
         self._admit()
         return self._flush()
 
