@@ -255,9 +255,15 @@ def key_and(x: int) -> tuple[str, int]:
     return my_key(), x
 
 
-async def test_small_tasks_go_as_fewer_dask_tasks_each_with_its_own_result(client: Any) -> None:
+async def test_small_tasks_go_as_fewer_dask_tasks_each_with_its_own_result(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Adaptive batching: one probe runs alone, then the burst goes in batches; every
     task still gets its own TaskRes and value."""
+    # the burst waits for the probe's own timing, never for the PROBE_WAIT timer: on a
+    # loaded machine the probe's round trip could outlast 50 ms, and the timer would
+    # send the rest one by one (the test then saw 200 Dask tasks)
+    monkeypatch.setattr(tvdask, "PROBE_WAIT", 3600.0)
     ex = DaskExecutor(client)
     async with tv.Supervisor(aloops=(), executors={"dask": ex}) as sup:
         report = await sup.gather(

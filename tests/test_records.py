@@ -109,3 +109,28 @@ async def test_a_running_coroutine_has_no_wrapper_of_ours_beside_its_job() -> No
         release.set()
         for h in handles:
             assert (await h).ok
+
+
+async def test_a_dependency_item_has_collections_only_when_it_needs_them() -> None:
+    # one provider is held as itself, no failures as the shared empty list; a set and a
+    # list of its own appear only with a second provider and a first failure
+    from taskvisor._planner import _NO_PARENTS
+    from taskvisor._spec import OutputItem
+
+    async with tv.Supervisor(aloops=()) as sup:
+        sup.pause()
+        a = tv.Task(noop, name="a", provides="x")
+        b = tv.Task(noop, name="b", provides="x")
+        users = [tv.Task(noop, (a.output,), name=f"u{i}", requires="x") for i in range(2)]
+        stream = sup.run([a, *users])
+        items = sup._planner._items
+        out, x = items[OutputItem("a")], items["x"]
+        assert out.providers is sup._recs["a"] and x.providers is sup._recs["a"]
+        assert out.failed is _NO_PARENTS and x.failed is _NO_PARENTS
+        assert out.waiters == [sup._recs["u0"], sup._recs["u1"]]
+        second = sup.submit(b)
+        assert x.providers == {sup._recs["a"], sup._recs["b"]}
+        sup.resume()
+        assert [r.ok async for r in stream] == [True] * 3
+        assert (await second).ok
+        sup._planner.validate_state()  # (the shared empty list is still empty)

@@ -273,15 +273,57 @@ class _Item:
     __slots__ = ("failed", "provider", "providers", "satisfied", "waiters")
 
     def __init__(self) -> None:
+        # the three collections are shared empty ones until their first member (most
+        # items have one provider and one or two waiters, often none of some): fewer
+        # objects per item for the cyclic GC to walk (issue 13). Add through the methods.
         self.satisfied = False
         self.provider: _T | None = None  # who satisfied it (None: sup.provide)
-        self.providers: set[_T] = set()  # submitted providers that have not ended
-        self.failed: list[_T] = []  # providers that ended without providing it
-        self.waiters: list[_T] = []
+        # submitted providers that have not ended: None, the one (the usual: an output
+        # item's task), or a set of them
+        self.providers: _T | set[_T] | None = None
+        self.failed: list[_T] = _NO_PARENTS  # providers that ended without providing it
+        self.waiters: list[_T] = _NO_PARENTS
+
+    def add_provider(self, t: _T) -> None:
+        had = self.providers
+        if had is None:
+            self.providers = t
+        elif isinstance(had, set):
+            had.add(t)
+        elif had is not t:
+            self.providers = {had, t}
+
+    def drop_provider(self, t: _T) -> None:
+        had = self.providers
+        if had is t:
+            self.providers = None
+        elif isinstance(had, set):
+            had.discard(t)
+            if not had:
+                self.providers = None
+
+    def pending(self) -> Iterable[_T]:
+        """The providers that have not ended."""
+        had = self.providers
+        if had is None:
+            return ()
+        return had if isinstance(had, set) else (had,)
+
+    def add_failed(self, t: _T) -> None:
+        if self.failed:
+            self.failed.append(t)
+        else:
+            self.failed = [t]
+
+    def add_waiter(self, t: _T) -> None:
+        if self.waiters:
+            self.waiters.append(t)
+        else:
+            self.waiters = [t]
 
     @property
     def dead(self) -> bool:
-        return not self.satisfied and not self.providers and bool(self.failed)
+        return not self.satisfied and self.providers is None and bool(self.failed)
 
 
 class _Lock:
@@ -479,10 +521,10 @@ class Planner:
         for t in new:
             self._tasks[t.name] = t
             for item in t.spec.provides:
-                self._item(item).providers.add(t)
+                self._item(item).add_provider(t)
             if awaited and t.name in awaited:  # someone referred to its output before
                 awaited.discard(t.name)
-                self._items[OutputItem(t.name)].providers.add(t)
+                self._items[OutputItem(t.name)].add_provider(t)
                 t.out_item = True
         if admit:
             for t in new:
@@ -795,7 +837,7 @@ class Planner:
                     continue
                 deps.update(batch_providers.get(item, ()))
                 if widen and rec is not None:
-                    deps.update(p.name for p in rec.providers)
+                    deps.update(p.name for p in rec.pending())
             graph[n] = deps
             todo.extend(d for d in deps if d not in graph)
         try:
@@ -832,7 +874,7 @@ class Planner:
         if unmet:
             dead = [i for i in unmet if self._items[i].dead]
             orphan = [
-                i for i in unmet if not self._items[i].providers and not self._items[i].failed
+                i for i in unmet if self._items[i].providers is None and not self._items[i].failed
             ]
             if dead or (sealed and orphan):
                 # in the order they failed: item order follows hashes, which vary by run
@@ -846,7 +888,7 @@ class Planner:
                 return
             t.missing = len(unmet)
             for i in unmet:
-                self._items[i].waiters.append(t)
+                self._items[i].add_waiter(t)
             self._move(t, State.WAITING)
             return
         self._ready(t)
@@ -1137,9 +1179,9 @@ class Planner:
                     rec.satisfied = True
                     rec.provider = p
                 elif p.state.terminal:
-                    rec.failed.append(p)
+                    rec.add_failed(p)
                 else:
-                    rec.providers.add(p)
+                    rec.add_provider(p)
         return rec
 
     def _item(self, item: Hashable) -> _Item:
@@ -1151,12 +1193,12 @@ class Planner:
     def _satisfy(self, item: Hashable, provider: _T | None) -> None:
         rec = self._item(item)
         if provider is not None:
-            rec.providers.discard(provider)
+            rec.drop_provider(provider)
         if rec.satisfied:
             return
         rec.satisfied = True
         rec.provider = provider
-        waiters, rec.waiters = rec.waiters, []
+        waiters, rec.waiters = rec.waiters, _NO_PARENTS
         for w in waiters:
             if w.state is not State.WAITING:
                 continue
@@ -1172,13 +1214,13 @@ class Planner:
     def _lose(self, item: Hashable, provider: _T, root: str) -> None:
         """``provider`` ended without providing ``item``; skip its waiters if it is dead."""
         rec = self._item(item)
-        rec.providers.discard(provider)
+        rec.drop_provider(provider)
         if rec.satisfied:
             return
-        rec.failed.append(provider)
+        rec.add_failed(provider)
         if not rec.dead:
             return
-        waiters, rec.waiters = rec.waiters, []
+        waiters, rec.waiters = rec.waiters, _NO_PARENTS
         failed = _unique(p.name for p in rec.failed)
         for w in waiters:
             if w.state is State.WAITING:
@@ -1252,6 +1294,7 @@ class Planner:
 
     def validate_state(self) -> None:
         """Check every internal invariant; raises PlannerBug. Cheap enough for tests."""
+        _check(not _NO_PARENTS, "the shared empty list was filled")
         counts = dict(self._forgotten_by_state)
         consumers: dict[str, int] = {}
         busy = 0
