@@ -232,6 +232,26 @@ def test_priority_then_fifo_within_a_tier() -> None:
     p.validate_state()
 
 
+def test_priority_order_holds_when_tasks_are_ready_out_of_submission_order() -> None:
+    # priority-0 tasks queued in submission order wait in a FIFO, the rest in a heap:
+    # a task ready late for its sequence (w waits for "go"), negative and positive
+    # priorities must still come out in (priority, submission) order
+    p = Planner(pool_size=1)
+    assert p.submit([T("blocker")]) == [D("blocker")]
+    batch = [
+        T("w", requires="go"),  # seq before x and y, but queued after them
+        T("x"),
+        T("neg", priority=-1),
+        T("y"),
+        T("pos", priority=2),
+    ]
+    out = p.submit(batch)
+    out += p.provide("go")
+    out += p.finish("blocker", DONE)
+    assert [d.name for d in run_serially(p, out)] == ["neg", "w", "x", "y", "pos"]
+    p.validate_state()
+
+
 def test_weight_takes_slots_and_capacity_error_at_once() -> None:
     p = Planner(pool_size=2, reserve_normal=1)  # LOW: 2 slots, NORMAL: 3, HIGH: 3
     out = p.submit([T("big", tier=LOW, weight=3), T("huge", tier=HIGH, weight=5)])

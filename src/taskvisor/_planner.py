@@ -326,6 +326,54 @@ class _Item:
         return not self.satisfied and self.providers is None and bool(self.failed)
 
 
+class _TierQueue:
+    """One tier's QUEUED tasks in ``(priority, submission sequence)`` order.
+
+    A heap, and beside it a FIFO for the common case, priority 0 queued in submission
+    order: a task there needs no heap entry (a 64-byte tuple per waiting task) and no
+    O(log n) sift to leave (issue 13). The head is the smaller of the two heads. Entries
+    of tasks settled while queued are dropped lazily, when they reach a head.
+    """
+
+    __slots__ = ("fifo", "heap")
+
+    def __init__(self) -> None:
+        self.fifo: deque[_T] = deque()  # priority 0, increasing sequence
+        self.heap: list[tuple[float, int, _T]] = []
+
+    def push(self, t: _T) -> None:
+        fifo = self.fifo
+        if t.spec.priority == 0.0 and (not fifo or fifo[-1].seq < t.seq):
+            fifo.append(t)
+        else:
+            heapq.heappush(self.heap, (t.spec.priority, t.seq, t))
+
+    def head(self) -> _T | None:
+        """The first task still QUEUED, or None."""
+        fifo, heap = self.fifo, self.heap
+        while fifo and fifo[0].state is not State.QUEUED:
+            fifo.popleft()  # cancelled while queued
+        while heap and heap[0][2].state is not State.QUEUED:
+            heapq.heappop(heap)
+        if not heap:
+            return fifo[0] if fifo else None
+        priority, seq, t = heap[0]
+        if fifo and (priority > 0.0 or (priority == 0.0 and fifo[0].seq < seq)):
+            return fifo[0]
+        return t
+
+    def pop(self, t: _T) -> None:
+        """Take ``t``, the head just returned."""
+        if self.fifo and self.fifo[0] is t:
+            self.fifo.popleft()
+        else:
+            heapq.heappop(self.heap)
+
+    def entries(self) -> list[tuple[float, int, _T]]:
+        """Every entry, settled tasks' included (for ``validate_state``)."""
+        return [(t.spec.priority, t.seq, t) for t in self.fifo] + self.heap
+
+
 class _Lock:
     __slots__ = ("excl", "fifo", "granted", "granted_excl", "shared", "stuck")
 
@@ -424,7 +472,7 @@ class Planner:
         self._tasks: dict[str, _T] = {}
         self._items: dict[Hashable, _Item] = {}
         self._locks: dict[Hashable, _Lock] = {}
-        self._queues: dict[Tier, list[tuple[float, int, _T]]] = {t: [] for t in Tier}
+        self._queues: dict[Tier, _TierQueue] = {t: _TierQueue() for t in Tier}
         self._delayed: list[tuple[float, int, _T]] = []
         self._seq = itertools.count()
         self._finish_seq = itertools.count()
@@ -547,7 +595,7 @@ class Planner:
         queues = self._queues
         for t in held:
             if t.state is State.QUEUED:
-                heapq.heappush(queues[t.spec.tier], (t.spec.priority, t.seq, t))
+                queues[t.spec.tier].push(t)
         self._admit()
         return self._flush()
 
@@ -976,7 +1024,7 @@ class Planner:
         if self._holding:
             self._held.append(t)
         else:
-            heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
+            self._queues[t.spec.tier].push(t)
         self.stats.queued_by_tier[t.spec.tier] += 1
         if self._alarm_after:
             t.queued_at = self._now
@@ -1010,10 +1058,9 @@ class Planner:
         while True:
             for tier in tiers:
                 q = queues[tier]
-                while q and q[0][2].state is not State.QUEUED:
-                    heapq.heappop(q)  # cancelled while queued
-                if q and self._fits(q[0][2]):
-                    t = heapq.heappop(q)[2]
+                t = q.head()
+                if t is not None and self._fits(t):
+                    q.pop(t)
                     if self._rule is not None and not self._rule_allows(t):
                         self._rule_held.append(t)  # the next in its tier may go
                     else:
@@ -1047,7 +1094,7 @@ class Planner:
         held, self._rule_held = self._rule_held, []
         for t in held:
             if t.state is State.QUEUED:
-                heapq.heappush(self._queues[t.spec.tier], (t.spec.priority, t.seq, t))
+                self._queues[t.spec.tier].push(t)
 
     def _fits(self, t: _T) -> bool:
         spec = t.spec
@@ -1355,7 +1402,14 @@ class Planner:
                 _check(len(lock.granted) == 1, f"lock {r!r}: two granted claimants")
                 _check(lock.excl is None and not lock.shared, f"lock {r!r}: granted over holder")
         for tier, q in self._queues.items():
-            n = sum(1 for *_, t in q if t.state is State.QUEUED)
+            entries = q.entries()
+            _check(
+                all(
+                    a.seq < b.seq and a.spec.priority == 0.0 for a, b in itertools.pairwise(q.fifo)
+                ),
+                f"tier {tier.name}: FIFO out of order",
+            )
+            n = sum(1 for *_, t in entries if t.state is State.QUEUED)
             n += sum(
                 1
                 for t in (*self._held, *self._rule_held)
@@ -1364,7 +1418,7 @@ class Planner:
             _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
         if not self.paused:  # admission is maximal: no head fits now (held ones wait)
             for tier, q in self._queues.items():
-                heads = [t for *_, t in sorted(q) if t.state is State.QUEUED][:1]
+                heads = [t for *_, t in sorted(q.entries()) if t.state is State.QUEUED][:1]
                 for t in heads:
                     _check(not self._fits(t), f"tier {tier.name}: head {t.name} fits but waits")
 
