@@ -370,6 +370,70 @@ def test_thread_pool_shutdown_joins_a_job_whose_cancel_lost_to_its_finish() -> N
         real_join(WAIT)
 
 
+def test_a_job_submitted_while_a_pool_thread_reports_runs_next_on_that_thread() -> None:
+    """The hand-off slot: the first job a pool thread's report submits while the queue is
+    empty runs next on that thread (the other, idle, thread is not woken for it); one
+    withdrawn while it waits in the slot is dropped like a withdrawn queued job."""
+    ran: dict[str, str] = {}
+    done, go, other_idle = threading.Event(), threading.Event(), threading.Event()
+    jobs: dict[str, _executors.Job] = {}
+
+    def record(name: str) -> None:
+        if name == "a":
+            assert go.wait(WAIT)
+        ran[name] = threading.current_thread().name
+
+    def make(name: str) -> _executors.Job:
+        jobs[name] = _executors.Job(name, record, (name,), {}, None, "thread")
+        return jobs[name]
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        assert result[0] is _executors.Outcome.OK
+        if job.name == "w":
+            other_idle.set()
+        elif job.name == "a":  # (on a's thread, while it reports)
+            pool.submit(make("b"))  # the queue is empty: into the slot
+        elif job.name == "b":
+            pool.submit(make("y"))  # into the slot again
+            assert pool.withdraw(jobs["y"])  # withdrawn while in the slot: never runs
+            done.set()
+
+    pool = _executors.ThreadPool(2, sink)
+    pool.submit(make("a"))  # thread 0, held until go
+    pool.submit(make("w"))  # thread 1, then idle at the queue
+    assert other_idle.wait(WAIT)
+    go.set()
+    assert done.wait(WAIT)
+    pool.shutdown()
+    assert ran["b"] == ran["a"]  # handed over, not queued for the idle thread
+    assert sorted(ran) == ["a", "b", "w"]  # (y withdrawn)
+    assert pool._queue.empty() and not pool._next
+
+
+def test_the_hand_off_slot_never_overtakes_a_queued_job() -> None:
+    ran: list[str] = []
+    done, queued = threading.Event(), threading.Event()
+
+    def record(name: str) -> None:
+        if name == "a":
+            assert queued.wait(WAIT)
+        ran.append(name)
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        if job.name == "a":  # q waits in the queue: b goes behind it, not into the slot
+            pool.submit(_executors.Job("b", record, ("b",), {}, None, "thread"))
+        elif job.name == "b":
+            done.set()
+
+    pool = _executors.ThreadPool(1, sink)
+    pool.submit(_executors.Job("a", record, ("a",), {}, None, "thread"))
+    pool.submit(_executors.Job("q", record, ("q",), {}, None, "thread"))  # (one thread: a's)
+    queued.set()
+    assert done.wait(WAIT)
+    pool.shutdown()
+    assert ran == ["a", "q", "b"]
+
+
 class LateTimers(MockClock):
     """A clock whose timers never fire: a supervisor loop too busy to run them."""
 

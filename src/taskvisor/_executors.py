@@ -310,6 +310,13 @@ class ThreadPool:
     (the supervisor ends the task; the thread runs on and its late result is dropped).
     ``withdraw`` tells the two cases apart under one lock, so a job is either withdrawn
     before any thread takes it or taken and then only abandoned.
+
+    The hand-off slot (tokio's "LIFO slot", Go's ``runnext``): while a pool thread reports
+    its job's end, the first job submitted *from that thread* (its completion, finished
+    right there, started the next task: a chain) while the queue is empty is kept for
+    that thread to run next instead of going through the queue (and waking another
+    thread for it). Each link of a chain of thread tasks then stays on one thread; a job
+    that waits in the queue is never overtaken.
     """
 
     def __init__(
@@ -329,6 +336,9 @@ class ThreadPool:
         self._idle = 0
         self._threads: list[threading.Thread] = []
         self._current: dict[threading.Thread, Job] = {}
+        # thread ident -> the job it runs next (None: its slot is open): present only
+        # while that thread reports a job's end (see the class docstring)
+        self._next: dict[int, Job | None] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -344,6 +354,13 @@ class ThreadPool:
     def submit(self, job: Job) -> None:
         if self._closed:
             raise ClosedError("closed", "submit to the thread pool")
+        # a pool thread is reporting, nothing waits in the queue (so nothing is overtaken):
+        # is it this thread, its slot open?
+        if self._next and self._queue.empty():
+            me = threading.get_ident()
+            if me in self._next and self._next[me] is None:
+                self._next[me] = job  # (only this thread reads or writes its entry)
+                return
         self._queue.put(job)
         with self._lock:
             if self._idle:
@@ -378,12 +395,17 @@ class ThreadPool:
     def _work(self) -> None:
         sink, q, now = self._sink, self._queue, self._now
         me = threading.current_thread()
+        ident = threading.get_ident()
         worker = me.name
-        current = self._current
+        current, handoff = self._current, self._next
+        after: Job | None = None
         while True:
-            job = q.get()
-            if job is None:
-                return
+            if after is None:
+                job = q.get()
+                if job is None:
+                    return
+            else:  # the job this thread's last report submitted: no queue, no wake-up
+                job, after = after, None
             if self._take(job):
                 current[me] = job
                 watch = job.watch
@@ -399,16 +421,25 @@ class ThreadPool:
                     if watch and now is not None:
                         job.ended = now()
                     job.returned = True
-                    sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+                    handoff[ident] = None  # (the slot is open while it reports)
+                    try:
+                        sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
+                    finally:
+                        after = handoff.pop(ident)
                 else:
                     if watch and now is not None:
                         job.ended = now()
                     job.returned = True
-                    sink(job, (Outcome.OK, ret, job.shared, None, worker))
+                    handoff[ident] = None
+                    try:
+                        sink(job, (Outcome.OK, ret, job.shared, None, worker))
+                    finally:
+                        after = handoff.pop(ident)
                 current.pop(me, None)
             del job
-            with self._lock:
-                self._idle += 1
+            if after is None:
+                with self._lock:
+                    self._idle += 1
 
     def shutdown(self) -> list[str]:
         """Stop every thread after the jobs already queued and join them, except threads
