@@ -625,8 +625,9 @@ class Engine:
         rec.shared_in = shared
         args, kwargs = spec.args, spec.kwargs
         if spec.refs:
-            by_name = {p.spec.name: p for p in parents if p is not None}
-            values = {r: cast(TaskRes[Any], by_name[r].res).ret for r in spec.refs}
+            # (the parents' values by name: output references name parents, and a
+            # parent's value is its TaskRes's ret; a name not there is a planner bug)
+            values = {p.name: p.res.ret for p in parents if p is not None and p.res is not None}
             try:
                 args, kwargs = substitute_call(args, kwargs, values)
             except BaseException as exc:  # a projection is user code: it fails the task

@@ -543,9 +543,16 @@ def substitute_call(
     for x in args:
         if type(x) is not ResultRef and isinstance(x, _NESTED):
             return substitute(args, values), substitute(kwargs, values)
-    # (each projection runs once: nothing is resolved before the scan has decided)
-    out = tuple(x.resolve(values[x._name]) if type(x) is ResultRef else x for x in args)
-    return out, (substitute(kwargs, values) if kwargs else kwargs)
+    # (each projection runs once: nothing is resolved before the scan has decided; a
+    # plain reference, no projection, is its value: no call per reference)
+    out = []
+    for x in args:
+        if type(x) is ResultRef:
+            value = values[x._name]
+            out.append(x.resolve(value) if x._steps else value)
+        else:
+            out.append(x)
+    return tuple(out), (substitute(kwargs, values) if kwargs else kwargs)
 
 
 def substitute(obj: Any, values: Mapping[str, Any], _active: frozenset[int] = frozenset()) -> Any:
