@@ -216,6 +216,15 @@ Instruction = Dispatch | Settle | Cancel | Warn | WakeAt | Alarm | Forget
 _NO_PARENTS: list[_T] = []  # shared and never appended to (fewer objects per task)
 
 
+def _with(members: list[_T], t: _T) -> list[_T]:
+    """``members`` with ``t`` appended: a list of its own from the first member on (the
+    shared ``_NO_PARENTS`` is never appended to)."""
+    if members:
+        members.append(t)
+        return members
+    return [t]
+
+
 class _T:
     """The planner's record of one task."""
 
@@ -308,18 +317,6 @@ class _Item:
         if had is None:
             return ()
         return had if isinstance(had, set) else (had,)
-
-    def add_failed(self, t: _T) -> None:
-        if self.failed:
-            self.failed.append(t)
-        else:
-            self.failed = [t]
-
-    def add_waiter(self, t: _T) -> None:
-        if self.waiters:
-            self.waiters.append(t)
-        else:
-            self.waiters = [t]
 
     @property
     def dead(self) -> bool:
@@ -913,9 +910,7 @@ class Planner:
             rec = self._dep_item(item)
             if rec.satisfied:
                 if rec.provider is not None:
-                    if not t.parents:
-                        t.parents = []
-                    t.parents.append(rec.provider)
+                    t.parents = _with(t.parents, rec.provider)
                     rec.provider.consumers += 1
             else:
                 unmet.append(item)
@@ -936,7 +931,8 @@ class Planner:
                 return
             t.missing = len(unmet)
             for i in unmet:
-                self._items[i].add_waiter(t)
+                item_rec = self._items[i]
+                item_rec.waiters = _with(item_rec.waiters, t)
             self._move(t, State.WAITING)
             return
         self._ready(t)
@@ -1226,7 +1222,7 @@ class Planner:
                     rec.satisfied = True
                     rec.provider = p
                 elif p.state.terminal:
-                    rec.add_failed(p)
+                    rec.failed = _with(rec.failed, p)
                 else:
                     rec.add_provider(p)
         return rec
@@ -1250,9 +1246,7 @@ class Planner:
             if w.state is not State.WAITING:
                 continue
             if provider is not None:
-                if not w.parents:
-                    w.parents = []
-                w.parents.append(provider)
+                w.parents = _with(w.parents, provider)
                 provider.consumers += 1
             w.missing -= 1
             if w.missing == 0:
@@ -1264,7 +1258,7 @@ class Planner:
         rec.drop_provider(provider)
         if rec.satisfied:
             return
-        rec.add_failed(provider)
+        rec.failed = _with(rec.failed, provider)
         if not rec.dead:
             return
         waiters, rec.waiters = rec.waiters, _NO_PARENTS
