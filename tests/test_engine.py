@@ -434,6 +434,27 @@ def test_the_hand_off_slot_never_overtakes_a_queued_job() -> None:
     assert ran == ["a", "q", "b"]
 
 
+def test_a_job_in_the_slot_of_a_thread_whose_report_raises_goes_to_another_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the report raising ends its thread: the job it had handed to itself must not be
+    # lost with it (it is queued for another thread)
+    died: list[type[BaseException] | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
+    ran = threading.Event()
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        if job.name == "a":
+            pool.submit(_executors.Job("b", ran.set, (), {}, None, "thread"))  # (the slot)
+            raise RuntimeError("the report failed")
+
+    pool = _executors.ThreadPool(2, sink)
+    pool.submit(_executors.Job("a", noop, (), {}, None, "thread"))
+    assert ran.wait(WAIT)
+    pool.shutdown()
+    assert died == [RuntimeError]
+
+
 class LateTimers(MockClock):
     """A clock whose timers never fire: a supervisor loop too busy to run them."""
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import gc
 import threading
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -134,3 +135,43 @@ async def test_a_dependency_item_has_collections_only_when_it_needs_them() -> No
         assert [r.ok async for r in stream] == [True] * 3
         assert (await second).ok
         sup._planner.validate_state()  # (the shared empty list is still empty)
+
+
+class _Value:
+    """A return value whose lifetime the test watches (weakref)."""
+
+
+async def test_a_task_past_its_wait_alarm_is_not_kept_alive_by_the_alarm() -> None:
+    # a task queued long enough to get a wait alarm (in an hour) runs at once after;
+    # once it is forgotten, nothing of the planner's may keep its record, and with it
+    # its return value, alive until the alarm time
+    refs: list[weakref.ref[_Value]] = []
+
+    def make() -> _Value:
+        value = _Value()
+        refs.append(weakref.ref(value))
+        return value
+
+    gate = asyncio.Event()
+
+    async def blocker() -> None:
+        await gate.wait()
+
+    async with tv.Supervisor(
+        pool_size=1, result_buffer=1, wait_warning=3600, aloops=(), threads=1
+    ) as sup:
+        first = sup.submit(blocker, runs_on="main")
+        held = sup.submit(make, name="held")
+        assert sup.task_state("held") is tv.State.QUEUED  # (its alarm is armed)
+        gate.set()
+        assert (await first).ok
+        res = await held
+        assert isinstance(res.ret, _Value) and sup._planner._alarms
+        del res, held  # (no handle: it may be forgotten)
+        for i in range(3):  # past the result_buffer window
+            assert (await sup.submit(noop, name=f"after{i}")).ok
+        with sup._engine:
+            sup._unpin()  # (dropped handles are told in batches: tell them now)
+        gc.collect()
+        assert "held" not in sup._recs
+        assert refs[0]() is None, gc.get_referrers(refs[0]())

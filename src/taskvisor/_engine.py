@@ -628,6 +628,10 @@ class Engine:
             # (the parents' values by name: output references name parents, and a
             # parent's value is its TaskRes's ret; a name not there is a planner bug)
             values = {p.name: p.res.ret for p in parents if p is not None and p.res is not None}
+            if not spec.refs <= values.keys():  # (a planner bug: fails the task loudly)
+                raise RuntimeError(
+                    f"task {spec.name!r}: no result of {set(spec.refs - values.keys())}"
+                )
             try:
                 args, kwargs = substitute_call(args, kwargs, values)
             except BaseException as exc:  # a projection is user code: it fails the task

@@ -361,6 +361,9 @@ class ThreadPool:
             if me in self._next and self._next[me] is None:
                 self._next[me] = job  # (only this thread reads or writes its entry)
                 return
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
         self._queue.put(job)
         with self._lock:
             if self._idle:
@@ -424,8 +427,10 @@ class ThreadPool:
                     handoff[ident] = None  # (the slot is open while it reports)
                     try:
                         sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
-                    finally:
-                        after = handoff.pop(ident)
+                    except BaseException:
+                        self._slot_to_queue(ident)
+                        raise
+                    after = handoff.pop(ident)
                 else:
                     if watch and now is not None:
                         job.ended = now()
@@ -433,13 +438,22 @@ class ThreadPool:
                     handoff[ident] = None
                     try:
                         sink(job, (Outcome.OK, ret, job.shared, None, worker))
-                    finally:
-                        after = handoff.pop(ident)
+                    except BaseException:
+                        self._slot_to_queue(ident)
+                        raise
+                    after = handoff.pop(ident)
                 current.pop(me, None)
             del job
             if after is None:
                 with self._lock:
                     self._idle += 1
+
+    def _slot_to_queue(self, ident: int) -> None:
+        """This thread's report raised (the thread is about to end): the job in its slot
+        goes to the queue, for another thread."""
+        job = self._next.pop(ident)
+        if job is not None:
+            self._enqueue(job)
 
     def shutdown(self) -> list[str]:
         """Stop every thread after the jobs already queued and join them, except threads

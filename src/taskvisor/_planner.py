@@ -446,7 +446,9 @@ class Planner:
             for level, v in (("warning", wait_warning), ("critical", wait_critical))
             if v is not None
         )
-        self._alarms: list[tuple[float, int, str, _T]] = []
+        # (when, seq, level, name): by name, not the record, so that a task admitted long
+        # before its alarm time is not kept alive (its value with it) until then
+        self._alarms: list[tuple[float, int, str, str]] = []
         self._just_queued: list[_T] = []
         self.keep_ended = keep_ended
         self._ended: deque[_T] = deque()
@@ -768,9 +770,11 @@ class Planner:
                 self._to_locks(t)
         alarms = self._alarms
         while alarms and alarms[0][0] <= now:
-            _, _, level, t = heapq.heappop(alarms)
-            if t.state is State.QUEUED:  # it waited that long, even if admitted right now
-                self._out.append(Alarm(t.name, level, now - t.queued_at))
+            _, seq, level, name = heapq.heappop(alarms)
+            waiting = self._tasks.get(name)
+            # (it waited that long, even if admitted right now; not a reused name's task)
+            if waiting is not None and waiting.seq == seq and waiting.state is State.QUEUED:
+                self._out.append(Alarm(name, level, now - waiting.queued_at))
         heads = [h[0][0] for h in (self._delayed, alarms) if h]
         if heads:
             self._out.append(WakeAt(min(heads)))
@@ -1036,7 +1040,7 @@ class Planner:
                 when = t.queued_at + after
                 if not alarms or when < alarms[0][0]:
                     self._out.append(WakeAt(max(when, now)))
-                heapq.heappush(alarms, (when, t.seq, level, t))
+                heapq.heappush(alarms, (when, t.seq, level, t.name))
         self._just_queued.clear()
 
     # ------------------------------------------------------------ admission
