@@ -3,10 +3,10 @@ events the supervisor tells about.
 
 The supervisor keeps one :class:`Record` per task from submission until it is forgotten,
 and the planner keeps the same object as its own record of the task: the planner's
-fields (the base class), its attempt machine (a mixin), its call, its timer, and who waits for its
-:class:`TaskRes` — a future for ``await handle``, listeners (``run()`` streams,
-``gather`` counters, done callbacks), an event for ``handle.result()`` in another
-thread. The engine builds the ``TaskRes`` (``Engine._deliver``) and calls them.
+fields (the base class), its attempt machine (a mixin), its call, its timer, and who
+waits for its :class:`TaskRes` — a future for ``await handle``, listeners (``run()``
+streams, ``gather`` counters, done callbacks), an event for ``handle.result()`` in
+another thread. The engine builds the ``TaskRes`` (``Engine._deliver``) and calls them.
 """
 
 from __future__ import annotations

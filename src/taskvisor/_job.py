@@ -92,12 +92,13 @@ class Job:
         self.watch = False
         # where a coroutine job's asyncio Task reports its end (``__call__``: the Task's
         # done-callback is the job itself, no partial per task)
-        self.sink: Any = None
+        self.sink: Sink | None = None
         self.worker: str | None = None
 
     def __call__(self, t: asyncio.Task[Any]) -> None:
         """The done-callback of the asyncio Task running this job: report how it ended."""
         sink, worker = self.sink, self.worker
+        assert sink is not None
         if t.cancelled():
             sink(self, (Outcome.CANCELLED, None, self.shared, None, worker))
             return
