@@ -19,6 +19,7 @@ import pstats
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -119,25 +120,60 @@ class Contender:
     target: Target | None = None
 
 
-def alternate(contenders: list[Contender], n: int, reps: int) -> dict[str, list[float]]:
-    """µs per task of each contender, ``reps`` samples each, runs interleaved."""
+class GCPauses:
+    """Seconds the cyclic GC paused the process while it is entered (``gc.callbacks``;
+    a collection holds the GIL, so two never overlap, whichever threads run them)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def _callback(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def alternate(
+    contenders: list[Contender], n: int, reps: int, gc_us: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """µs per task of each contender, ``reps`` samples each, runs interleaved (and, in
+    ``gc_us``, the µs per task the cyclic GC took of each sample)."""
     samples: dict[str, list[float]] = {c.label: [] for c in contenders}
     for _ in range(reps):
         for c in contenders:
             gc.collect()
-            samples[c.label].append(c.run(n) / n * 1e6)
+            with GCPauses() as pauses:
+                samples[c.label].append(c.run(n) / n * 1e6)
+            if gc_us is not None:
+                gc_us.setdefault(c.label, []).append(pauses.seconds / n * 1e6)
     return samples
 
 
 def timed_rows(
     group: str, workload: str, n: int, contenders: list[Contender], reps: int
 ) -> list[Row]:
-    """Alternate the contenders and turn their medians into rows (ratios included)."""
-    samples = alternate(contenders, n, reps)
+    """Alternate the contenders and turn their medians into rows (ratios included). Each
+    row also carries the cyclic GC's share (``extra["gc_us"]``, in a note from 1 µs on):
+    at 100,000 tasks it is a third of some workloads' time."""
+    gc_us: dict[str, list[float]] = {}
+    samples = alternate(contenders, n, reps, gc_us)
     medians = {label: statistics.median(s) for label, s in samples.items()}
     rows = []
     for c in contenders:
         row = Row(group, workload, n, c.label, medians[c.label], samples=samples[c.label])
+        paused = statistics.median(gc_us[c.label])
+        row.extra["gc_us"] = paused
+        if paused >= 1.0:
+            row.note = f"(cyclic GC {paused:.1f} µs/task of it)"
         if c.baseline is not None:
             base = medians.get(c.baseline)
             row.baseline = c.baseline
