@@ -416,32 +416,29 @@ class ThreadPool:
                     if now is not None:
                         job.began = now()
                     sink(job, (Outcome.STARTED, None, None, None, worker))
+                ret, error = None, None
                 try:
                     ret = _call(job)
                     if type(ret) is _Coroutine or inspect.iscoroutine(ret):
                         ret = asyncio.run(ret)
                 except BaseException as exc:
-                    if watch and now is not None:
-                        job.ended = now()
-                    job.returned = True
-                    handoff[ident] = None  # (the slot is open while it reports)
-                    try:
-                        sink(job, (Outcome.ERROR, None, job.shared, _error(exc), worker))
-                    except BaseException:
-                        self._slot_to_queue(ident)
-                        raise
-                    after = handoff.pop(ident)
-                else:
-                    if watch and now is not None:
-                        job.ended = now()
-                    job.returned = True
-                    handoff[ident] = None
-                    try:
-                        sink(job, (Outcome.OK, ret, job.shared, None, worker))
-                    except BaseException:
-                        self._slot_to_queue(ident)
-                        raise
-                    after = handoff.pop(ident)
+                    error = exc
+                if watch and now is not None:
+                    job.ended = now()
+                job.returned = True
+                result: Result = (
+                    (Outcome.OK, ret, job.shared, None, worker)
+                    if error is None
+                    else (Outcome.ERROR, None, job.shared, _error(error), worker)
+                )
+                del ret, error
+                handoff[ident] = None  # (the slot is open while it reports)
+                try:
+                    sink(job, result)
+                except BaseException:
+                    self._slot_to_queue(ident)
+                    raise
+                after = handoff.pop(ident)
                 current.pop(me, None)
             del job
             if after is None:

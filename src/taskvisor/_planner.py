@@ -282,9 +282,9 @@ class _Item:
     __slots__ = ("failed", "provider", "providers", "satisfied", "waiters")
 
     def __init__(self) -> None:
-        # the three collections are shared empty ones until their first member (most
-        # items have one provider and one or two waiters, often none of some): fewer
-        # objects per item for the cyclic GC to walk (issue 13). Add through the methods.
+        # no collection of its own until it needs one (most items have one provider and
+        # one or two waiters): fewer objects per item for the cyclic GC to walk (issue
+        # 13). Providers go through add_provider/drop_provider, the lists through _with.
         self.satisfied = False
         self.provider: _T | None = None  # who satisfied it (None: sup.provide)
         # submitted providers that have not ended: None, the one (the usual: an output
