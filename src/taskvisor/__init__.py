@@ -9,10 +9,10 @@ aloops, a thread pool or a process pool under a :class:`Supervisor`; read every 
 from __future__ import annotations
 
 import importlib
-import logging
-from typing import TYPE_CHECKING, Any
 
 from . import _errors  # (standard library only: the process worker imports it anyway)
+
+TYPE_CHECKING = False  # (typing's, without importing typing: see _worker.py)
 
 if TYPE_CHECKING:
     from ._background import BackgroundSupervisor
@@ -102,8 +102,6 @@ __all__ = [
     "task",
 ]
 
-logging.getLogger("taskvisor").addHandler(logging.NullHandler())
-
 # Every public name is imported on first use (PEP 562), not with the package: a process
 # worker imports taskvisor._worker, which runs this file, and must not pay for asyncio,
 # psutil, uvloop and the supervisor it never uses (~250 ms a worker start; the numbers
@@ -137,7 +135,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "dask":  # the Dask executor, on first use (it imports distributed)
         return importlib.import_module(".dask", __name__)
     home = _HOME.get(name)

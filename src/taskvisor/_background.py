@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import signal
 import threading
 from collections.abc import Callable, Generator, Hashable, Iterable, Iterator
@@ -26,6 +25,7 @@ from ._delivery import StoryEvent, TaskHandle
 from ._engine import SupervisorState
 from ._errors import ClosedError, SpecError
 from ._executors import Aloop
+from ._log import logger
 from ._planner import State
 from ._result import RunReport, TaskRes
 from ._spec import Task
@@ -34,7 +34,6 @@ from ._workers import Worker
 
 __all__ = ["BackgroundSupervisor"]
 
-logger = logging.getLogger("taskvisor")
 T = TypeVar("T")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -22,6 +22,7 @@ from ._attempts import Attempts
 from ._clock import TimerHandle
 from ._errors import SpecError
 from ._job import Job
+from ._log import logger
 from ._planner import _T as PlannerRecord
 from ._planner import State
 from ._result import TaskRes
@@ -42,7 +43,6 @@ __all__ = [
     "set_result",
 ]
 
-logger = logging.getLogger("taskvisor")
 T = TypeVar("T")
 
 NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call

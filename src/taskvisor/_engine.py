@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import math
 import threading
 from collections import deque
@@ -52,6 +51,7 @@ from ._errors import (
 )
 from ._executors import Inbox, Job, Outcome, Result, ThreadPool
 from ._gates import Gates
+from ._log import logger
 from ._planner import (
     Alarm,
     Cancel,
@@ -69,7 +69,6 @@ from .abc import Executor
 
 __all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "warn"]
 
-logger = logging.getLogger("taskvisor")
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)

@@ -31,7 +31,10 @@ import os
 import sys
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # (typing's, without importing typing: see _worker.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "CapacityError",

@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import enum
 import inspect
-import logging
 import queue
 import threading
 import types
@@ -32,6 +31,7 @@ from typing import Any
 
 from ._errors import ClosedError, SpecError, WorkerCrashed
 from ._job import Job, Outcome, Result, Sink
+from ._log import logger
 from ._result import ExceptionInfo
 from ._worker import decode, run_pickled
 from .abc import CancelResult, Executor
@@ -89,9 +89,7 @@ class Inbox:
             except RuntimeError:  # the loop is closed: nobody will drain it any more
                 # (expected: an abandoned thread that returns after the supervisor closed)
                 self._scheduled = False
-                logging.getLogger("taskvisor").debug(
-                    "a completion arrived after its event loop closed: %r", item
-                )
+                logger.debug("a completion arrived after its event loop closed: %r", item)
 
     def put_local(self, item: Any) -> None:
         """``put`` from the loop's own thread (no thread-safe wake-up needed)."""

@@ -10,17 +10,15 @@ here runs.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import psutil
 
 from ._clock import TimerHandle
 from ._config import Sampler
+from ._log import logger
 
 __all__ = ["Gates", "psutil_sample"]
-
-logger = logging.getLogger("taskvisor")
 
 
 def psutil_sample() -> tuple[float, float]:

@@ -104,7 +104,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import multiprocessing
 import multiprocessing.util  # its atexit hook must run after ours (atexit is LIFO)
 import os
@@ -119,6 +118,7 @@ from typing import Any, Final, cast
 
 from ._errors import ClosedError, SpecError, WorkerCrashed
 from ._executors import Job, Outcome, Result, Sink
+from ._log import logger as log
 from ._procwindow import answered, next_steal, pick, steal_due
 from ._result import ExceptionInfo
 from ._worker import ANSWER as _ANSWER
@@ -131,7 +131,6 @@ from ._worker import child_main, decode
 
 __all__ = ["ProcessPool"]
 
-log = logging.getLogger("taskvisor")
 
 _GRACE: Final = 5.0  # shutdown: how long an idle worker gets to exit on its own
 _LOCK_TIMEOUT: Final = 1.0  # the child holds the shared lock for microseconds

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import queue
 import threading
@@ -49,6 +48,7 @@ from ._executors import (
     as_executor,
     registered_executors,
 )
+from ._log import logger
 from ._planner import State
 from ._procpool import ProcessPool
 from ._result import ExceptionInfo, RunReport, TaskRes
@@ -78,7 +78,6 @@ __all__ = [
     "run",
 ]
 
-logger = logging.getLogger("taskvisor")
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
 T = TypeVar("T")
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import queue as stdlib_queue
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ClosedError, SpecError
+from ._log import logger
 from ._result import TaskRes
 from ._spec import META_KEYS, Task, real_number, safe_repr, unknown_options, whole_number
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["POLL", "Worker"]
 
-logger = logging.getLogger("taskvisor")
 
 POLL = 0.1  # seconds: how often a thread blocked on a stdlib queue or event looks for a stop
 

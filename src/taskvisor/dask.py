@@ -81,7 +81,6 @@ import contextlib
 import inspect
 import io
 import itertools
-import logging
 import math
 import os
 import pickle
@@ -100,6 +99,7 @@ from ._child import Child, ChildDied, ChildError
 from ._dask_worker import run_kept, run_payload
 from ._errors import WorkerCrashed, warn_user
 from ._job import Job, Outcome
+from ._log import logger
 from ._result import ExceptionInfo
 from ._spec import Task, Tier, safe_repr
 from ._worker import _error_answer, decode
@@ -107,7 +107,6 @@ from .abc import CancelResult, Executor, Sink
 
 __all__ = ["DaskExecutor", "Remote"]
 
-logger = logging.getLogger("taskvisor")
 
 #: an adaptive batch aims at about this many seconds of work per Dask task
 BATCH_SECONDS = 0.05
