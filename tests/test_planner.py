@@ -697,6 +697,30 @@ def test_a_forgotten_task_waits_for_its_consumers() -> None:
     p.validate_state()
 
 
+def test_instructions_carry_the_records_of_tasks_the_planner_forgot_meanwhile() -> None:
+    """``Dispatch(b)`` carries b's record and its parents' (a's, forgotten in that same
+    call), ``Settle`` and ``Cancel`` their task's; records are not compared. With
+    ``forgets=False`` (the supervisor, which reads ``tasks``) no ``Forget`` is emitted."""
+    p = Planner(pool_size=1, keep_ended=0, forgets=False)
+    a = T("a")
+    assert p.submit([a, T("blocker")]) == [D("a")]
+    assert p.submit([T("b", args=(a.output,)), T("never", requires={"x"}), T("c")]) == []
+    rec_a, rec_b = p.tasks["a"], p.tasks["b"]
+    p.finish("a", DONE)
+    (dispatch,) = p.finish("blocker", DONE)
+    assert dispatch == D("b", "a") and "a" not in p and "a" not in p.tasks
+    assert isinstance(dispatch, Dispatch)
+    assert dispatch.task is rec_b and dispatch.parent_tasks == (rec_a,)
+    rec_never = p.tasks["never"]
+    (settle,) = p.cancel("never", "stop")
+    assert isinstance(settle, Settle) and settle.task is rec_never
+    assert "never" not in p  # forgotten in the call that settled it: the record travels
+    (cancel,) = p.cancel("b", "stop")
+    assert cancel == Cancel("b", "stop") and isinstance(cancel, Cancel)
+    assert cancel.task is rec_b
+    p.validate_state()
+
+
 def test_tasks_that_provide_items_are_kept() -> None:
     p = Planner(keep_ended=0)
     assert p.submit([T("a", provides={"x"})]) == [D("a")]

@@ -16,6 +16,8 @@ import weakref
 from collections import Counter
 from typing import Any
 
+import pytest
+
 import taskvisor as tv
 from taskvisor._delivery import Record
 from taskvisor._job import Job
@@ -175,3 +177,50 @@ async def test_a_task_past_its_wait_alarm_is_not_kept_alive_by_the_alarm() -> No
         gc.collect()
         assert "held" not in sup._recs
         assert refs[0]() is None, gc.get_referrers(refs[0]())
+
+
+async def test_one_map_of_records_by_name_the_planners() -> None:
+    """The engine keeps no map of its own: it reads the planner's, so a task the planner
+    forgets is gone for the engine at once, and the planner emits no ``Forget`` for it."""
+    async with tv.Supervisor(result_buffer=1, aloops=()) as sup:
+        assert sup._recs is sup._planner.tasks
+        first = sup.submit(noop, name="first")
+        await first
+        del first  # (a live handle keeps its task)
+        await sup.submit(noop, name="second")  # "first" past the window (size 1) ...
+        with pytest.raises(KeyError, match="'first'"):
+            sup.task_state("first")  # ... forgotten once its handle is gone
+        assert "first" not in sup._recs
+        with pytest.raises(KeyError, match="'first'"):
+            sup.cancel("first")
+
+
+async def test_a_parent_forgotten_as_its_child_starts_still_gives_it_value_and_shared() -> None:
+    """result_buffer=1: ``a`` is past the window and has no handle, so the planner forgets
+    it in the very call that starts its consumer ``b`` (its last consumer). ``Dispatch(b)``
+    carries a's record: ``b`` gets a's value and its ``shared`` all the same."""
+    gate = asyncio.Event()
+
+    async def make(shared: dict[str, Any]) -> int:
+        shared["from_a"] = 1
+        return 5
+
+    async def hold() -> None:
+        await gate.wait()
+
+    def plus_one(x: int, shared: dict[str, Any]) -> tuple[int, int]:
+        return x + 1, shared["from_a"]
+
+    async with tv.Supervisor(result_buffer=1, aloops=()) as sup:
+        a = sup.submit(make, name="a", runs_on="main")
+        held = sup.submit(hold, name="held", runs_on="main", provides="go")
+        b = sup.submit(plus_one, a.output, name="b", requires="go", runs_on="main")
+        await a
+        await sup.submit(noop, name="later")  # "a" past the window (size 1)
+        del a
+        assert sup.task_state("a") is tv.State.DONE  # (kept: b still needs its value)
+        gate.set()
+        await held
+        res = await b
+        assert (res.state, res.ret) == (tv.State.DONE, (6, 1))
+        assert "a" not in sup._planner  # forgotten when b started, as the test means

@@ -170,6 +170,7 @@ class Config:
                 wait_critical=critical_after,
                 keep_ended=result_buffer,
                 admit_rule=cast(Any, admit),
+                forgets=False,  # (the engine reads the planner's own map: Engine._recs)
             )
         except ValueError as exc:
             raise SpecError(str(exc)) from None

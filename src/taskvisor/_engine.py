@@ -31,7 +31,7 @@ import enum
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from ._attempts import TIMEOUT, Act
@@ -56,7 +56,6 @@ from ._planner import (
     Alarm,
     Cancel,
     Dispatch,
-    Forget,
     Instruction,
     Settle,
     State,
@@ -209,7 +208,9 @@ class Engine:
         self._real_clock = type(self._clock) is SystemClock
         self._now: Callable[[], float] = self._clock.now  # read on every event
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
-        self._recs: dict[str, Record] = {}
+        # the task records by name: the planner's own map (it keeps the supervisor's
+        # records, and forgets them itself: one map per supervisor, not two)
+        self._recs = cast("Mapping[str, Record]", self._planner.tasks)
         # names whose TaskHandle died (TaskHandle.__del__, any thread, no lock: a deque's
         # append is atomic); the planner hears of them in batches of UNPIN_BATCH (a planner
         # call per dropped handle cost ~2 µs per submit), and at once before a lookup by
@@ -234,8 +235,7 @@ class Engine:
         self._reserved: dict[str, object] = {}
         self._pending_exec = 0  # instruction lists among them (results are harmless)
         # the instructions to carry out, in the planner's order; one drain at a time
-        # each with the records it names, bound when the planner gave it (see _execute)
-        self._todo: deque[tuple[Instruction, Any]] = deque()
+        self._todo: deque[Instruction] = deque()
         self._draining = False
         # the loop is taking a burst of completions in: admit once, after it (see _drain)
         self._burst = False
@@ -472,10 +472,9 @@ class Engine:
                 del reserved[rec.spec.name]
                 self._internal_error(rec.spec.name, exc, rec=rec)
             return
-        recs_by_name, tell = self._recs, self._story.extend
+        tell = self._story.extend
         for rec in recs:
             name = rec.spec.name
-            recs_by_name[name] = rec
             del reserved[name]  # (the planner has it now)
             tell((rec.submitted, name, "submitted", rec.target))
         self._events += len(recs)
@@ -503,7 +502,7 @@ class Engine:
                     self._notify(*arg)
                 elif what is _CALL:
                     self._engine.after.append(arg)
-                else:  # instructions already bound to their records (see _execute)
+                else:  # instructions (see _execute)
                     self._pending_exec -= 1
                     self._todo.extend(arg)
                     self._run_todo()
@@ -522,24 +521,11 @@ class Engine:
         cancel.) Off the loop's thread, only thread dispatches are carried out here;
         from the first other instruction on, the rest goes to the loop, in order.
 
-        Each instruction is queued with the records of the tasks it names as they are
-        *now*, under the same lock as the planner call that gave it: by the time it is
-        carried out, a name may belong to a newer task (the planner forgot the old one and
-        a submit reused the name), and the instruction is about the old one.
+        An instruction about a task carries its record (``ins.task``): by the time it is
+        carried out, the planner may have forgotten that task and a submit reused its
+        name, and the instruction is about the old one.
         """
-        recs, bind = self._recs, self._todo.append
-        bound: Any
-        for ins in instrs:
-            if type(ins) is Dispatch:
-                parents = ins.parents
-                bound = (recs[ins.name], [recs.get(p) for p in parents] if parents else ())
-            elif type(ins) is Settle or type(ins) is Cancel:
-                bound = recs[ins.name]
-            elif type(ins) is Forget:
-                bound = [recs.get(n) for n in ins.names]
-            else:
-                bound = None
-            bind((ins, bound))
+        self._todo.extend(instrs)
         if self._draining:  # (an instruction being carried out made this event)
             return
         self._run_todo()
@@ -576,12 +562,12 @@ class Engine:
         return True
 
     def _carry_out(self) -> None:
-        todo, recs = self._todo, self._recs
+        todo = self._todo
         on_loop = threading.get_ident() == self._tid
         while todo:
-            ins, bound = todo[0]
+            ins = todo[0]
             if not on_loop and (
-                type(ins) is not Dispatch or bound[0].target not in self._inline_targets
+                type(ins) is not Dispatch or ins.task.target not in self._inline_targets
             ):
                 self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
                 todo.clear()
@@ -589,36 +575,30 @@ class Engine:
             todo.popleft()
             try:
                 if type(ins) is Dispatch:
-                    self._dispatch(ins, bound[0], bound[1])
+                    self._dispatch(ins.task, ins.parent_tasks)
                 elif type(ins) is Settle:
-                    self._settle(bound, ins.state, ins.error)
+                    self._settle(ins.task, ins.state, ins.error)
                 elif type(ins) is Cancel:
-                    self._cancel_running(bound, ins.reason)
+                    self._cancel_running(ins.task, ins.reason)
                 elif type(ins) is Warn:
                     warn(ins.message)
                 elif type(ins) is WakeAt:
                     self._wake_at(ins.when)
                 elif type(ins) is Alarm:
                     self._engine.after.append((self._alarm, (ins,)))
-                elif type(ins) is Forget:
-                    for name, rec in zip(ins.names, bound, strict=True):
-                        if rec is not None and recs.get(name) is rec:  # (not a reused name's)
-                            del recs[name]
+                # (no Forget: the planner forgets the records itself, see __init__)
             except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
-                if type(ins) in (Dispatch, Settle, Cancel):
-                    rec = bound[0] if type(ins) is Dispatch else bound
-                    self._internal_error(rec.spec.name, exc, rec=rec)
+                if type(ins) is Dispatch or type(ins) is Settle or type(ins) is Cancel:
+                    self._internal_error(ins.name, exc, rec=ins.task)
                 else:
                     logger.critical("internal error carrying out %r", ins, exc_info=exc)
 
-    def _dispatch(
-        self, ins: Dispatch, rec: Record, parents: list[Record | None] | tuple[()]
-    ) -> None:
+    def _dispatch(self, rec: Record, parents: tuple[Record, ...]) -> None:
         spec = rec.spec
         now = self._now()
         shared = dict(self._shared) if self._shared else {}
         for prec in parents:
-            pres = None if prec is None else prec.res
+            pres = prec.res
             if pres is not None and pres.shared:
                 shared.update(pres.shared)
         rec.shared_in = shared
@@ -626,7 +606,7 @@ class Engine:
         if spec.refs:
             # (the parents' values by name: output references name parents, and a
             # parent's value is its TaskRes's ret; a name not there is a planner bug)
-            values = {p.name: p.res.ret for p in parents if p is not None and p.res is not None}
+            values = {p.name: p.res.ret for p in parents if p.res is not None}
             if not spec.refs <= values.keys():  # (a planner bug: fails the task loudly)
                 raise RuntimeError(
                     f"task {spec.name!r}: no result of {set(spec.refs - values.keys())}"

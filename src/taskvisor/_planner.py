@@ -151,12 +151,21 @@ class Spec(Protocol):
 # ---------------------------------------------------------------- instructions
 
 
+# The instructions about one task carry its record too (``task``, and a Dispatch its
+# parents' records in ``parent_tasks``): the caller acts on the task the planner meant
+# without a lookup by name, even when the planner has forgotten it (or a parent) in the
+# same call and a later submit reuses the name. Records are left out of comparisons and
+# reprs: an instruction compares by what it says.
+
+
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     """Run the task now. ``parents`` finished before it, in finish order (for ``shared``)."""
 
     name: str
     parents: tuple[str, ...]
+    task: Any = field(default=None, compare=False, repr=False)
+    parent_tasks: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,7 @@ class Settle:
     name: str
     state: State
     error: NotRunError
+    task: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,7 @@ class Cancel:
 
     name: str
     reason: str
+    task: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +432,7 @@ class Planner:
         wait_critical: float | None = None,
         keep_ended: int | None = None,
         admit_rule: Callable[[Spec, tuple[Spec, ...]], object] | None = None,
+        forgets: bool = True,
     ) -> None:
         for label, v in (
             ("pool_size", pool_size),
@@ -452,6 +464,9 @@ class Planner:
         self._just_queued: list[_T] = []
         self.keep_ended = keep_ended
         self._ended: deque[_T] = deque()
+        # ``Forget`` instructions: a caller that looks its records up in ``tasks`` (the
+        # supervisor) has nothing to do when a task is forgotten, and asks for none
+        self._forgets = forgets
         self._forgotten: list[str] = []
         # output items are created only when a task refers to one; these refer to a task
         # not submitted yet
@@ -488,6 +503,13 @@ class Planner:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
+
+    @property
+    def tasks(self) -> Mapping[str, _T]:
+        """The records of the tasks the planner keeps, by name (read-only: a view of the
+        planner's own map, so a caller that keeps no map of its own sees a forgotten
+        task gone at once)."""
+        return self._tasks
 
     def live(self) -> list[str]:
         """Names of tasks not yet in a terminal state, in submission order (O(n))."""
@@ -1133,9 +1155,9 @@ class Planner:
         if t.parents:
             parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
             self._drop_parents(t)
-            self._out.append(Dispatch(t.name, tuple(p.name for p in parents)))
+            self._out.append(Dispatch(t.name, tuple(p.name for p in parents), t, tuple(parents)))
         else:
-            self._out.append(Dispatch(t.name, ()))
+            self._out.append(Dispatch(t.name, (), t))
 
     def _free(self, t: _T) -> None:
         spec = t.spec
@@ -1195,7 +1217,8 @@ class Planner:
     def _forget_if_free(self, t: _T) -> None:
         if t.retired and self._forgettable(t):
             self._forget(t)
-            self._forgotten.append(t.name)
+            if self._forgets:
+                self._forgotten.append(t.name)
 
     def _forget(self, t: _T) -> None:
         del self._tasks[t.name]
@@ -1300,7 +1323,7 @@ class Planner:
                     if not lock.granted:
                         lock.granted_excl = False
                 self._advance(r, lock)
-        self._out.append(Settle(t.name, state, error))
+        self._out.append(Settle(t.name, state, error, t))
         self._drop_parents(t)
         root = t.root or t.name
         for item in self._provides(t):
@@ -1311,7 +1334,7 @@ class Planner:
         if t.state.terminal:
             return
         if t.state is State.RUNNING:
-            self._out.append(Cancel(t.name, reason))
+            self._out.append(Cancel(t.name, reason, t))
         else:
             self._end(t, State.CANCELLED, TaskCancelled(t.name, reason))
 

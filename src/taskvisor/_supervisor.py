@@ -733,11 +733,9 @@ class Supervisor(Engine):
                     )
             finally:
                 self._unreserve(names, token)
-            tell, by_name = self._story.extend, self._recs
+            tell = self._story.extend
             for rec in recs:
-                name = rec.spec.name
-                by_name[name] = rec
-                tell((now, name, "submitted", rec.target))
+                tell((now, rec.spec.name, "submitted", rec.target))
             self._events += len(specs)
             if self._instruments:
                 for rec in recs:
@@ -829,8 +827,6 @@ class Supervisor(Engine):
             ):
                 return  # its task ended (the name may be a newer task's now)
             if name not in self._planner:
-                if name in self._recs:
-                    return  # ended, and the planner already forgot it
                 raise KeyError(f"no task named {name!r} in this supervisor")
             self._event(name, "cancel requested", "")
             self._execute(self._planner.cancel(name, now=self._now()))
@@ -888,9 +884,6 @@ class Supervisor(Engine):
             self._unpin()  # (a task whose last handle just died is forgotten first)
             if name in self._planner:
                 return self._planner.state(name)
-            rec = self._recs.get(name)
-            if rec is not None and rec.res is not None:
-                return rec.res.state
             raise KeyError(f"no task named {name!r} in this supervisor")
 
     def statistics(self) -> Statistics:
