@@ -30,6 +30,7 @@ import asyncio
 import enum
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -206,7 +207,8 @@ class Engine:
         # an executor's own measure of a job (job.ran) is in real seconds: it is taken
         # on the real clock only (a mock clock's run times stay mock time)
         self._real_clock = type(self._clock) is SystemClock
-        self._now: Callable[[], float] = self._clock.now  # read on every event
+        # read on every event (the real clock's is time.monotonic itself: no frame of ours)
+        self._now: Callable[[], float] = time.monotonic if self._real_clock else self._clock.now
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
         # the task records by name: the planner's own map (it keeps the supervisor's
         # records, and forgets them itself: one map per supervisor, not two)

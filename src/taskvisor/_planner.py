@@ -150,6 +150,10 @@ class Spec(Protocol):
 
 # ---------------------------------------------------------------- instructions
 
+# Plain slotted dataclasses, not frozen ones: a frozen dataclass's __init__ sets each
+# field through object.__setattr__ (0.51 µs for a Dispatch against 0.15 here), and the
+# planner makes one per task. Nothing writes to an instruction once made.
+
 
 # The instructions about one task carry its record too (``task``, and a Dispatch its
 # parents' records in ``parent_tasks``): the caller acts on the task the planner meant
@@ -158,7 +162,7 @@ class Spec(Protocol):
 # reprs: an instruction compares by what it says.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dispatch:
     """Run the task now. ``parents`` finished before it, in finish order (for ``shared``)."""
 
@@ -168,7 +172,7 @@ class Dispatch:
     parent_tasks: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settle:
     """The task ended without running (SKIPPED or CANCELLED); ``error`` says why."""
 
@@ -178,7 +182,7 @@ class Settle:
     task: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     """Stop the running task; report ``finish(name, CANCELLED)`` when it has stopped."""
 
@@ -187,21 +191,21 @@ class Cancel:
     task: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Warn:
     """Tell the user something went wrong without an exception."""
 
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WakeAt:
     """Call ``tick(now)`` at (or after) this time."""
 
     when: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Alarm:
     """A task has waited in the admission queue ``waited`` seconds (``wait_warning`` /
     ``wait_critical``); issued once per task and level."""
@@ -211,7 +215,7 @@ class Alarm:
     waited: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forget:
     """The planner forgot these ended tasks (``keep_ended``); their names may be reused."""
 
