@@ -74,6 +74,7 @@ STORY_EVENTS = 10_000  # how many recent task events story() can look back on
 UNPIN_BATCH = 256  # dropped handles the planner hears of together (see Engine._unpin)
 INTAKE_LIMIT = 1024  # queued foreign submits beyond which a submit takes the lock (backpressure)
 _new_tuple: Callable[..., Any] = tuple.__new__  # builds each TaskRes (see Engine._deliver)
+_FINAL_ERRORS = (TaskFailError, SpecError)  # never retried (see Engine._on_done)
 
 
 def _any_thread(listeners: Any) -> bool:
@@ -209,6 +210,8 @@ class Engine:
         self._real_clock = type(self._clock) is SystemClock
         # read on every event (the real clock's is time.monotonic itself: no frame of ours)
         self._now: Callable[[], float] = time.monotonic if self._real_clock else self._clock.now
+        # ... and its readings become wall time by one addition (SystemClock.to_wall)
+        self._wall0 = self._clock.to_wall(0.0) if self._real_clock else None
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
         # the task records by name: the planner's own map (it keeps the supervisor's
         # records, and forgets them itself: one map per supervisor, not two)
@@ -719,13 +722,14 @@ class Engine:
                 self._event(job.name, "started", worker or "")
                 self._arm_timeout(rec, job, job.began)
             return
-        abandoned = self._abandoned.pop(job, None)  # (its name may belong to a newer task)
+        # (an abandoned attempt's name may belong to a newer task)
+        abandoned = self._abandoned.pop(job, None) if self._abandoned else None
         rec = abandoned or self._recs.get(job.name)
         if rec is None:
             return
         exc = None if excinfo is None else excinfo.val
         # a controlled failure, or a call that cannot even be sent (SpecError), is final
-        act = rec.report(job, outcome, not isinstance(exc, TaskFailError | SpecError))
+        act = rec.report(job, outcome, exc is None or not isinstance(exc, _FINAL_ERRORS))
         if act is Act.NOTHING:
             return
         if act is Act.RELEASE:  # an abandoned attempt really returned: its slot is free now
@@ -840,8 +844,14 @@ class Engine:
         now: float,
     ) -> None:
         spec = rec.spec
-        wall = self._clock.to_wall
-        started = rec.started
+        started, wall0 = rec.started, self._wall0
+        if wall0 is not None:  # (the real clock: additions, not three calls per task)
+            sub_ts, fin_ts = rec.submitted + wall0, now + wall0
+            start_ts = None if started is None else started + wall0
+        else:
+            wall = self._clock.to_wall
+            sub_ts, fin_ts = wall(rec.submitted), wall(now)
+            start_ts = None if started is None else wall(started)
         # positional, in TaskRes's field order (a test keeps it so): the named tuple's
         # keyword __new__ cost 0.8 µs of every task, tuple.__new__ 0.13
         res: TaskRes[Any] = _new_tuple(
@@ -854,9 +864,9 @@ class Engine:
                 spec.name,
                 state,
                 state is State.DONE,
-                wall(rec.submitted),
-                None if started is None else wall(started),
-                wall(now),  # (datetimes only when read: TaskRes.submitted_at ...)
+                sub_ts,
+                start_ts,
+                fin_ts,  # (datetimes only when read: TaskRes.submitted_at ...)
                 (now if started is None else started) - rec.submitted,
                 rec.run_time,
                 rec.attempts,

@@ -645,9 +645,10 @@ class Planner:
         :meth:`admit_queued` once (what fits is admitted then, in tier order, with every
         slot the burst freed; any other event admits it earlier).
         """
-        self._clock(now)
+        if now > self._now:  # (self._clock, inline: this runs once per task)
+            self._now = now
         t = self._tasks[name]
-        if state not in (State.DONE, State.FAILED, State.CANCELLED):
+        if state is not State.DONE and state is not State.FAILED and state is not State.CANCELLED:
             raise PlannerBug(f"finish({name!r}) with non-final state {state}")
         self._move(t, state)
         t.finish_seq = next(self._finish_seq)
@@ -677,7 +678,7 @@ class Planner:
                     lock.stuck.append(t)
                     stuck.append(r)
         provided = ok or (state is State.FAILED and deps_ok)
-        skipped_before = self._lock_skips, self.stats.by_state[State.SKIPPED]
+        skipped_before = (0, 0) if ok else (self._lock_skips, self._by_state[State.SKIPPED])
         if spec.provides:
             if provided:
                 for item in spec.provides:
@@ -696,26 +697,33 @@ class Planner:
                 if t in lock.stuck:
                     self._skip_stuck_waiters(r, lock)
                 self._advance(r, lock)
-        by_lock = self._lock_skips - skipped_before[0]
-        skipped = self.stats.by_state[State.SKIPPED] - skipped_before[1]
-        if state is State.FAILED and (skipped or stuck):
-            msg = f"task {name!r} failed"
-            causes = [f"{skipped - by_lock} dependent task(s)"] if skipped > by_lock else []
-            if by_lock:
-                causes.append(f"{by_lock} task(s) waiting for a lock it held")
-            if causes:
-                msg += f": {' and '.join(causes)} skipped"
-            if stuck:
-                held = ", ".join(safe_repr(r) for r in sorted(stuck, key=safe_repr))
-                msg += f"; lock(s) {held} stay held"
-            self._out.append(Warn(msg))
-        if state is State.FAILED and self.fail_fast and not self._failed_once:
-            self._failed_once = True
-            self._cancel_all(f"fail_fast: {name!r} failed")
+        if state is State.FAILED:  # (a DONE task skips nothing)
+            self._warn_skipped(name, skipped_before, stuck)
+            if self.fail_fast and not self._failed_once:
+                self._failed_once = True
+                self._cancel_all(f"fail_fast: {name!r} failed")
         self._retire(t)
         if admit:
             self._admit()
         return self._flush()
+
+    def _warn_skipped(self, name: str, before: tuple[int, int], stuck: list[Hashable]) -> None:
+        """Task ``name`` failed: warn of what it skipped (counted from ``before``, the
+        lock skips and SKIPPED count when it ended) and of the locks it left stuck."""
+        by_lock = self._lock_skips - before[0]
+        skipped = self._by_state[State.SKIPPED] - before[1]
+        if not (skipped or stuck):
+            return
+        msg = f"task {name!r} failed"
+        causes = [f"{skipped - by_lock} dependent task(s)"] if skipped > by_lock else []
+        if by_lock:
+            causes.append(f"{by_lock} task(s) waiting for a lock it held")
+        if causes:
+            msg += f": {' and '.join(causes)} skipped"
+        if stuck:
+            held = ", ".join(safe_repr(r) for r in sorted(stuck, key=safe_repr))
+            msg += f"; lock(s) {held} stay held"
+        self._out.append(Warn(msg))
 
     def admit_queued(self, *, now: float = 0.0) -> list[Instruction]:
         """Admit what fits from the tier queues (after ``finish(admit=False)``); unlike
