@@ -578,7 +578,7 @@ class Planner:
                 f"the batch's items cannot be compared with each other: {safe_repr(exc)}"
             ) from exc
         for old in reused:
-            self._forget(old)
+            self._forget(old, tell=False)
         if records is None:
             new = [_T(s, next(self._seq)) for s in specs]
         else:
@@ -1197,12 +1197,13 @@ class Planner:
         once no pending task still needs its result and its slot is free."""
         if self.keep_ended is None:
             return
-        ended = self._ended
+        ended, keep = self._ended, self.keep_ended
         ended.append(t)
-        while len(ended) > self.keep_ended:
+        while len(ended) > keep:
             old = ended.popleft()
             old.retired = True
-            self._forget_if_free(old)
+            if self._forgettable(old):  # (it is retired: _forget_if_free, a call less)
+                self._forget(old)
 
     def unpin(self, names: Iterable[str], *, now: float = 0.0) -> list[Instruction]:
         """The handles to these tasks are gone: past the window, they may be forgotten."""
@@ -1229,14 +1230,15 @@ class Planner:
     def _forget_if_free(self, t: _T) -> None:
         if t.retired and self._forgettable(t):
             self._forget(t)
-            if self._forgets:
-                self._forgotten.append(t.name)
 
-    def _forget(self, t: _T) -> None:
+    def _forget(self, t: _T, tell: bool = True) -> None:
+        """Drop ``t``; ``tell``: with a ``Forget`` (unless the caller asked for none)."""
         del self._tasks[t.name]
         self._forgotten_by_state[t.state] += 1
         if t.out_item:
             self._items.pop(OutputItem(t.name), None)
+        if tell and self._forgets:
+            self._forgotten.append(t.name)
 
     # ------------------------------------------------------------ dependencies and failure
 

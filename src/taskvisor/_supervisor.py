@@ -674,9 +674,8 @@ class Supervisor(Engine):
                             )
                         )
                 raise
-        return RunReport.build(
-            (cast(TaskRes[Any], r.res) for r in recs), started, self._clock.now() - t0
-        )
+        results = cast("Iterable[TaskRes[Any]]", (r.res for r in recs))  # (all set now)
+        return RunReport.build(results, started, self._clock.now() - t0)
 
     def _own_loop(self, what: str) -> asyncio.AbstractEventLoop:
         """The supervisor's loop, for the async API (run, gather): on its own thread only."""
