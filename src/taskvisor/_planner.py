@@ -1088,12 +1088,26 @@ class Planner:
         if self.paused:
             return
         queues = self._queues
-        tiers = (Tier.CRITICAL, Tier.HIGH, Tier.NORMAL, Tier.LOW)
-        while True:
-            for tier in tiers:
-                q = queues[tier]
+        # the tiers in order, those with nothing queued left out: admitting never queues
+        # a task (it only starts them), so a queue found empty stays empty till the end,
+        # and a burst is not three head() calls per task on empty tiers
+        active = [
+            q
+            for q in (
+                queues[Tier.CRITICAL],
+                queues[Tier.HIGH],
+                queues[Tier.NORMAL],
+                queues[Tier.LOW],
+            )
+            if q.fifo or q.heap
+        ]
+        while active:
+            for q in active:
                 t = q.head()
-                if t is not None and self._fits(t):
+                if t is None:
+                    active.remove(q)  # (only settled entries were left)
+                    break
+                if self._fits(t):
                     q.pop(t)
                     if self._rule is not None and not self._rule_allows(t):
                         self._rule_held.append(t)  # the next in its tier may go
