@@ -939,9 +939,17 @@ class Planner:
         t.due = self._now + spec.delay if spec.delay else self._now
         if t.state is not State.NEW:  # skipped already by a cascade within the batch
             return
-        err = self._never_fits(t)
-        if err is not None:
-            self._end(t, State.SKIPPED, err)
+        if self.pool_size or spec.resources:  # (else nothing can be too big: no call)
+            err = self._never_fits(t)
+            if err is not None:
+                self._end(t, State.SKIPPED, err)
+                return
+        if not spec.dependencies:
+            # the usual: ready now; no delay and no lock go straight to the queue
+            if t.due <= self._now and not spec.claims and not spec.uses:
+                self._queue(t)  # (_ready -> _to_locks -> _queue, two calls less)
+            else:
+                self._ready(t)
             return
         unmet: list[Hashable] = []
         for item in spec.dependencies:

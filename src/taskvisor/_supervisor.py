@@ -212,6 +212,8 @@ class Supervisor(Engine):
         self.processes = cfg.processes
         self._aloops = {n: Aloop(n, use_uvloop=cfg.uvloop) for n in cfg.aloops}
         self._default_aloop = cfg.aloops[0] if cfg.aloops else None
+        # where a coroutine task goes by default (one string, not one per task)
+        self._coro_target = f"aloop:{self._default_aloop}" if self._default_aloop else "main"
         self._user_execs = cfg.user_execs
         self._start_method = cfg.start_method
         self._grace = cfg.grace
@@ -452,7 +454,7 @@ class Supervisor(Engine):
 
     def run(self, tasks: Iterable[Task[Any] | Callable[..., Any]]) -> AsyncIterator[TaskRes[Any]]:
         """Submit a sealed batch; iterate its results in completion order."""
-        specs = [_as_task(t, (), {}) for t in tasks]
+        specs = _as_tasks(tasks)
         self._check_running("submit")
         loop = self._own_loop("run")
         with self._engine:  # no result may land between the submit and the listeners
@@ -649,7 +651,7 @@ class Supervisor(Engine):
         Cancelling the ``await`` cancels the batch's tasks that have not ended.
         """
         started, t0 = datetime.now(UTC), self._clock.now()
-        specs = [_as_task(t, (), {}) for t in tasks]
+        specs = _as_tasks(tasks)
         self._check_running("submit")
         loop = self._own_loop("gather")
         with self._engine:  # no result may land between the submit and the listeners
@@ -747,16 +749,13 @@ class Supervisor(Engine):
     def _target(self, spec: Task[Any]) -> str:
         on = spec.runs_on
         if on is None:
-            if spec.is_coroutine:
-                target = f"aloop:{self._default_aloop}" if self._default_aloop else "main"
-            else:
-                target = "thread"
+            target = self._coro_target if spec.is_coroutine else "thread"
         elif on in ("thread", "process", "main"):
             target = on
         elif on == "aloop":
             if self._default_aloop is None:
                 raise SpecError(f"task {spec.name!r}: runs_on='aloop' but no aloops are set up")
-            target = f"aloop:{self._default_aloop}"
+            target = self._coro_target
         elif on.startswith("aloop:"):
             if on[6:] not in self._aloops:
                 raise SpecError(
@@ -933,6 +932,11 @@ def run(tasks: Iterable[Task[Any] | Callable[..., Any]], **options: Any) -> RunR
             return await sup.gather(batch)
 
     return asyncio.run(main())
+
+
+def _as_tasks(tasks: Iterable[Any]) -> list[Task[Any]]:
+    """A batch (``run``, ``gather``): a Task stays as it is, without a call per task."""
+    return [t if type(t) is Task else _as_task(t, (), {}) for t in tasks]
 
 
 def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any]:
