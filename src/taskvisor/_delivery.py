@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar, cast
 
 from ._attempts import Attempts
 from ._clock import TimerHandle
@@ -300,8 +300,11 @@ class ResultStream:
         return self._items.popleft()
 
 
+_DONE: Final = State.DONE  # (read per task: see taskvisor._planner's enum constants)
+
+
 def log_result(res: TaskRes[Any]) -> None:
-    if res.state is State.DONE:
+    if res.state is _DONE:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%r done in %.1f ms on %s", res.name, res.run_time * 1e3, res.runs_on)
     elif res.state is State.FAILED:

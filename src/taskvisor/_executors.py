@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from importlib import metadata
-from typing import Any
+from typing import Any, Final
 
 from ._errors import ClosedError, SpecError, WorkerCrashed
 from ._job import Job, Outcome, Result, Sink
@@ -112,6 +112,7 @@ class Inbox:
 
 
 _Coroutine = types.CoroutineType
+_OK: Final = Outcome.OK  # (read per task: see taskvisor._planner's enum constants)
 
 
 def _call(job: Job) -> Any:
@@ -148,7 +149,7 @@ def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: s
     if type(ret) is _Coroutine:
         coro = ret
     elif not inspect.isawaitable(ret):
-        sink(job, (Outcome.OK, ret, job.shared, None, worker))
+        sink(job, (_OK, ret, job.shared, None, worker))
         return
     else:
         coro = ret if inspect.iscoroutine(ret) else _await(ret)
@@ -422,7 +423,7 @@ class ThreadPool:
                     job.ended = now()
                 job.returned = True
                 result: Result = (
-                    (Outcome.OK, ret, job.shared, None, worker)
+                    (_OK, ret, job.shared, None, worker)
                     if error is None
                     else (Outcome.ERROR, None, job.shared, _error(error), worker)
                 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._result import ExceptionInfo
 
@@ -106,7 +106,7 @@ class Job:
         if exc is not None:
             sink(self, (Outcome.ERROR, None, self.shared, ExceptionInfo.from_exc(exc), worker))
         else:
-            sink(self, (Outcome.OK, t.result(), self.shared, None, worker))
+            sink(self, (_OK, t.result(), self.shared, None, worker))
 
 
 class Outcome(enum.Enum):
@@ -117,6 +117,8 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     STARTED = "started"  # not an ending: a watched job has reached a worker
 
+
+_OK: Final = Outcome.OK  # (read per task: see taskvisor._planner's enum constants)
 
 #: what an executor reports: (outcome, the return value, the job's ``shared`` after it ran,
 #: the error for ERROR, the worker's name or None)

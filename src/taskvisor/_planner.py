@@ -48,7 +48,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._errors import (
     CapacityError,
@@ -102,10 +102,29 @@ class State(enum.Enum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED, State.CANCELLED})
-_NOT_RUN = (State.SKIPPED, State.CANCELLED)
-_RAN = frozenset({State.QUEUED, State.RUNNING, State.DONE, State.FAILED})
-_LIVE_STATES = (State.NEW, State.WAITING, State.DELAYED, State.LOCKED, State.QUEUED, State.RUNNING)
+# The members as module constants, read on every task's way through the planner: on
+# Python 3.11 reading a member off its class (``State.DONE``) costs ~75 ns against ~7 for
+# a global, because ``EnumType`` defines ``__getattr__`` (3.12 dropped it), and a task
+# reads about twenty of them (issue 13: ~1.4 µs per task across the runtime).
+_NEW: Final = State.NEW
+_WAITING: Final = State.WAITING
+_DELAYED: Final = State.DELAYED
+_LOCKED: Final = State.LOCKED
+_QUEUED: Final = State.QUEUED
+_RUNNING: Final = State.RUNNING
+_DONE: Final = State.DONE
+_FAILED: Final = State.FAILED
+_SKIPPED: Final = State.SKIPPED
+_CANCELLED: Final = State.CANCELLED
+_CRITICAL: Final = Tier.CRITICAL
+_HIGH: Final = Tier.HIGH
+_NORMAL: Final = Tier.NORMAL
+_LOW: Final = Tier.LOW
+
+_TERMINAL = frozenset({_DONE, _FAILED, _SKIPPED, _CANCELLED})
+_NOT_RUN = (_SKIPPED, _CANCELLED)
+_RAN = frozenset({_QUEUED, _RUNNING, _DONE, _FAILED})
+_LIVE_STATES = (_NEW, _WAITING, _DELAYED, _LOCKED, _QUEUED, _RUNNING)
 _S = State
 _MOVES: dict[State, frozenset[State]] = {
     _S.NEW: frozenset({_S.WAITING, _S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
@@ -267,7 +286,7 @@ class _T:
         self.spec = spec
         self.name = spec.name
         self.seq = seq
-        self.state = State.NEW
+        self.state = _NEW
         self.missing = 0
         self.lock_missing = 0
         self.parents: list[_T] = _NO_PARENTS  # a list of its own from the first parent on
@@ -363,9 +382,9 @@ class _TierQueue:
     def head(self) -> _T | None:
         """The first task still QUEUED, or None."""
         fifo, heap = self.fifo, self.heap
-        while fifo and fifo[0].state is not State.QUEUED:
+        while fifo and fifo[0].state is not _QUEUED:
             fifo.popleft()  # cancelled while queued
-        while heap and heap[0][2].state is not State.QUEUED:
+        while heap and heap[0][2].state is not _QUEUED:
             heapq.heappop(heap)
         if not heap:
             return fifo[0] if fifo else None
@@ -449,7 +468,7 @@ class Planner:
         low = pool_size
         normal = low + reserve_normal
         high = normal + reserve_high
-        self._limit = {Tier.LOW: low, Tier.NORMAL: normal, Tier.HIGH: high}
+        self._limit = {_LOW: low, _NORMAL: normal, _HIGH: high}
         self.capacity = dict(resources or {})
         # runs_on names whose executor owns its tasks' resources (a Dask cluster's worker
         # resources): their needs are not counted against ``capacity``; each maps to the
@@ -533,7 +552,7 @@ class Planner:
 
     def tier_limit(self, tier: Tier) -> int | None:
         """Slots a tier may fill, or None for unlimited."""
-        if tier is Tier.CRITICAL or self.pool_size == 0:
+        if tier is _CRITICAL or self.pool_size == 0:
             return None
         return self._limit[tier]
 
@@ -589,7 +608,7 @@ class Planner:
         if pinned:
             for t in new:
                 t.pinned = True
-        self.stats.by_state[State.NEW] += len(new)
+        self.stats.by_state[_NEW] += len(new)
         awaited = self._awaited_outputs
         for t in new:
             self._tasks[t.name] = t
@@ -619,7 +638,7 @@ class Planner:
         held, self._held = self._held, []
         queues = self._queues
         for t in held:
-            if t.state is State.QUEUED:
+            if t.state is _QUEUED:
                 queues[t.spec.tier].push(t)
         self._admit()
         return self._flush()
@@ -648,21 +667,21 @@ class Planner:
         if now > self._now:  # (self._clock, inline: this runs once per task)
             self._now = now
         t = self._tasks[name]
-        if state is not State.DONE and state is not State.FAILED and state is not State.CANCELLED:
+        if state is not _DONE and state is not _FAILED and state is not _CANCELLED:
             raise PlannerBug(f"finish({name!r}) with non-final state {state}")
         self._move(t, state)
         t.finish_seq = next(self._finish_seq)
         spec = t.spec
         if keep_slot:
             t.holds = True
-            t.locks_later = state is not State.FAILED or locks_ok
+            t.locks_later = state is not _FAILED or locks_ok
         else:
             self._free(t)
-        ok = state is State.DONE
+        ok = state is _DONE
         has_locks = bool(spec.claims or spec.uses)
         stuck = []
         if has_locks:
-            release = ok or state is State.CANCELLED or locks_ok
+            release = ok or state is _CANCELLED or locks_ok
             # an abandoned attempt still runs: the locks it would give back stay held till then
             held_on = keep_slot and release
             for r, _excl in t.locks:
@@ -677,8 +696,8 @@ class Planner:
                 else:
                     lock.stuck.append(t)
                     stuck.append(r)
-        provided = ok or (state is State.FAILED and deps_ok)
-        skipped_before = (0, 0) if ok else (self._lock_skips, self._by_state[State.SKIPPED])
+        provided = ok or (state is _FAILED and deps_ok)
+        skipped_before = (0, 0) if ok else (self._lock_skips, self._by_state[_SKIPPED])
         if spec.provides:
             if provided:
                 for item in spec.provides:
@@ -697,7 +716,7 @@ class Planner:
                 if t in lock.stuck:
                     self._skip_stuck_waiters(r, lock)
                 self._advance(r, lock)
-        if state is State.FAILED:  # (a DONE task skips nothing)
+        if state is _FAILED:  # (a DONE task skips nothing)
             self._warn_skipped(name, skipped_before, stuck)
             if self.fail_fast and not self._failed_once:
                 self._failed_once = True
@@ -711,7 +730,7 @@ class Planner:
         """Task ``name`` failed: warn of what it skipped (counted from ``before``, the
         lock skips and SKIPPED count when it ended) and of the locks it left stuck."""
         by_lock = self._lock_skips - before[0]
-        skipped = self._by_state[State.SKIPPED] - before[1]
+        skipped = self._by_state[_SKIPPED] - before[1]
         if not (skipped or stuck):
             return
         msg = f"task {name!r} failed"
@@ -800,14 +819,14 @@ class Planner:
         self._clock(now)
         while self._delayed and self._delayed[0][0] <= now:
             _, _, t = heapq.heappop(self._delayed)
-            if t.state is State.DELAYED:
+            if t.state is _DELAYED:
                 self._to_locks(t)
         alarms = self._alarms
         while alarms and alarms[0][0] <= now:
             _, seq, level, name = heapq.heappop(alarms)
             waiting = self._tasks.get(name)
             # (it waited that long, even if admitted right now; not a reused name's task)
-            if waiting is not None and waiting.seq == seq and waiting.state is State.QUEUED:
+            if waiting is not None and waiting.seq == seq and waiting.state is _QUEUED:
                 self._out.append(Alarm(name, level, now - waiting.queued_at))
         heads = [h[0][0] for h in (self._delayed, alarms) if h]
         if heads:
@@ -830,9 +849,9 @@ class Planner:
         """Closing: every task still waiting for a dependency ends with DependencyError."""
         self._clock(now)
         for t in list(self._tasks.values()):
-            if t.state is State.WAITING:
+            if t.state is _WAITING:
                 missing = [i for i in t.spec.dependencies if not self._item(i).satisfied]
-                self._end(t, State.SKIPPED, DependencyError(t.name, missing=_sorted(missing)))
+                self._end(t, _SKIPPED, DependencyError(t.name, missing=_sorted(missing)))
         self._admit()
         return self._flush()
 
@@ -893,7 +912,7 @@ class Planner:
             for item in s.provides:
                 batch_providers.setdefault(item, []).append(s.name)
         widen = any(
-            any(w.state is State.WAITING for w in self._items[i].waiters)
+            any(w.state is _WAITING for w in self._items[i].waiters)
             for i in batch_providers
             if i in self._items
         ) or any(s.name in self._awaited_outputs for s in specs)
@@ -937,12 +956,12 @@ class Planner:
         spec = t.spec
         # the delay counts from submission (no new float when there is none)
         t.due = self._now + spec.delay if spec.delay else self._now
-        if t.state is not State.NEW:  # skipped already by a cascade within the batch
+        if t.state is not _NEW:  # skipped already by a cascade within the batch
             return
         if self.pool_size or spec.resources:  # (else nothing can be too big: no call)
             err = self._never_fits(t)
             if err is not None:
-                self._end(t, State.SKIPPED, err)
+                self._end(t, _SKIPPED, err)
                 return
         if not spec.dependencies:
             # the usual: ready now; no delay and no lock go straight to the queue
@@ -973,13 +992,13 @@ class Planner:
                 root = parents[0].root or parents[0].name if parents else None
                 t.root = root
                 failed = _unique(p.name for p in parents)
-                self._end(t, State.SKIPPED, _dep_error(t, orphan if sealed else [], failed, root))
+                self._end(t, _SKIPPED, _dep_error(t, orphan if sealed else [], failed, root))
                 return
             t.missing = len(unmet)
             for i in unmet:
                 item_rec = self._items[i]
                 item_rec.waiters = _with(item_rec.waiters, t)
-            self._move(t, State.WAITING)
+            self._move(t, _WAITING)
             return
         self._ready(t)
 
@@ -1009,7 +1028,7 @@ class Planner:
         """Dependencies met: delay, then locks, then the admission queue."""
         if t.due > self._now:
             # the delay counts from submission and holds no slot while it runs out
-            self._move(t, State.DELAYED)
+            self._move(t, _DELAYED)
             first = not self._delayed or t.due < self._delayed[0][0]
             heapq.heappush(self._delayed, (t.due, t.seq, t))
             if first:
@@ -1026,9 +1045,9 @@ class Planner:
             lock = self._locks.get(r)
             if lock is not None and lock.conflicts_stuck(excl):
                 self._lock_skips += 1
-                self._end(t, State.SKIPPED, LockError(t.name, r, lock.stuck[0].name))
+                self._end(t, _SKIPPED, LockError(t.name, r, lock.stuck[0].name))
                 return
-        self._move(t, State.LOCKED)
+        self._move(t, _LOCKED)
         t.lock_missing = len(spec.claims) + len(spec.uses)
         for r, excl in t.locks:
             lock = self._locks.get(r)
@@ -1051,7 +1070,7 @@ class Planner:
         fifo = lock.fifo
         while fifo:
             t, excl = fifo[0]
-            if t.state is not State.LOCKED:
+            if t.state is not _LOCKED:
                 fifo.popleft()  # settled while waiting: drop lazily
                 continue
             if not lock.compatible(excl):
@@ -1062,7 +1081,7 @@ class Planner:
                 self._queue(t)
 
     def _queue(self, t: _T) -> None:
-        self._move(t, State.QUEUED)
+        self._move(t, _QUEUED)
         if self._holding:
             self._held.append(t)
         else:
@@ -1076,7 +1095,7 @@ class Planner:
         """Alarm deadlines for the tasks still queued after admission (not the others)."""
         alarms, now = self._alarms, self._now
         for t in self._just_queued:
-            if t.state is not State.QUEUED:
+            if t.state is not _QUEUED:
                 continue
             for level, after in self._alarm_after:
                 when = t.queued_at + after
@@ -1102,10 +1121,10 @@ class Planner:
         active = [
             q
             for q in (
-                queues[Tier.CRITICAL],
-                queues[Tier.HIGH],
-                queues[Tier.NORMAL],
-                queues[Tier.LOW],
+                queues[_CRITICAL],
+                queues[_HIGH],
+                queues[_NORMAL],
+                queues[_LOW],
             )
             if q.fifo or q.heap
         ]
@@ -1149,12 +1168,12 @@ class Planner:
         """Something ended: what the admission rule refused is asked again."""
         held, self._rule_held = self._rule_held, []
         for t in held:
-            if t.state is State.QUEUED:
+            if t.state is _QUEUED:
                 self._queues[t.spec.tier].push(t)
 
     def _fits(self, t: _T) -> bool:
         spec = t.spec
-        if spec.tier is not Tier.CRITICAL:
+        if spec.tier is not _CRITICAL:
             if self.gate_closed:
                 return False
             limit = self.tier_limit(spec.tier)
@@ -1170,8 +1189,8 @@ class Planner:
         if self._rule is not None:
             self._running_specs[t.name] = spec
         self.stats.queued_by_tier[spec.tier] -= 1
-        self._move(t, State.RUNNING)
-        if spec.tier is not Tier.CRITICAL:
+        self._move(t, _RUNNING)
+        if spec.tier is not _CRITICAL:
             self.busy += spec.weight
         if spec.resources and spec.runs_on not in self.elsewhere:
             for k, v in spec.resources.items():
@@ -1199,7 +1218,7 @@ class Planner:
             self._running_specs.pop(t.name, None)
             if self._rule_held:
                 self._reoffer()
-        if spec.tier is not Tier.CRITICAL:
+        if spec.tier is not _CRITICAL:
             self.busy -= spec.weight
         if spec.resources and spec.runs_on not in self.elsewhere:
             for k, v in spec.resources.items():
@@ -1281,7 +1300,7 @@ class Planner:
                     self._awaited_outputs.add(item.name)
                     return rec
                 p.out_item = True
-                if p.state is State.DONE:
+                if p.state is _DONE:
                     rec.satisfied = True
                     rec.provider = p
                 elif p.state.terminal:
@@ -1306,7 +1325,7 @@ class Planner:
         rec.provider = provider
         waiters, rec.waiters = rec.waiters, _NO_PARENTS
         for w in waiters:
-            if w.state is not State.WAITING:
+            if w.state is not _WAITING:
                 continue
             if provider is not None:
                 w.parents = _with(w.parents, provider)
@@ -1327,29 +1346,29 @@ class Planner:
         waiters, rec.waiters = rec.waiters, _NO_PARENTS
         failed = _unique(p.name for p in rec.failed)
         for w in waiters:
-            if w.state is State.WAITING:
+            if w.state is _WAITING:
                 w.root = root
-                self._end(w, State.SKIPPED, _dep_error(w, [], failed, root))
+                self._end(w, _SKIPPED, _dep_error(w, [], failed, root))
 
     def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
         holder = lock.stuck[-1]  # the failure that just made these waiters hopeless
-        live = [(w, excl) for w, excl in lock.fifo if w.state is State.LOCKED]
+        live = [(w, excl) for w, excl in lock.fifo if w.state is _LOCKED]
         hopeless = [w for w, excl in live if lock.conflicts_stuck(excl)]
         # settle them after the FIFO is rebuilt: settling advances the FIFOs they were in
         gone = set(hopeless)
         lock.fifo = deque((w, excl) for w, excl in live if w not in gone)
         for w in hopeless:
             self._lock_skips += 1  # (the failure's warning counts skips by cause)
-            self._end(w, State.SKIPPED, LockError(w.name, r, holder.name))
+            self._end(w, _SKIPPED, LockError(w.name, r, holder.name))
 
     def _end(self, t: _T, state: State, error: NotRunError) -> None:
         """Settle a task that is not running (SKIPPED/CANCELLED) and cascade."""
         was = t.state
         self._move(t, state)
         t.finish_seq = next(self._finish_seq)
-        if was is State.QUEUED:
+        if was is _QUEUED:
             self.stats.queued_by_tier[t.spec.tier] -= 1
-        if was in (State.LOCKED, State.QUEUED) and (t.spec.claims or t.spec.uses):
+        if was in (_LOCKED, _QUEUED) and (t.spec.claims or t.spec.uses):
             # granted or still in the FIFO, it may have held back later waiters: let them on
             # (a FIFO drops settled entries lazily, so advancing is all it takes)
             for r, _excl in t.locks:
@@ -1369,10 +1388,10 @@ class Planner:
     def _cancel(self, t: _T, reason: str) -> None:
         if t.state.terminal:
             return
-        if t.state is State.RUNNING:
+        if t.state is _RUNNING:
             self._out.append(Cancel(t.name, reason, t))
         else:
-            self._end(t, State.CANCELLED, TaskCancelled(t.name, reason))
+            self._end(t, _CANCELLED, TaskCancelled(t.name, reason))
 
     def _cancel_all(self, reason: str) -> None:
         for t in sorted(self._tasks.values(), key=lambda t: t.seq):
@@ -1408,15 +1427,15 @@ class Planner:
             for p in t.parents:
                 consumers[p.name] = consumers.get(p.name, 0) + 1
             if t.parents:
-                _check(not t.state.terminal and t.state is not State.RUNNING, f"{t.name} parents")
-            if t.state is State.RUNNING or t.holds:
-                _check(t.state is State.RUNNING or t.state.terminal, f"{t.name} holds a slot")
-                if t.spec.tier is not Tier.CRITICAL:
+                _check(not t.state.terminal and t.state is not _RUNNING, f"{t.name} parents")
+            if t.state is _RUNNING or t.holds:
+                _check(t.state is _RUNNING or t.state.terminal, f"{t.name} holds a slot")
+                if t.spec.tier is not _CRITICAL:
                     busy += t.spec.weight
                 if t.spec.runs_on not in self.elsewhere:
                     for k, v in t.spec.resources.items():
                         used[k] = used.get(k, 0.0) + v
-            if t.state is State.WAITING:
+            if t.state is _WAITING:
                 unmet = sum(
                     not (i in self._items and self._items[i].satisfied) for i in t.spec.dependencies
                 )
@@ -1428,7 +1447,7 @@ class Planner:
                     # reused: only tasks not dispatched yet are checked strictly)
                     rec = self._items.get(i)
                     _check(
-                        (rec is not None and rec.satisfied) or t.state is not State.QUEUED,
+                        (rec is not None and rec.satisfied) or t.state is not _QUEUED,
                         f"{t.name}: {t.state.name} before {i!r}",
                     )
         for t in self._tasks.values():
@@ -1445,16 +1464,16 @@ class Planner:
             if lock.excl is not None:
                 _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")
                 _check(
-                    lock.excl.state is State.RUNNING or lock.excl in lock.stuck or lock.excl.holds,
+                    lock.excl.state is _RUNNING or lock.excl in lock.stuck or lock.excl.holds,
                     f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
                 )
             for h in lock.shared:
                 _check(
-                    h.state is State.RUNNING or h in lock.stuck or h.holds,
+                    h.state is _RUNNING or h in lock.stuck or h.holds,
                     f"lock {r!r}: shared holder {h}",
                 )
             for g in lock.granted:
-                _check(g.state in (State.LOCKED, State.QUEUED), f"lock {r!r}: granted {g}")
+                _check(g.state in (_LOCKED, _QUEUED), f"lock {r!r}: granted {g}")
             if lock.granted_excl:
                 _check(len(lock.granted) == 1, f"lock {r!r}: two granted claimants")
                 _check(lock.excl is None and not lock.shared, f"lock {r!r}: granted over holder")
@@ -1466,16 +1485,16 @@ class Planner:
                 ),
                 f"tier {tier.name}: FIFO out of order",
             )
-            n = sum(1 for *_, t in entries if t.state is State.QUEUED)
+            n = sum(1 for *_, t in entries if t.state is _QUEUED)
             n += sum(
                 1
                 for t in (*self._held, *self._rule_held)
-                if t.state is State.QUEUED and t.spec.tier is tier
+                if t.state is _QUEUED and t.spec.tier is tier
             )
             _check(n == self.stats.queued_by_tier[tier], f"tier {tier.name}: {n} queued")
         if not self.paused:  # admission is maximal: no head fits now (held ones wait)
             for tier, q in self._queues.items():
-                heads = [t for *_, t in sorted(q.entries()) if t.state is State.QUEUED][:1]
+                heads = [t for *_, t in sorted(q.entries()) if t.state is _QUEUED][:1]
                 for t in heads:
                     _check(not self._fits(t), f"tier {tier.name}: head {t.name} fits but waits")
 
