@@ -299,7 +299,7 @@ class Engine:
         return self._loop
 
     def _check_running(self, action: str) -> None:
-        if self.state is not SupervisorState.RUNNING:
+        if self.state is not _SUP_RUNNING:
             raise ClosedError(self.state.value, action)
 
     def _sink(self, job: Job, result: Result) -> None:

@@ -1263,7 +1263,7 @@ class Planner:
         as parent.) Without ``keep_ended``, nothing is ever forgotten."""
         return (
             self.keep_ended is not None
-            and t.state.terminal
+            and t.state in _TERMINAL
             and not (t.pinned or t.consumers or t.holds or t.spec.provides)
             and self._tasks.get(t.name) is t
         )
