@@ -880,6 +880,8 @@ class Planner:
         ``__eq__`` that raises is a ``SpecError`` here, never an event broken half-way."""
         items, locks = self._items, self._locks
         for s in specs:
+            if not (s.dependencies or s.provides or s.claims or s.uses):
+                continue  # (the usual: no item at all)
             for table, field_, group in (
                 (items, "requires/provides", (s.dependencies, s.provides)),
                 (locks, "claims/uses", (s.claims, s.uses)),
