@@ -381,6 +381,7 @@ class Engine:
             if self._recs.get(name) is rec and self._planner.state(name) is State.RUNNING:
                 if rec.job is None:  # (a dispatch that broke before its attempt began)
                     rec.job = Job(name, rec.spec.fn, (), {}, None, rec.target)
+                    rec.job.record = rec
                 self._finish(rec, State.FAILED, None, None, info, None)
             else:
                 self._deliver(rec, State.FAILED, None, {}, info, None, self._now())
@@ -651,6 +652,7 @@ class Engine:
             rec.target,
             spec,
         )
+        job.record = rec
         target = rec.target
         ex = self._executors[target]
         arm = rec.begin(job, ex.reports_start)
@@ -727,16 +729,14 @@ class Engine:
     def _on_done(self, job: Job, result: Result) -> None:
         """An executor's report about ``job``: the attempt machine decides (engine held)."""
         outcome, ret, shared, excinfo, worker = result
+        rec: Record | None = job.record  # (its own task's, whatever its name names now)
         if outcome is _STARTED:
-            rec = self._recs.get(job.name)
             if rec is not None and rec.began(job):
                 self._event(job.name, "started", worker or "")
                 self._arm_timeout(rec, job, job.began)
             return
-        # (an abandoned attempt's name may belong to a newer task)
         abandoned = self._abandoned.pop(job, None) if self._abandoned else None
-        rec = abandoned or self._recs.get(job.name)
-        if rec is None:
+        if rec is None:  # (a job the engine did not make: nothing to report to)
             return
         exc = None if excinfo is None else excinfo.val
         # a controlled failure, or a call that cannot even be sent (SpecError), is final

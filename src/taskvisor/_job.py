@@ -46,6 +46,7 @@ class Job:
         "kwargs",
         "name",
         "ran",
+        "record",
         "returned",
         "running",
         "shared",
@@ -94,6 +95,9 @@ class Job:
         # done-callback is the job itself, no partial per task)
         self.sink: Sink | None = None
         self.worker: str | None = None
+        # the supervisor's record of the task (its reports find it without a lookup by
+        # name, which may name a newer task by then)
+        self.record: Any = None
 
     def __call__(self, t: asyncio.Task[Any]) -> None:
         """The done-callback of the asyncio Task running this job: report how it ended."""
