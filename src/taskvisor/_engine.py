@@ -333,7 +333,7 @@ class Engine:
                     try:
                         self._on_done(job, result)
                     except Exception as exc:  # a taskvisor bug: the task fails loudly
-                        self._internal_error(job.name, exc, job=job)
+                        self._internal_error(job.name, exc, job=job, rec=job.record)
                     return
             finally:
                 self._engine.release()
@@ -358,7 +358,7 @@ class Engine:
                     try:
                         self._on_done(what, arg)
                     except Exception as exc:  # a taskvisor bug: fail the task loudly, go on
-                        self._internal_error(what.name, exc, job=what)
+                        self._internal_error(what.name, exc, job=what, rec=what.record)
             finally:
                 if self._burst:
                     self._burst = False
