@@ -1072,3 +1072,23 @@ async def test_an_item_whose_repr_raises_still_gets_its_dependency_error() -> No
     res = report["r"]
     assert res.state is tv.State.SKIPPED and isinstance(res.error, tv.DependencyError)
     assert "repr failed" in str(res.error)
+
+
+def test_a_result_reference_is_not_iterable() -> None:
+    """``ref[key]`` projects a reference; before ``__iter__`` refused, that made a reference
+    iterable by the old protocol (ref[0], ref[1], ... for ever): ``Task(f,
+    requires=a.output)`` or ``Supervisor(aloops=a.output)`` never returned and filled the
+    memory (the fuzz found it: the test worker was killed at 24 GB)."""
+    a = tv.Task(noop, name="a")
+    with raises(TypeError, "<output of 'a'>", "cannot be iterated", "ref[key]"):
+        iter(a.output)
+    with raises(TypeError, "<output of 'a'['k']>", "cannot be iterated"):
+        list(a.output["k"])
+    with pytest.raises(TypeError):
+        _ = "x" in a.output
+    with raises(tv.SpecError, "requires must be an iterable", "<output of 'a'>"):
+        tv.Task(noop, requires=a.output)
+    with raises(tv.SpecError, "claims must be an iterable"):
+        tv.Task(noop, claims=a.output.map(str))
+    with raises(tv.SpecError, "aloops must be an iterable of names", "<output of 'a'>"):
+        tv.Supervisor(aloops=a.output)

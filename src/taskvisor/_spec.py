@@ -16,7 +16,7 @@ import itertools
 import math
 import reprlib
 import types
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._errors import SpecError
@@ -119,6 +119,15 @@ class ResultRef(Generic[T]):
 
     def __getitem__(self, key: Any) -> ResultRef[Any]:
         return ResultRef(self._name, (*self._steps, ("item", key)))
+
+    def __iter__(self) -> Iterator[Any]:
+        # (without it, ``__getitem__`` made a reference iterable: ref[0], ref[1], ... for
+        # ever, so ``list(ref)``, ``x in ref`` or a ref passed where names are expected
+        # never returned and filled the memory)
+        raise TypeError(
+            f"{self!r} is a reference to a value that does not exist yet: it cannot be "
+            "iterated; project it with ref[key] or ref.map(f)"
+        )
 
     def map(self, fn: Callable[[T], R]) -> ResultRef[R]:
         """A reference to ``fn(value)``, computed just before dispatch."""
