@@ -132,9 +132,11 @@ class TaskRes(NamedTuple, Generic[T]):
 class RunReport:
     """The results of a batch (or of everything so far): iterable of :class:`TaskRes`.
 
-    ``results`` in the order they ended, ``started`` (when the batch or the report began,
-    a datetime), ``elapsed`` (seconds), ``pending`` (names of tasks not ended yet: an
-    interim report's). ``report[name]`` is one task's result; ``str(report)`` a table.
+    ``results``: in submission order for a batch (``gather``) and for ``aclose()``'s
+    report, in the order they ended for ``sup.report()``; ``started`` (when the batch or
+    the report began, a datetime), ``elapsed`` (seconds), ``pending`` (names of tasks not
+    ended yet: an interim report's). ``report[name]`` is one task's result;
+    ``str(report)`` a table.
     """
 
     results: tuple[TaskRes[Any], ...]
