@@ -829,6 +829,7 @@ class Engine:
             keep_slot=keep_slot,
             now=now,
             admit=not burst,
+            record=rec,
         )
         if instrs or not burst:
             self._execute(instrs)

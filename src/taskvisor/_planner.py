@@ -653,6 +653,7 @@ class Planner:
         keep_slot: bool = False,
         now: float = 0.0,
         admit: bool = True,
+        record: _T | None = None,
     ) -> list[Instruction]:
         """A running task ended: ``DONE``, ``FAILED`` or ``CANCELLED``.
 
@@ -663,10 +664,12 @@ class Planner:
         ``admit=False``: the caller finishes a burst of tasks and then calls
         :meth:`admit_queued` once (what fits is admitted then, in tier order, with every
         slot the burst freed; any other event admits it earlier).
+        ``record``: the task's record, when the caller holds it (no lookup by name: the
+        supervisor's records are the planner's, see ``submit(records=)``).
         """
         if now > self._now:  # (self._clock, inline: this runs once per task)
             self._now = now
-        t = self._tasks[name]
+        t = self._tasks[name] if record is None else record
         if state is not _DONE and state is not _FAILED and state is not _CANCELLED:
             raise PlannerBug(f"finish({name!r}) with non-final state {state}")
         self._move(t, state)
