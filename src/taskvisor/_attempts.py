@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, Final
 
-from ._job import Job, Outcome
+from ._job import _OK, Job, Outcome
 from .abc import CancelResult
 
 if TYPE_CHECKING:
@@ -63,9 +63,10 @@ class Act(enum.Enum):
 ENDS = frozenset({Act.DONE, Act.FAILED, Act.TIMED_OUT, Act.CANCELLED, Act.ABANDONED})
 
 # read on every task's report, as constants (see taskvisor._planner's: on Python 3.11 an
-# enum member read off its class costs ~75 ns, a global ~7)
-_OK: Final = Outcome.OK
-_DONE: Final = Act.DONE
+# enum member read off its class costs ~75 ns, a global ~7); the engine imports them
+_NOTHING: Final = Act.NOTHING
+_RELEASE: Final = Act.RELEASE
+_ACT_DONE: Final = Act.DONE
 
 
 class Attempts:
@@ -152,7 +153,7 @@ class Attempts:
             job.cancelled = TIMEOUT
             outcome = Outcome.CANCELLED
         if outcome is _OK:  # it finished: a cancel or timeout that came late loses
-            return _DONE
+            return _ACT_DONE
         if outcome is Outcome.CANCELLED:
             if job.cancelled == TIMEOUT:  # the attempt really stopped: try again?
                 return Act.RETRY if self.attempts <= spec.retries else Act.TIMED_OUT

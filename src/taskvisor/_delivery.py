@@ -16,15 +16,15 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 from ._attempts import Attempts
 from ._clock import TimerHandle
 from ._errors import SpecError
 from ._job import Job
 from ._log import logger
+from ._planner import _DONE, State
 from ._planner import _T as PlannerRecord
-from ._planner import State
 from ._result import TaskRes
 from ._spec import Task, safe_repr
 
@@ -298,9 +298,6 @@ class ResultStream:
         if self._left == 0:
             self._wake()  # other readers waiting for more: there is no more
         return self._items.popleft()
-
-
-_DONE: Final = State.DONE  # (read per task: see taskvisor._planner's enum constants)
 
 
 def log_result(res: TaskRes[Any]) -> None:

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
-from ._attempts import TIMEOUT, Act
+from ._attempts import _ACT_DONE, _NOTHING, _RELEASE, TIMEOUT, Act
 from ._clock import Clock, SystemClock, TimerHandle
 from ._config import Config
 from ._delivery import Record, TaskInfo, log_result
@@ -52,8 +52,10 @@ from ._errors import (
 )
 from ._executors import Inbox, Job, Outcome, Result, ThreadPool
 from ._gates import Gates
+from ._job import _OK, _STARTED
 from ._log import logger
 from ._planner import (
+    _DONE,
     Alarm,
     Cancel,
     Dispatch,
@@ -120,16 +122,10 @@ class SupervisorState(enum.Enum):
     CLOSED = "closed"
 
 
-# enum members read on every task's path, as constants (see _planner's: on Python 3.11,
-# ``Act.DONE`` costs ~75 ns, a global ~7)
+# read on every task's path, as constants (see _planner's: on Python 3.11 reading an enum
+# member off its class costs ~75 ns, a global ~7; the others come from their modules)
 _SUP_RUNNING: Final = SupervisorState.RUNNING
 _SUP_CLOSING: Final = SupervisorState.CLOSING
-_OK: Final = Outcome.OK
-_STARTED: Final = Outcome.STARTED
-_NOTHING: Final = Act.NOTHING
-_RELEASE: Final = Act.RELEASE
-_ACT_DONE: Final = Act.DONE
-_DONE: Final = State.DONE
 
 # work queued to the loop by other threads: tell listeners, run instructions, call hooks
 _NOTIFY, _EXECUTE, _CALL, _DEFERRED = object(), object(), object(), object()
@@ -1012,7 +1008,7 @@ class Engine:
         )
 
     def _check_quiet(self) -> None:
-        if self.state is _SUP_CLOSING and self._quiet is not None and (self._idle_except_waiting()):
+        if self.state is _SUP_CLOSING and self._quiet is not None and self._idle_except_waiting():
             self._quiet.set()
 
 

@@ -30,7 +30,7 @@ from importlib import metadata
 from typing import Any, Final
 
 from ._errors import ClosedError, SpecError, WorkerCrashed
-from ._job import Job, Outcome, Result, Sink
+from ._job import _OK, Job, Outcome, Result, Sink
 from ._log import logger
 from ._result import ExceptionInfo
 from ._worker import decode, run_pickled
@@ -112,7 +112,6 @@ class Inbox:
 
 
 _Coroutine = types.CoroutineType
-_OK: Final = Outcome.OK  # (read per task: see taskvisor._planner's enum constants)
 
 
 def _call(job: Job) -> Any:

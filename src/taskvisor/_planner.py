@@ -125,14 +125,13 @@ _TERMINAL = frozenset({_DONE, _FAILED, _SKIPPED, _CANCELLED})
 _NOT_RUN = (_SKIPPED, _CANCELLED)
 _RAN = frozenset({_QUEUED, _RUNNING, _DONE, _FAILED})
 _LIVE_STATES = (_NEW, _WAITING, _DELAYED, _LOCKED, _QUEUED, _RUNNING)
-_S = State
 _MOVES: dict[State, frozenset[State]] = {
-    _S.NEW: frozenset({_S.WAITING, _S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
-    _S.WAITING: frozenset({_S.DELAYED, _S.LOCKED, _S.QUEUED, *_NOT_RUN}),
-    _S.DELAYED: frozenset({_S.LOCKED, _S.QUEUED, *_NOT_RUN}),
-    _S.LOCKED: frozenset({_S.QUEUED, *_NOT_RUN}),
-    _S.QUEUED: frozenset({_S.RUNNING, *_NOT_RUN}),
-    _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.CANCELLED}),
+    _NEW: frozenset({_WAITING, _DELAYED, _LOCKED, _QUEUED, *_NOT_RUN}),
+    _WAITING: frozenset({_DELAYED, _LOCKED, _QUEUED, *_NOT_RUN}),
+    _DELAYED: frozenset({_LOCKED, _QUEUED, *_NOT_RUN}),
+    _LOCKED: frozenset({_QUEUED, *_NOT_RUN}),
+    _QUEUED: frozenset({_RUNNING, *_NOT_RUN}),
+    _RUNNING: frozenset({_DONE, _FAILED, _CANCELLED}),
 }
 
 
