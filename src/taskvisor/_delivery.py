@@ -19,7 +19,6 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 from ._attempts import Attempts
-from ._clock import TimerHandle
 from ._errors import SpecError
 from ._job import Job
 from ._log import logger
@@ -45,7 +44,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-NO_KWARGS: dict[str, Any] = {}  # a pending record's placeholder, never passed to a call
 Listener = Callable[[TaskRes[Any]], None]
 
 
@@ -79,19 +77,15 @@ class Record(PlannerRecord, Attempts):
     every long-lived object per task costs its share of each full cyclic-GC pass)."""
 
     __slots__ = (
-        "args",
         "attempts",
         "fut",
         "job",
-        "kwargs",
         "listeners",
         "res",
         "run_time",
-        "shared_in",
         "started",
         "submitted",
         "target",
-        "timer",
         "waiter",
     )
 
@@ -109,13 +103,10 @@ class Record(PlannerRecord, Attempts):
         self.fut: asyncio.Future[TaskRes[Any]] | None = None
         # who wants the TaskRes: None, one callable, or a list of them (one is the usual)
         self.listeners: Listener | list[Listener] | None = None
-        # what it received (set at dispatch; None before: no dict per pending task)
-        self.shared_in: dict[str, Any] | None = None
+        # the running attempt, from its dispatch until the task ends: what it received
+        # (``shared_in``), its call and its deadline live there, not in four slots of
+        # every pending task (issue 13: W5)
         self.job: Job | None = None
-        self.timer: TimerHandle | None = None
-        # the call, references substituted, for every attempt (set at dispatch)
-        self.args: tuple[Any, ...] = ()
-        self.kwargs: dict[str, Any] = NO_KWARGS
         # set when the TaskRes is there, for threads blocked in TaskHandle.result()
         self.waiter: threading.Event | None = None
 

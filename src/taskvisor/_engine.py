@@ -614,7 +614,6 @@ class Engine:
             pres = prec.res
             if pres is not None and pres.shared:
                 shared.update(pres.shared)
-        rec.shared_in = shared
         args, kwargs = spec.args, spec.kwargs
         if spec.refs:
             # (the parents' values by name: output references name parents, and a
@@ -630,25 +629,29 @@ class Engine:
                 rec.started = now
                 self._finish(rec, State.FAILED, None, shared, ExceptionInfo.from_exc(exc), None)
                 return
-        rec.args, rec.kwargs = args, kwargs
         rec.started = now
         self._running[rec.target] = self._running.get(rec.target, 0) + 1
-        self._launch(rec)
+        self._launch(rec, args, kwargs, shared)
 
-    def _launch(self, rec: Record) -> None:
-        """Start one attempt. Each attempt is a new Job with its own copy of ``shared``: a
-        failed attempt's writes must not reach a retry, nor its late reports the next one."""
+    def _launch(
+        self, rec: Record, args: tuple[Any, ...], kwargs: dict[str, Any], shared: dict[str, Any]
+    ) -> None:
+        """Start one attempt of the call ``args``/``kwargs`` (references substituted), which
+        received ``shared``. Each attempt is a new Job with its own copy of ``shared``: a
+        failed attempt's writes must not reach a retry, nor its late reports the next one.
+        A retry takes the call and ``shared_in`` of the attempt before it."""
         spec = rec.spec
         job = Job(
             spec.name,
             spec.fn,
-            rec.args,
-            rec.kwargs,
-            dict(rec.shared_in or ()) if spec.wants_shared else None,
+            args,
+            kwargs,
+            dict(shared) if spec.wants_shared else None,
             rec.target,
             spec,
         )
         job.record = rec
+        job.shared_in = shared
         target = rec.target
         ex = self._executors[target]
         arm = rec.begin(job, ex.reports_start)
@@ -668,9 +671,9 @@ class Engine:
         """The attempt's deadline: ``timeout`` after it began (when a worker reported it
         began, or now)."""
         assert rec.spec.timeout is not None
-        if rec.timer is not None:
-            rec.timer.cancel()
-        rec.timer = self._clock.call_at(
+        if job.timer is not None:
+            job.timer.cancel()
+        job.timer = self._clock.call_at(
             self._loop_or_raise(),
             (self._now() if began is None else began) + rec.spec.timeout,
             lambda: self._on_timeout(rec, job),
@@ -682,7 +685,7 @@ class Engine:
 
     def _timed_out(self, rec: Record, job: Job) -> None:
         if rec.timed_out(job) is not None:
-            rec.timer = None
+            job.timer = None
             self._event(job.name, "timed out", f"attempt {job.attempt}")
             self._cancel_job(rec, job)
 
@@ -746,9 +749,9 @@ class Engine:
                 logger.info("abandoned task %r returned (%s)", rec.spec.name, outcome.value)
                 self._execute(self._planner.release(rec.spec.name, now=self._now()))
             return
-        if rec.timer is not None:
-            rec.timer.cancel()
-            rec.timer = None
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
         now = self._now()
         if job.ran is None or not self._real_clock:
             rec.run_time += now - job.started
@@ -771,7 +774,7 @@ class Engine:
                     "%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc
                 )
                 self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
-            self._launch(rec)
+            self._launch(rec, job.args, job.kwargs, job.shared_in or {})
         elif act is Act.TIMED_OUT:
             assert spec.timeout is not None
             err = TaskTimeout(spec.name, spec.timeout)
@@ -797,11 +800,13 @@ class Engine:
         keep_slot: bool = False,
     ) -> None:
         spec = rec.spec
-        if rec.timer is not None:
-            rec.timer.cancel()
-            rec.timer = None
-        if rec.job is not None and not keep_slot:
-            self._running[rec.target] -= 1
+        job = rec.job
+        if job is not None:
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+            if not keep_slot:
+                self._running[rec.target] -= 1
         deps_ok = locks_ok = False
         if excinfo is not None and isinstance(excinfo.val, TaskFailError):
             deps_ok, locks_ok = excinfo.val.deps_ok, excinfo.val.locks_ok
@@ -812,8 +817,10 @@ class Engine:
             self._lock_releasing.discard(spec.name)
         if spec.wants_shared and shared is not None:
             out_shared = shared
-        else:
-            out_shared = rec.shared_in if rec.shared_in is not None else {}
+        elif job is not None and job.shared_in is not None:
+            out_shared = job.shared_in  # what it received
+        else:  # (never launched: what it received, if anything)
+            out_shared = shared if shared is not None else {}
         now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
         burst = self._burst  # (admission comes once, after the burst: see _drain)
@@ -835,7 +842,7 @@ class Engine:
             rec,
             state,
             None,
-            rec.shared_in if rec.shared_in is not None else {},
+            {},  # (it never ran: it received nothing)
             ExceptionInfo(type(error), error, None),
             None,
             self._now(),

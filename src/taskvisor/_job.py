@@ -50,10 +50,12 @@ class Job:
         "returned",
         "running",
         "shared",
+        "shared_in",
         "sink",
         "started",
         "target",
         "task",
+        "timer",
         "watch",
         "worker",
     )
@@ -98,6 +100,11 @@ class Job:
         # the supervisor's record of the task (its reports find it without a lookup by
         # name, which may name a newer task by then)
         self.record: Any = None
+        # what the task received (its parents' and the supervisor's ``shared``): each
+        # attempt's ``shared`` is a copy of it, and an end without one reports it
+        self.shared_in: dict[str, Any] | None = None
+        # the attempt's deadline (the supervisor's clock), while it is armed
+        self.timer: Any = None
 
     def __call__(self, t: asyncio.Task[Any]) -> None:
         """The done-callback of the asyncio Task running this job: report how it ended."""
