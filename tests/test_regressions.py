@@ -103,6 +103,32 @@ async def test_a_retry_does_not_see_the_failed_attempts_writes() -> None:
     assert res.ok and res.shared == {"base": 0, "partial": 2}
 
 
+async def test_each_attempt_gets_the_substituted_call_and_what_the_task_received() -> None:
+    """A retry is started from the attempt before it (its call, references substituted,
+    and the ``shared`` the task received live in the running Job, not in the record)."""
+    calls: list[tuple[Any, ...]] = []
+
+    def parent(shared: dict[str, Any]) -> int:
+        shared["from_parent"] = 1
+        return 41
+
+    def flaky(x: int, *, k: int) -> int:
+        calls.append((x, k))
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+        return x + k
+
+    a = tv.Task(parent, name="a")
+    b = tv.Task(flaky, (a.output,), {"k": a.output.map(lambda v: v - 40)}, name="b", retries=2)
+    async with tv.Supervisor(shared={"base": 0}) as sup:
+        report = await sup.gather([a, b])
+    res = report["b"]
+    assert res.ok and res.ret == 42 and res.attempts == 3
+    assert calls == [(41, 1)] * 3
+    # a task that does not take ``shared`` reports what it received
+    assert res.shared == {"base": 0, "from_parent": 1}
+
+
 class Point(NamedTuple):
     x: int
     y: int
