@@ -367,3 +367,37 @@ def test_each_slot_setter_sets_its_own_slot() -> None:
     for name in _spec.Task.__slots__:
         setter = getattr(_spec, f"_set_{name}")
         assert setter.__self__ is _spec.Task.__dict__[name], name
+
+
+def test_rarely_set_options_live_in_one_shared_object() -> None:
+    """priority ... uses are read off the Task as ever, but held by an Options object
+    that Tasks setting none of them (or the same plain values) share: one slot per
+    Task, not eight (issue 13, W5)."""
+    from taskvisor import _spec
+
+    noop = local_named_shared
+    plain, other = tv.Task(noop), tv.Task(noop, name="x", runs_on="thread")
+    assert plain._opts is other._opts is _spec._DEFAULTS
+    assert (plain.priority, plain.weight, plain.timeout, plain.retries, plain.delay) == (
+        0.0,
+        1,
+        None,
+        0,
+        0.0,
+    )
+    assert plain.resources == {} and plain.claims == plain.uses == frozenset()
+    a = tv.Task(noop, timeout=5, retries=2, claims="db", tier="high")
+    b = tv.Task(noop, timeout=5.0, retries=2, claims=["db"])
+    assert a._opts is b._opts and a.tier is not b.tier  # (the tier is the Task's own)
+    assert (a.timeout, a.retries, a.claims) == (5.0, 2, frozenset({"db"}))
+    # a Task whose options change is checked and built anew, sharing nothing it should not
+    c = a.replace(timeout=7)
+    assert c.timeout == 7.0 and a.timeout == 5.0 and c.claims == a.claims
+    # resources are a dict: never shared, so one Task's cannot become another's
+    r1, r2 = tv.Task(noop, resources={"gpu": 1}), tv.Task(noop, resources={"gpu": 1})
+    assert r1._opts is not r2._opts and r1.resources is not r2.resources
+    # items that compare equal but differ (1 and True) are not folded into one object
+    one, true = tv.Task(noop, claims=[1]), tv.Task(noop, claims=[True])
+    assert [type(x) for x in one.claims] == [int] and [type(x) for x in true.claims] == [bool]
+    with pytest.raises(AttributeError):
+        a.timeout = 1  # type: ignore[misc]

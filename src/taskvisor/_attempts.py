@@ -97,7 +97,7 @@ class Attempts:
         self.job = job
         self.attempts += 1
         job.attempt = self.attempts
-        if self.spec.timeout is None:
+        if self.spec._opts.timeout is None:
             return False
         if reports_start:
             job.watch = True  # the deadline runs from when a worker really starts it
@@ -141,8 +141,8 @@ class Attempts:
             return Act.RELEASE
         if self.job is not job or self.res is not None:
             return Act.NOTHING
-        spec = self.spec
-        timeout = spec.timeout
+        opts = self.spec._opts
+        timeout = opts.timeout
         if (
             timeout is not None
             and job.ended is not None
@@ -156,8 +156,8 @@ class Attempts:
             return _ACT_DONE
         if outcome is Outcome.CANCELLED:
             if job.cancelled == TIMEOUT:  # the attempt really stopped: try again?
-                return Act.RETRY if self.attempts <= spec.retries else Act.TIMED_OUT
+                return Act.RETRY if self.attempts <= opts.retries else Act.TIMED_OUT
             return Act.CANCELLED
-        if retryable and job.cancelled is None and self.attempts <= spec.retries:
+        if retryable and job.cancelled is None and self.attempts <= opts.retries:
             return Act.RETRY
         return Act.FAILED

@@ -61,7 +61,7 @@ from ._errors import (
     SpecError,
     TaskCancelled,
 )
-from ._spec import _PLAIN_ITEMS, OutputItem, Tier, safe_repr
+from ._spec import _PLAIN_ITEMS, Options, OutputItem, Tier, safe_repr
 
 __all__ = [
     "Alarm",
@@ -164,6 +164,8 @@ class Spec(Protocol):
     def runs_on(self) -> str | None: ...
     @property
     def delay(self) -> float: ...
+    @property
+    def _opts(self) -> Options: ...  # (the rarely set options, read on per-task paths)
 
 
 # ---------------------------------------------------------------- instructions
@@ -302,9 +304,10 @@ class _T:
 
     @property
     def locks(self) -> Iterable[tuple[Hashable, bool]]:
-        for r in self.spec.claims:
+        opts = self.spec._opts
+        for r in opts.claims:
             yield r, True
-        for r in self.spec.uses:
+        for r in opts.uses:
             yield r, False
 
     def __repr__(self) -> str:
@@ -373,10 +376,11 @@ class _TierQueue:
 
     def push(self, t: _T) -> None:
         fifo = self.fifo
-        if t.spec.priority == 0.0 and (not fifo or fifo[-1].seq < t.seq):
+        priority = t.spec._opts.priority
+        if priority == 0.0 and (not fifo or fifo[-1].seq < t.seq):
             fifo.append(t)
         else:
-            heapq.heappush(self.heap, (t.spec.priority, t.seq, t))
+            heapq.heappush(self.heap, (priority, t.seq, t))
 
     def head(self) -> _T | None:
         """The first task still QUEUED, or None."""
@@ -680,7 +684,8 @@ class Planner:
         else:
             self._free(t)
         ok = state is _DONE
-        has_locks = bool(spec.claims or spec.uses)
+        opts = spec._opts
+        has_locks = bool(opts.claims or opts.uses)
         stuck = []
         if has_locks:
             release = ok or state is _CANCELLED or locks_ok
@@ -958,18 +963,19 @@ class Planner:
 
     def _enter(self, t: _T, sealed: bool) -> None:
         spec = t.spec
+        opts = spec._opts
         # the delay counts from submission (no new float when there is none)
-        t.due = self._now + spec.delay if spec.delay else self._now
+        t.due = self._now + opts.delay if opts.delay else self._now
         if t.state is not _NEW:  # skipped already by a cascade within the batch
             return
-        if self.pool_size or spec.resources:  # (else nothing can be too big: no call)
+        if self.pool_size or opts.resources:  # (else nothing can be too big: no call)
             err = self._never_fits(t)
             if err is not None:
                 self._end(t, _SKIPPED, err)
                 return
         if not spec.dependencies:
             # the usual: ready now; no delay and no lock go straight to the queue
-            if t.due <= self._now and not spec.claims and not spec.uses:
+            if t.due <= self._now and not opts.claims and not opts.uses:
                 self._queue(t)  # (_ready -> _to_locks -> _queue, two calls less)
             else:
                 self._ready(t)
@@ -1008,18 +1014,19 @@ class Planner:
 
     def _never_fits(self, t: _T) -> NotRunError | None:
         spec = t.spec
+        opts = spec._opts
         if self.pool_size:
             limit = self.tier_limit(spec.tier)
-            if limit is not None and spec.weight > limit:
-                return CapacityError(t.name, spec.weight, limit)
-        if not spec.resources:
+            if limit is not None and opts.weight > limit:
+                return CapacityError(t.name, opts.weight, limit)
+        if not opts.resources:
             return None
         if spec.runs_on in self.elsewhere:
             short = dict(self.elsewhere[spec.runs_on](spec))
         else:
             short = {
                 k: v - self.capacity.get(k, 0.0)
-                for k, v in spec.resources.items()
+                for k, v in opts.resources.items()
                 if v > self.capacity.get(k, 0.0)
             }
         if short:
@@ -1041,8 +1048,8 @@ class Planner:
         self._to_locks(t)
 
     def _to_locks(self, t: _T) -> None:
-        spec = t.spec
-        if not spec.claims and not spec.uses:
+        opts = t.spec._opts
+        if not opts.claims and not opts.uses:
             self._queue(t)
             return
         for r, excl in t.locks:
@@ -1052,7 +1059,7 @@ class Planner:
                 self._end(t, _SKIPPED, LockError(t.name, r, lock.stuck[0].name))
                 return
         self._move(t, _LOCKED)
-        t.lock_missing = len(spec.claims) + len(spec.uses)
+        t.lock_missing = len(opts.claims) + len(opts.uses)
         for r, excl in t.locks:
             lock = self._locks.get(r)
             if lock is None:
@@ -1177,16 +1184,17 @@ class Planner:
 
     def _fits(self, t: _T) -> bool:
         spec = t.spec
+        opts = spec._opts
         if spec.tier is not _CRITICAL:
             if self.gate_closed:
                 return False
             limit = self.tier_limit(spec.tier)
-            if limit is not None and self.busy + spec.weight > limit:
+            if limit is not None and self.busy + opts.weight > limit:
                 return False
-        if not spec.resources or spec.runs_on in self.elsewhere:
+        if not opts.resources or spec.runs_on in self.elsewhere:
             return True
         used, cap = self.used, self.capacity
-        return all(used.get(k, 0.0) + v <= cap.get(k, 0.0) for k, v in spec.resources.items() if v)
+        return all(used.get(k, 0.0) + v <= cap.get(k, 0.0) for k, v in opts.resources.items() if v)
 
     def _start(self, t: _T) -> None:
         spec = t.spec
@@ -1194,12 +1202,13 @@ class Planner:
             self._running_specs[t.name] = spec
         self.stats.queued_by_tier[spec.tier] -= 1
         self._move(t, _RUNNING)
+        opts = spec._opts
         if spec.tier is not _CRITICAL:
-            self.busy += spec.weight
-        if spec.resources and spec.runs_on not in self.elsewhere:
-            for k, v in spec.resources.items():
+            self.busy += opts.weight
+        if opts.resources and spec.runs_on not in self.elsewhere:
+            for k, v in opts.resources.items():
                 self.used[k] = self.used.get(k, 0.0) + v
-        if spec.claims or spec.uses:
+        if opts.claims or opts.uses:
             for r, excl in t.locks:
                 lock = self._locks[r]
                 lock.granted.discard(t)
@@ -1222,10 +1231,11 @@ class Planner:
             self._running_specs.pop(t.name, None)
             if self._rule_held:
                 self._reoffer()
+        opts = spec._opts
         if spec.tier is not _CRITICAL:
-            self.busy -= spec.weight
-        if spec.resources and spec.runs_on not in self.elsewhere:
-            for k, v in spec.resources.items():
+            self.busy -= opts.weight
+        if opts.resources and spec.runs_on not in self.elsewhere:
+            for k, v in opts.resources.items():
                 self.used[k] = self.used.get(k, 0.0) - v
 
     # ------------------------------------------------------------ forgetting ended tasks
@@ -1372,7 +1382,7 @@ class Planner:
         t.finish_seq = next(self._finish_seq)
         if was is _QUEUED:
             self.stats.queued_by_tier[t.spec.tier] -= 1
-        if was in (_LOCKED, _QUEUED) and (t.spec.claims or t.spec.uses):
+        if was in (_LOCKED, _QUEUED) and (t.spec._opts.claims or t.spec._opts.uses):
             # granted or still in the FIFO, it may have held back later waiters: let them on
             # (a FIFO drops settled entries lazily, so advancing is all it takes)
             for r, _excl in t.locks:

@@ -241,26 +241,19 @@ class Task(Generic[T]):
     """
 
     __slots__ = (
+        "_opts",
         "args",
-        "claims",
-        "delay",
         "dependencies",
         "fn",
         "is_coroutine",
         "kwargs",
         "name",
-        "priority",
         "provides",
         "refs",
         "requires",
-        "resources",
-        "retries",
         "runs_on",
         "tier",
-        "timeout",
-        "uses",
         "wants_shared",
-        "weight",
     )
 
     fn: Callable[..., Any]
@@ -269,16 +262,11 @@ class Task(Generic[T]):
     name: str
     requires: frozenset[Hashable]
     provides: frozenset[Hashable]
-    claims: frozenset[Hashable]
-    uses: frozenset[Hashable]
     tier: Tier
-    priority: float
     runs_on: str | None
-    weight: int
-    resources: dict[str, float]
-    timeout: float | None
-    retries: int
-    delay: float
+    # priority, weight, resources, timeout, retries, delay, claims and uses: properties
+    # over one shared Options object (see Options)
+    _opts: Options
     is_coroutine: bool
     wants_shared: bool
     refs: frozenset[str]
@@ -365,8 +353,6 @@ class Task(Generic[T]):
                 _check_namespaces(name, odd, requires, provides, claims, uses, refs)
         _set_requires(self, requires)
         _set_provides(self, provides)
-        _set_claims(self, claims)
-        _set_uses(self, uses)
         if claims and uses:
             try:
                 both = claims & uses
@@ -378,15 +364,10 @@ class Task(Generic[T]):
                 raise _bad(name, f"{', '.join(map(safe_repr, both))} in both claims and uses")
         if len(opts) == ("name" in opts) + ("runs_on" in opts):  # the usual: no other option
             _set_tier(self, _NORMAL)
-            _set_priority(self, 0.0)
             _set_runs_on(self, _runs_on(name, opts.get("runs_on")))
-            _set_weight(self, 1)
-            _set_resources(self, _NO_RESOURCES)
-            _set_timeout(self, None)
-            _set_retries(self, 0)
-            _set_delay(self, 0.0)
+            _set__opts(self, _DEFAULTS)
         else:
-            self._options(name, opts)
+            self._options(name, opts, claims, uses)
         is_coroutine, wants_shared = _fn_traits(fn)
         _set_is_coroutine(self, is_coroutine)
         _set_wants_shared(self, wants_shared)
@@ -400,23 +381,22 @@ class Task(Generic[T]):
             dependencies = requires
         _set_dependencies(self, dependencies)
 
-    def _options(self, name: str, opts: Mapping[str, Any]) -> None:
+    def _options(
+        self,
+        name: str,
+        opts: Mapping[str, Any],
+        claims: frozenset[Hashable],
+        uses: frozenset[Hashable],
+    ) -> None:
         """Check and set the scalar options (``tier`` ... ``delay``); defaults for the rest."""
         get = opts.get
         _set_tier(self, _tier(name, opts["tier"]) if "tier" in opts else Tier.NORMAL)
-        _set_priority(
-            self,
-            _float(name, "priority", opts["priority"]) if "priority" in opts else 0.0,
-        )
+        priority = _float(name, "priority", opts["priority"]) if "priority" in opts else 0.0
         _set_runs_on(self, _runs_on(name, get("runs_on")))
-        _set_weight(self, _count(name, "weight", opts["weight"]) if "weight" in opts else 1)
+        weight = _count(name, "weight", opts["weight"]) if "weight" in opts else 1
         resources = get("resources")
-        _set_resources(
-            self,
-            _NO_RESOURCES
-            if resources is None
-            else resource_map(resources, prefix=f"task {name!r}: ") or _NO_RESOURCES,
-        )
+        if resources is not None:
+            resources = resource_map(resources, prefix=f"task {name!r}: ") or _NO_RESOURCES
         timeout = get("timeout")
         if timeout is not None:
             timeout = _float(name, "timeout", timeout)
@@ -426,12 +406,55 @@ class Task(Generic[T]):
                 )
             if math.isinf(timeout):
                 timeout = None  # as in anyio: an infinite deadline is no deadline
-        _set_timeout(self, timeout)
-        _set_retries(self, _count(name, "retries", opts["retries"]) if "retries" in opts else 0)
+        retries = _count(name, "retries", opts["retries"]) if "retries" in opts else 0
         delay = _float(name, "delay", opts["delay"]) if "delay" in opts else 0.0
         if not 0 <= delay < math.inf:
             raise _bad(name, f"delay must be a finite number >= 0, got {safe_repr(opts['delay'])}")
-        _set_delay(self, delay)
+        _set__opts(
+            self,
+            _options_of(
+                priority,
+                weight,
+                _NO_RESOURCES if resources is None else resources,
+                timeout,
+                retries,
+                delay,
+                claims,
+                uses,
+            ),
+        )
+
+    @property
+    def priority(self) -> float:
+        return self._opts.priority
+
+    @property
+    def weight(self) -> int:
+        return self._opts.weight
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return self._opts.resources
+
+    @property
+    def timeout(self) -> float | None:
+        return self._opts.timeout
+
+    @property
+    def retries(self) -> int:
+        return self._opts.retries
+
+    @property
+    def delay(self) -> float:
+        return self._opts.delay
+
+    @property
+    def claims(self) -> frozenset[Hashable]:
+        return self._opts.claims
+
+    @property
+    def uses(self) -> frozenset[Hashable]:
+        return self._opts.uses
 
     def kw_values(self) -> tuple[Any, ...]:
         """The keyword arguments' values, in order (where ``output`` references hide)."""
@@ -462,27 +485,94 @@ class Task(Generic[T]):
 # ``setattr``): 17 ``object.__setattr__(self, name, value)`` calls took ~1.1 µs of each
 # ``Task()``, the descriptors ~0.7 µs (timeit, CPython 3.11), and every task builds one.
 (
+    _set__opts,
     _set_args,
-    _set_claims,
-    _set_delay,
     _set_dependencies,
     _set_fn,
     _set_is_coroutine,
     _set_kwargs,
     _set_name,
-    _set_priority,
     _set_provides,
     _set_refs,
     _set_requires,
-    _set_resources,
-    _set_retries,
     _set_runs_on,
     _set_tier,
-    _set_timeout,
-    _set_uses,
     _set_wants_shared,
-    _set_weight,
 ) = (cast(Any, Task.__dict__[_slot]).__set__ for _slot in Task.__slots__)
+
+
+class Options:
+    """A task's options that most tasks leave at their defaults: ``priority``,
+    ``weight``, ``resources``, ``timeout``, ``retries``, ``delay``, ``claims``, ``uses``
+    (read them off the Task: ``task.timeout``).
+
+    Every Task that sets none of them shares one Options object (``_DEFAULTS``), and
+    Tasks that set the same plain values share one too (a small cache: numbers and
+    string locks, no ``resources``), so they cost a Task one slot, not eight (64 bytes of
+    every pending task; issue 13, W5). The planner and the supervisor read them through
+    ``task._opts`` on their per-task paths (a slot read, not a property call). Never
+    changed once made.
+    """
+
+    __slots__ = (
+        "claims",
+        "delay",
+        "priority",
+        "resources",
+        "retries",
+        "timeout",
+        "uses",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        priority: float,
+        weight: int,
+        resources: dict[str, float],
+        timeout: float | None,
+        retries: int,
+        delay: float,
+        claims: frozenset[Hashable],
+        uses: frozenset[Hashable],
+    ) -> None:
+        self.priority = priority
+        self.weight = weight
+        self.resources = resources
+        self.timeout = timeout
+        self.retries = retries
+        self.delay = delay
+        self.claims = claims
+        self.uses = uses
+
+
+_DEFAULTS = Options(0.0, 1, _NO_RESOURCES, None, 0, 0.0, _NO_ITEMS, _NO_ITEMS)
+_SHARED_OPTIONS: dict[tuple[Any, ...], Options] = {}
+_SHARED_OPTIONS_MAX = 256  # distinct option sets shared; past that, each Task has its own
+
+
+def _options_of(
+    priority: float,
+    weight: int,
+    resources: dict[str, float],
+    timeout: float | None,
+    retries: int,
+    delay: float,
+    claims: frozenset[Hashable],
+    uses: frozenset[Hashable],
+) -> Options:
+    """The Options object for these values: a shared one when the values allow it."""
+    if resources or ((claims or uses) and not all(type(r) is str for r in (*claims, *uses))):
+        # (a resources dict is mutable, and items of other types may compare equal
+        # while they differ, 1 and True: such a Task gets an Options of its own)
+        return Options(priority, weight, resources, timeout, retries, delay, claims, uses)
+    key = (priority, weight, timeout, retries, delay, claims, uses)
+    opts = _SHARED_OPTIONS.get(key)
+    if opts is None:
+        opts = Options(priority, weight, resources, timeout, retries, delay, claims, uses)
+        if len(_SHARED_OPTIONS) < _SHARED_OPTIONS_MAX:
+            _SHARED_OPTIONS[key] = opts
+    return opts
 
 
 def task(**meta: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:

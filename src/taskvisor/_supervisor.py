@@ -959,7 +959,8 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
 def _plain_items(spec: Task[Any]) -> bool:
     """Are all its provides, claims and uses of plain types (no user ``__eq__`` that the
     planner's lookups could make raise)?"""
-    for group in (spec.provides, spec.claims, spec.uses):
+    opts = spec._opts
+    for group in (spec.provides, opts.claims, opts.uses):
         for item in group:
             if type(item) not in _PLAIN_ITEMS:
                 return False
