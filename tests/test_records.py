@@ -90,6 +90,34 @@ async def test_pending_tasks_cost_one_record_each_and_no_planner_record() -> Non
             assert (await h).ok
 
 
+async def test_a_gather_keeps_the_results_of_its_ended_tasks_not_their_records() -> None:
+    """A task of a ``gather`` that ended can be forgotten inside the batch (past the
+    ``result_buffer`` window): the gather keeps its ``TaskRes``, not its record, and still
+    returns every result in submission order."""
+    release = asyncio.Event()
+
+    async def last() -> str:
+        await release.wait()
+        return "last"
+
+    async with tv.Supervisor(aloops=(), result_buffer=1) as sup:
+        batch = [tv.Task(noop, name=f"t{i}", runs_on="main") for i in range(N)]
+        batch.insert(N // 2, tv.Task(last, name="last", runs_on="main"))
+        waiting = asyncio.ensure_future(sup.gather(batch))
+        for _ in range(10 * N):  # (each noop ends within a turn or two of the loop)
+            if sup.report().pending == ("last",):
+                break
+            await asyncio.sleep(0)
+        else:
+            pytest.fail(f"still pending: {sup.report().pending}")
+        # the N that ended: one record kept for result_buffer=1, and the pending one
+        assert _count(Record)[Record] == 2
+        release.set()
+        report = await waiting
+    assert [r.name for r in report] == [t.name for t in batch]
+    assert report["last"].ret == "last" and report.ok
+
+
 async def test_a_running_coroutine_has_no_wrapper_of_ours_beside_its_job() -> None:
     release = asyncio.Event()
     started = 0

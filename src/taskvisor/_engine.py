@@ -66,7 +66,7 @@ from ._planner import (
     Warn,
 )
 from ._result import ExceptionInfo, TaskRes
-from ._spec import substitute_call
+from ._spec import Task, substitute_call
 from .abc import Executor
 
 __all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "warn"]
@@ -86,26 +86,48 @@ def _any_thread(listeners: Any) -> bool:
 
 
 class Countdown:
-    """A batch's listener (``gather``): counts its tasks' ends and resolves ``done`` on
-    the loop when the last one ends. It may run on any thread, under the engine lock
-    (``_deliver`` then calls it right there instead of waking the loop per task)."""
+    """A batch's listener (``gather``): keeps each task's :class:`TaskRes` as it comes,
+    and resolves ``done`` on the loop when the last one has. It may run on any thread,
+    under the engine lock (``_deliver`` then calls it right there instead of waking the
+    loop per task).
 
-    __slots__ = ("done", "left", "loop", "tid")
+    It holds the records of the tasks still pending (``pending``, by name: a cancelled
+    ``gather`` cancels those), not of those that ended: an ended task's record can be
+    forgotten inside the batch, as any other, and a long ``gather`` does not keep a
+    record per task alive for the cyclic GC to walk until it returns (issue 13)."""
+
+    __slots__ = ("done", "loop", "pending", "results", "tid")
     any_thread = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, left: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, recs: list[Record]) -> None:
         self.loop = loop  # (made on the loop's own thread)
         self.tid = threading.get_ident()
-        self.left = left
+        self.results: list[TaskRes[Any]] = []  # in the order they ended
+        self.pending: dict[str, Record] = {}
+        for rec in recs:
+            if rec.res is not None:  # (ended at its submission)
+                self.results.append(rec.res)
+            else:
+                self.pending[rec.spec.name] = rec
+                rec.add_listener(self)
         self.done: asyncio.Future[None] = loop.create_future()
+        if not self.pending:
+            self.done.set_result(None)
 
-    def __call__(self, _res: TaskRes[Any]) -> None:
-        self.left -= 1
-        if self.left == 0:
+    def __call__(self, res: TaskRes[Any]) -> None:
+        self.results.append(res)
+        pending = self.pending
+        del pending[res.name]
+        if not pending:
             if threading.get_ident() == self.tid:
                 _resolve(self.done)
             else:
                 self.loop.call_soon_threadsafe(_resolve, self.done)
+
+    def in_order(self, specs: list[Task[Any]]) -> list[TaskRes[Any]]:
+        """The results in the order of ``specs`` (the batch's submission order)."""
+        by_name = {res.name: res for res in self.results}
+        return [by_name[spec.name] for spec in specs]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -30,7 +30,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Never, TypeVar, cast, overload
+from typing import Any, Never, TypeVar, overload
 
 from ._clock import Clock, SystemClock, TimerHandle
 from ._config import OPTIONS, Config, Sampler, WaitCallback
@@ -655,29 +655,24 @@ class Supervisor(Engine):
         self._check_running("submit")
         loop = self._own_loop("gather")
         with self._engine:  # no result may land between the submit and the listeners
-            recs = self._submit(specs, sealed=True)
-            left = sum(1 for r in recs if r.res is None)
-            countdown = Countdown(loop, left)
-            for r in recs:
-                if r.res is None:
-                    r.add_listener(countdown)
-        if left:
-            try:
-                await countdown.done
-            except asyncio.CancelledError:
-                # like asyncio.gather and task groups: the caller gave up, so does the batch
-                with self._engine:
-                    if self.state is SupervisorState.RUNNING:
-                        self._execute(
-                            self._planner.cancel_many(
-                                [r.spec.name for r in recs if r.res is None],
-                                "gather() was cancelled",
-                                now=self._now(),
-                            )
+            # (the countdown keeps the TaskRes, and the records only while pending)
+            countdown = Countdown(loop, self._submit(specs, sealed=True))
+        try:
+            await countdown.done
+        except asyncio.CancelledError:
+            # like asyncio.gather and task groups: the caller gave up, so does the batch
+            with self._engine:
+                if self.state is SupervisorState.RUNNING:
+                    self._execute(
+                        self._planner.cancel_many(
+                            # (a record whose result is on its way to the loop has ended)
+                            [n for n, r in countdown.pending.items() if r.res is None],
+                            "gather() was cancelled",
+                            now=self._now(),
                         )
-                raise
-        results = cast("Iterable[TaskRes[Any]]", (r.res for r in recs))  # (all set now)
-        return RunReport.build(results, started, self._clock.now() - t0)
+                    )
+            raise
+        return RunReport.build(countdown.in_order(specs), started, self._clock.now() - t0)
 
     def _own_loop(self, what: str) -> asyncio.AbstractEventLoop:
         """The supervisor's loop, for the async API (run, gather): on its own thread only."""
