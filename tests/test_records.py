@@ -101,7 +101,7 @@ async def test_a_gather_keeps_the_results_of_its_ended_tasks_not_their_records()
         return "last"
 
     async with tv.Supervisor(aloops=(), result_buffer=1) as sup:
-        batch = [tv.Task(noop, name=f"t{i}", runs_on="main") for i in range(N)]
+        batch: list[tv.Task[Any]] = [tv.Task(noop, name=f"t{i}", runs_on="main") for i in range(N)]
         batch.insert(N // 2, tv.Task(last, name="last", runs_on="main"))
         waiting = asyncio.ensure_future(sup.gather(batch))
         for _ in range(10 * N):  # (each noop ends within a turn or two of the loop)

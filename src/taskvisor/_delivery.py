@@ -3,10 +3,11 @@ events the supervisor tells about.
 
 The supervisor keeps one :class:`Record` per task from submission until it is forgotten,
 and the planner keeps the same object as its own record of the task: the planner's
-fields (the base class), its attempt machine (a mixin), its call, its timer, and who
-waits for its :class:`TaskRes` — a future for ``await handle``, listeners (``run()``
-streams, ``gather`` counters, done callbacks), an event for ``handle.result()`` in
-another thread. The engine builds the ``TaskRes`` (``Engine._deliver``) and calls them.
+fields (the base class), its attempt machine (a mixin; the running attempt's call,
+``shared`` and timer live in its ``Job``), and who waits for its :class:`TaskRes` — a
+future for ``await handle``, listeners (``run()`` streams, ``gather`` counters, done
+callbacks), an event for ``handle.result()`` in another thread. The engine builds the
+``TaskRes`` (``Engine._deliver``) and calls them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-Listener = Callable[[TaskRes[Any]], None]
+#: told that a task ended: called with its record, whose ``res`` is set (a ``gather``'s
+#: countdown puts the result where the record's submission number says)
+Listener = Callable[["Record"], None]
 
 
 class StoryEvent(NamedTuple):
@@ -216,7 +219,7 @@ class TaskHandle(Generic[T]):
             ended = rec.res is not None
             if not ended:
                 engine = sup._engine
-                rec.add_listener(lambda res: engine.after.append((fn, (res,))))
+                rec.add_listener(lambda ended: engine.after.append((fn, (ended.res,))))
         if ended:
             try:
                 fn(cast(TaskRes[T], rec.res))
@@ -261,7 +264,10 @@ class ResultStream:
         self._waiters: list[asyncio.Future[None]] = []
         self._loop = loop
 
-    def push(self, res: TaskRes[Any]) -> None:
+    def push(self, rec: Record) -> None:
+        """A listener (see :data:`Listener`): ``rec``'s task ended."""
+        res = rec.res
+        assert res is not None
         self._items.append(res)
         self._wake()
 

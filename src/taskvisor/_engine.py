@@ -66,7 +66,7 @@ from ._planner import (
     Warn,
 )
 from ._result import ExceptionInfo, TaskRes
-from ._spec import Task, substitute_call
+from ._spec import substitute_call
 from .abc import Executor
 
 __all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "warn"]
@@ -86,48 +86,52 @@ def _any_thread(listeners: Any) -> bool:
 
 
 class Countdown:
-    """A batch's listener (``gather``): keeps each task's :class:`TaskRes` as it comes,
-    and resolves ``done`` on the loop when the last one has. It may run on any thread,
-    under the engine lock (``_deliver`` then calls it right there instead of waking the
-    loop per task).
+    """A batch's listener (``gather``): resolves ``done`` on the loop when the last of
+    its tasks has ended. It may run on any thread, under the engine lock (``_deliver``
+    then calls it right there instead of waking the loop per task).
 
-    It holds the records of the tasks still pending (``pending``, by name: a cancelled
-    ``gather`` cancels those), not of those that ended: an ended task's record can be
-    forgotten inside the batch, as any other, and a long ``gather`` does not keep a
-    record per task alive for the cyclic GC to walk until it returns (issue 13)."""
+    ``results`` holds a task's record while it is pending and its :class:`TaskRes` once
+    it has ended, in submission order: the planner numbers a batch's records one after
+    another (``seq``), so an ending task's place is its number less the first one's. No
+    ended task's record is kept: it can be forgotten inside the batch, as any other, and
+    a long ``gather`` keeps no record per task alive for the cyclic GC to walk until it
+    returns (issue 13). (Keyed by name instead, a dict cost 0.45 µs per task.)"""
 
-    __slots__ = ("done", "loop", "pending", "results", "tid")
+    __slots__ = ("base", "done", "left", "loop", "results", "tid")
     any_thread = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recs: list[Record]) -> None:
         self.loop = loop  # (made on the loop's own thread)
         self.tid = threading.get_ident()
-        self.results: list[TaskRes[Any]] = []  # in the order they ended
-        self.pending: dict[str, Record] = {}
-        for rec in recs:
+        self.base = recs[0].seq if recs else 0
+        if recs and recs[-1].seq - self.base != len(recs) - 1:  # (see Planner.submit)
+            raise RuntimeError("a batch's records are not numbered one after another")
+        self.results: list[Any] = list(recs)
+        left = 0
+        for i, rec in enumerate(recs):
             if rec.res is not None:  # (ended at its submission)
-                self.results.append(rec.res)
+                self.results[i] = rec.res
             else:
-                self.pending[rec.spec.name] = rec
+                left += 1
                 rec.add_listener(self)
+        self.left = left
         self.done: asyncio.Future[None] = loop.create_future()
-        if not self.pending:
+        if not left:
             self.done.set_result(None)
 
-    def __call__(self, res: TaskRes[Any]) -> None:
-        self.results.append(res)
-        pending = self.pending
-        del pending[res.name]
-        if not pending:
+    def __call__(self, rec: Record) -> None:
+        self.results[rec.seq - self.base] = rec.res
+        self.left -= 1
+        if self.left == 0:
             if threading.get_ident() == self.tid:
                 _resolve(self.done)
             else:
                 self.loop.call_soon_threadsafe(_resolve, self.done)
 
-    def in_order(self, specs: list[Task[Any]]) -> list[TaskRes[Any]]:
-        """The results in the order of ``specs`` (the batch's submission order)."""
-        by_name = {res.name: res for res in self.results}
-        return [by_name[spec.name] for spec in specs]
+    def pending(self) -> list[str]:
+        """The names of the batch's tasks that have not ended (a record whose result is
+        on its way to the loop has ended)."""
+        return [r.spec.name for r in self.results if type(r) is Record and r.res is None]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -926,7 +930,7 @@ class Engine:
             # without a loop wake-up per link
             listeners, rec.listeners = rec.listeners, None
             if listeners is not None:
-                cast(Countdown, listeners)(res)
+                cast(Countdown, listeners)(rec)
             log_result(res)
         else:  # futures and listeners live on the loop
             self._to_loop(_NOTIFY, (rec, res))
@@ -941,9 +945,9 @@ class Engine:
         if listeners is not None:
             if isinstance(listeners, list):
                 for cb in listeners:
-                    cb(res)
+                    cb(rec)
             else:
-                listeners(res)
+                listeners(rec)
         log_result(res)
 
     def _info(self, rec: Record, attempt: int, worker: str | None) -> TaskInfo:

@@ -463,7 +463,7 @@ class Supervisor(Engine):
             push = stream.push
             for rec in recs:
                 if rec.res is not None:
-                    push(rec.res)
+                    push(rec)
                 else:
                     rec.add_listener(push)
         return stream
@@ -665,14 +665,13 @@ class Supervisor(Engine):
                 if self.state is SupervisorState.RUNNING:
                     self._execute(
                         self._planner.cancel_many(
-                            # (a record whose result is on its way to the loop has ended)
-                            [n for n, r in countdown.pending.items() if r.res is None],
+                            countdown.pending(),
                             "gather() was cancelled",
                             now=self._now(),
                         )
                     )
             raise
-        return RunReport.build(countdown.in_order(specs), started, self._clock.now() - t0)
+        return RunReport.build(countdown.results, started, self._clock.now() - t0)
 
     def _own_loop(self, what: str) -> asyncio.AbstractEventLoop:
         """The supervisor's loop, for the async API (run, gather): on its own thread only."""
