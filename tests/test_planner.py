@@ -27,6 +27,7 @@ from taskvisor._errors import (
     TaskCancelled,
 )
 from taskvisor._planner import (
+    _T,
     Alarm,
     Cancel,
     Dispatch,
@@ -914,3 +915,14 @@ def test_an_abandoned_cancelled_task_keeps_its_locks_until_release() -> None:
     p.validate_state()
     assert p.release("a") == [D("b")]
     p.validate_state()
+
+
+def test_a_batchs_records_are_numbered_one_after_another() -> None:
+    """``gather`` puts each result where its record's number says (``Countdown``)."""
+    p = Planner()
+    p.submit([T("x")])
+    p.finish("x", DONE)
+    records = [_T(T(f"b{i}"), 0) for i in range(5)]
+    p.submit([r.spec for r in records], records=records)
+    first = records[0].seq
+    assert [r.seq for r in records] == list(range(first, first + 5))

@@ -576,6 +576,8 @@ class Planner:
         ``records``: the caller's records of the specs (instances of a subclass of the
         planner's record, built with ``_T.__init__``, one per spec in order): the planner
         keeps them instead of records of its own (the supervisor's ``Record`` is one).
+        A batch's records are numbered (``seq``) one after another, in order: a
+        ``gather`` finds a task's place in its batch by its number.
 
         ``sealed``: every dependency must be satisfied or provided by a known task now;
         what nobody can provide is settled at once with ``DependencyError``.
