@@ -183,6 +183,35 @@ def test_a_decorated_function_is_read_through_inspect() -> None:
     assert _fn_traits(with_signature) == (False, True)
 
 
+def test_traits_are_read_once_per_code_object_and_still_follow_inspect() -> None:
+    """``_fn_traits`` keeps what it read off a code object; a function that later gets
+    an attribute inspect looks at (``__signature__``) is asked through inspect again,
+    and with the cache full every answer is still read off the code."""
+    from taskvisor import _spec
+
+    def plain(a: int) -> None:
+        pass
+
+    assert _fn_traits(plain) == (False, False)
+    assert _spec._CODE_TRAITS[id(plain.__code__)] == (plain.__code__, (False, False))
+    assert _fn_traits(plain) == (False, False)  # (read back)
+    plain.__signature__ = inspect.signature(positional)  # type: ignore[attr-defined]
+    assert _fn_traits(plain) == (False, True)  # inspect, not the cache
+    saved = dict(_spec._CODE_TRAITS)
+    try:
+        _spec._CODE_TRAITS.update({-i: (plain.__code__, (True, True)) for i in range(1, 1025)})
+
+        async def fresh(shared: dict[str, Any]) -> None:
+            pass
+
+        assert id(fresh.__code__) not in _spec._CODE_TRAITS
+        assert _fn_traits(fresh) == (True, True)
+        assert id(fresh.__code__) not in _spec._CODE_TRAITS  # full: not kept
+    finally:
+        _spec._CODE_TRAITS.clear()
+        _spec._CODE_TRAITS.update(saved)
+
+
 @pytest.mark.parametrize(
     ("field", "given", "stored"),
     [("resources", {"gpu": 1}, {"gpu": 1.0}), ("kwargs", {"x": 1}, {"x": 1})],

@@ -657,10 +657,15 @@ class Engine:
                 return
         rec.started = now
         self._running[rec.target] = self._running.get(rec.target, 0) + 1
-        self._launch(rec, args, kwargs, shared)
+        self._launch(rec, args, kwargs, shared, now)
 
     def _launch(
-        self, rec: Record, args: tuple[Any, ...], kwargs: dict[str, Any], shared: dict[str, Any]
+        self,
+        rec: Record,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        shared: dict[str, Any],
+        now: float,
     ) -> None:
         """Start one attempt of the call ``args``/``kwargs`` (references substituted), which
         received ``shared``. Each attempt is a new Job with its own copy of ``shared``: a
@@ -681,7 +686,7 @@ class Engine:
         target = rec.target
         ex = self._executors[target]
         arm = rec.begin(job, ex.reports_start)
-        job.started = now = self._now()
+        job.started = now
         self._events += 1
         self._story.extend((now, spec.name, "dispatched", target))
         if self._instruments:
@@ -790,7 +795,7 @@ class Engine:
             self._instrument("worker_crashed", self._info(rec, job.attempt, worker))
         err: BaseException
         if act is _ACT_DONE:
-            self._finish(rec, _DONE, ret, shared, None, worker)
+            self._finish(rec, _DONE, ret, shared, None, worker, now=now)
         elif act is Act.RETRY:
             if job.cancelled == TIMEOUT:
                 logger.warning("%r timed out on attempt %d, retrying", spec.name, rec.attempts)
@@ -800,7 +805,7 @@ class Engine:
                     "%r failed on attempt %d, retrying: %r", spec.name, rec.attempts, exc
                 )
                 self._event(spec.name, "retrying", f"attempt {rec.attempts} failed: {exc!r}")
-            self._launch(rec, job.args, job.kwargs, job.shared_in or {})
+            self._launch(rec, job.args, job.kwargs, job.shared_in or {}, now)
         elif act is Act.TIMED_OUT:
             assert spec.timeout is not None
             err = TaskTimeout(spec.name, spec.timeout)
@@ -824,7 +829,9 @@ class Engine:
         worker: str | None,
         *,
         keep_slot: bool = False,
+        now: float | None = None,
     ) -> None:
+        """``now``: the clock's reading, when the caller has just taken it."""
         spec = rec.spec
         job = rec.job
         if job is not None:
@@ -847,7 +854,8 @@ class Engine:
             out_shared = job.shared_in  # what it received
         else:  # (never launched: what it received, if anything)
             out_shared = shared if shared is not None else {}
-        now = self._now()
+        if now is None:
+            now = self._now()
         self._deliver(rec, state, ret, out_shared, excinfo, worker, now)
         burst = self._burst  # (admission comes once, after the burst: see _drain)
         instrs = self._planner.finish(

@@ -417,7 +417,7 @@ class ThreadPool:
                 ret, error = None, None
                 try:
                     ret = _call(job)
-                    if type(ret) is _Coroutine or inspect.iscoroutine(ret):
+                    if isinstance(ret, _Coroutine):  # (inspect.iscoroutine, without a call)
                         ret = asyncio.run(ret)
                 except BaseException as exc:
                     error = exc

@@ -364,7 +364,10 @@ class Task(Generic[T]):
                 raise _bad(name, f"{', '.join(map(safe_repr, both))} in both claims and uses")
         if len(opts) == ("name" in opts) + ("runs_on" in opts):  # the usual: no other option
             _set_tier(self, _NORMAL)
-            _set_runs_on(self, _runs_on(name, opts.get("runs_on")))
+            on = opts.get("runs_on")
+            if on is not None and (type(on) is not str or not on or on == "aloop:"):
+                on = _runs_on(name, on)  # (checked there; a plain name needs no call)
+            _set_runs_on(self, on)
             _set__opts(self, _DEFAULTS)
         else:
             self._options(name, opts, claims, uses)
@@ -1154,6 +1157,9 @@ def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
     """
     if type(fn) is types.FunctionType and _plain_dict(fn.__dict__):
         code = fn.__code__
+        known = _CODE_TRAITS.get(id(code))
+        if known is not None and known[0] is code:  # (the code object itself is kept)
+            return known[1]
         flags = code.co_flags
         n = (
             code.co_argcount
@@ -1161,8 +1167,18 @@ def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
             + bool(flags & _CO_VARARGS)
             + bool(flags & _CO_VARKEYWORDS)
         )
-        return bool(flags & _CO_COROUTINE), "shared" in code.co_varnames[:n]
+        traits = bool(flags & _CO_COROUTINE), "shared" in code.co_varnames[:n]
+        if len(_CODE_TRAITS) < _CODE_TRAITS_MAX:
+            _CODE_TRAITS[id(code)] = (code, traits)
+        return traits
     return _is_coroutine_fn(fn), _wants_shared(fn)
+
+
+# what _fn_traits read off a code object, by its id (the entry keeps the code object
+# alive, so its id names no other): a Task of a function seen before reads it back in
+# one lookup (it was ~2.5% of W1). Bounded: past that, the code object is read each time.
+_CODE_TRAITS: dict[int, tuple[types.CodeType, tuple[bool, bool]]] = {}
+_CODE_TRAITS_MAX = 1024
 
 
 def _is_coroutine_fn(fn: Callable[..., Any]) -> bool:
