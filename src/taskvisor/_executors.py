@@ -306,8 +306,9 @@ class ThreadPool:
 
     A thread cannot be interrupted: cancelling a job that a thread has taken *abandons* it
     (the supervisor ends the task; the thread runs on and its late result is dropped).
-    ``withdraw`` tells the two cases apart under one lock, so a job is either withdrawn
-    before any thread takes it or taken and then only abandoned.
+    ``withdraw`` and the taking thread each try to claim the job with one atomic
+    ``dict.pop``, so a job is either withdrawn before any thread takes it or taken and
+    then only abandoned.
 
     The hand-off slot (tokio's "LIFO slot", Go's ``runnext``): while a pool thread reports
     its job's end, the first job submitted *from that thread* (its completion, finished
@@ -329,15 +330,20 @@ class ThreadPool:
         self._now = now  # the supervisor's clock, to stamp when watched jobs begin and end
         self._prefix = prefix
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        # threads back at the queue that no submitted job has counted on yet (a counter
-        # under the pool's lock: threading.Semaphore is Python code, ~2 µs a job)
-        self._idle = 0
+        # one token per thread back at the queue that no submitted job has counted on
+        # yet: a thread appends one, a submit pops one, each a single operation the GIL
+        # makes atomic (threading.Semaphore is Python code, ~2 µs a job; a counter under
+        # the pool's lock made submitting threads queue on that lock, W7)
+        self._idle: deque[None] = deque()
         self._threads: list[threading.Thread] = []
         self._current: dict[threading.Thread, Job] = {}
         # thread ident -> the job it runs next (None: its slot is open): present only
         # while that thread reports a job's end (see the class docstring)
         self._next: dict[int, Job | None] = {}
-        self._lock = threading.Lock()
+        # submitted jobs that no thread has taken and the supervisor has not withdrawn: a
+        # thread takes one, ``withdraw`` takes one back, each with one ``dict.pop`` (atomic
+        # under the GIL), so exactly one of them gets it (no lock for threads to queue on)
+        self._unclaimed: dict[Job, bool] = {}
         self._closed = False
 
     @property
@@ -352,6 +358,7 @@ class ThreadPool:
     def submit(self, job: Job) -> None:
         if self._closed:
             raise ClosedError("closed", "submit to the thread pool")
+        self._unclaimed[job] = True
         # a pool thread is reporting, nothing waits in the queue (so nothing is overtaken):
         # is it this thread, its slot open?
         if self._next and self._queue.empty():
@@ -363,10 +370,11 @@ class ThreadPool:
 
     def _enqueue(self, job: Job) -> None:
         self._queue.put(job)
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-                return
+        try:
+            self._idle.pop()  # an idle thread will take it
+            return
+        except IndexError:
+            pass
         if len(self._threads) < self.size:
             t = threading.Thread(
                 target=self._work, name=f"{self._prefix}-{len(self._threads)}", daemon=True
@@ -380,18 +388,7 @@ class ThreadPool:
         Call after setting ``job.cancelled``: a withdrawn job is reported CANCELLED by the
         caller and silently dropped by the thread that later dequeues it.
         """
-        with self._lock:
-            if job.running:
-                return False
-            job.running = True  # no thread will start it now
-            return True
-
-    def _take(self, job: Job) -> bool:
-        with self._lock:
-            if job.running:
-                return False  # withdrawn
-            job.running = True
-            return True
+        return self._unclaimed.pop(job, False)  # (no thread will start it now)
 
     def _work(self) -> None:
         sink, q, now = self._sink, self._queue, self._now
@@ -407,7 +404,7 @@ class ThreadPool:
                     return
             else:  # the job this thread's last report submitted: no queue, no wake-up
                 job, after = after, None
-            if self._take(job):
+            if self._unclaimed.pop(job, False):  # (False: withdrawn)
                 current[me] = job
                 watch = job.watch
                 if watch:
@@ -440,8 +437,7 @@ class ThreadPool:
                 current.pop(me, None)
             del job
             if after is None:
-                with self._lock:
-                    self._idle += 1
+                self._idle.append(None)
 
     def _slot_to_queue(self, ident: int) -> None:
         """This thread's report raised (the thread is about to end): the job in its slot

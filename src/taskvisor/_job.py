@@ -48,7 +48,6 @@ class Job:
         "ran",
         "record",
         "returned",
-        "running",
         "shared",
         "shared_in",
         "sink",
@@ -79,7 +78,6 @@ class Job:
         self.started = 0.0
         self.cancelled: str | None = None  # why the supervisor asked it to stop
         self.handle: Any = None  # the asyncio.Task running it, for cancellation
-        self.running = False  # a pool thread has taken it (ThreadPool, under its lock)
         self.returned = False  # its function returned; the report is on its way
         self.abandoned = False  # the supervisor ended its task while a thread still ran it
         # when a worker really began and ended it (watched thread jobs: the deadline is
