@@ -410,6 +410,39 @@ def test_a_job_submitted_while_a_pool_thread_reports_runs_next_on_that_thread() 
     assert pool._queue.empty() and not pool._next
 
 
+def test_a_queued_job_is_withdrawn_a_running_one_is_not_and_no_claim_is_left() -> None:
+    """Taking a job and withdrawing it are one atomic claim each: a job still queued is
+    withdrawn (its thread drops it unrun and unreported), a running one cannot be; the
+    pool keeps nothing of either afterwards."""
+    started, go, done = threading.Event(), threading.Event(), threading.Event()
+    reported: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        assert go.wait(WAIT)
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        reported.append(job.name)
+        if job.name == "last":
+            done.set()
+
+    pool = _executors.ThreadPool(1, sink)
+    running = _executors.Job("running", hold, (), {}, None, "thread")
+    queued = _executors.Job("queued", noop, (), {}, None, "thread")
+    pool.submit(running)
+    assert started.wait(WAIT)
+    pool.submit(queued)
+    assert not pool.withdraw(running)  # taken: only abandoned, never withdrawn
+    assert pool.withdraw(queued)
+    assert not pool.withdraw(queued)  # (once)
+    pool.submit(_executors.Job("last", noop, (), {}, None, "thread"))
+    go.set()
+    assert done.wait(WAIT)
+    pool.shutdown()
+    assert reported == ["running", "last"]
+    assert not pool._unclaimed
+
+
 def test_the_hand_off_slot_never_overtakes_a_queued_job() -> None:
     ran: list[str] = []
     done, queued = threading.Event(), threading.Event()
