@@ -307,3 +307,43 @@ async def test_a_full_intake_makes_the_submitter_take_the_lock(
         assert await t.done() is None
         assert [(await h).ret for h in handles] == [1, 2, 3, 4]
         assert not sup._incoming
+
+
+def test_result_waits_without_a_lock_and_whoever_pops_a_waiter_sets_it() -> None:
+    """``handle.result()`` from another thread takes no lock: a waiter's Event sits in a
+    dict that the delivery pops after it sets the result. Forced interleaving: thread C
+    has put its Event in and saw no result (it waits); thread A saw no result either,
+    gets C's Event from the dict, and only then does the delivery set the result (and
+    stop before its pop); A sees the result and pops the entry itself: it must set C's
+    Event, or C never wakes (the delivery's pop then finds nothing)."""
+    gate, popping, a_done = threading.Event(), threading.Event(), threading.Event()
+    got: list[tv.TaskRes[Any]] = []
+    with tv.BackgroundSupervisor(threads=1, aloops=()) as sup:
+        handle = sup.submit(gate.wait, WAIT)
+        c_waits = threading.Event()  # C's: in the dict, no result seen, waiting
+        a = threading.Thread(target=lambda: got.append(handle.result(WAIT)))
+
+        class Hooked(dict[Any, threading.Event]):
+            def setdefault(self, key: Any, default: Any = None) -> Any:
+                event = super().setdefault(key, default)
+                if threading.current_thread() is a:  # A: now let the delivery set res
+                    gate.set()
+                    assert popping.wait(WAIT)
+                return event
+
+            def pop(self, key: Any, default: Any = None) -> Any:
+                if threading.current_thread() is not a:  # the delivery: A goes first
+                    popping.set()
+                    assert a_done.wait(WAIT)
+                return super().pop(key, default)
+
+        inner = handle._sup
+        inner._result_waiters = Hooked({handle._rec: c_waits})
+        try:
+            a.start()
+            a.join(WAIT)
+            assert got and got[0].ok  # A read the result once it was set
+            assert c_waits.is_set()  # and woke C, whose entry it popped
+        finally:
+            a_done.set()
+    assert not inner._result_waiters

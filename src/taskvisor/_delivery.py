@@ -89,7 +89,6 @@ class Record(PlannerRecord, Attempts):
         "started",
         "submitted",
         "target",
-        "waiter",
     )
 
     spec: Task[Any]
@@ -110,8 +109,6 @@ class Record(PlannerRecord, Attempts):
         # (``shared_in``), its call and its deadline live there, not in four slots of
         # every pending task (issue 13: W5)
         self.job: Job | None = None
-        # set when the TaskRes is there, for threads blocked in TaskHandle.result()
-        self.waiter: threading.Event | None = None
 
     def add_listener(self, cb: Listener) -> None:
         listeners = self.listeners
@@ -196,11 +193,19 @@ class TaskHandle(Generic[T]):
                 f"task {self.name!r} has not ended yet (on the supervisor's loop, await the "
                 "handle instead of blocking in result())"
             )
-        with sup._engine:  # _deliver sets res and the waiter under the engine lock
-            if rec.res is None and rec.waiter is None:
-                rec.waiter = threading.Event()
-            waiter = rec.waiter
-        if waiter is not None and not waiter.wait(timeout):
+        # No lock (eight threads waiting on the engine lock here convoyed under the GIL,
+        # W7): one Event per waited task in a dict, each step one operation the GIL makes
+        # atomic. _deliver sets res, then pops the entry and sets its Event; a waiter
+        # puts its Event in (or gets the one there), then reads res. Whoever pops an
+        # entry sets it, and pops come only after res is set: a waiter that read no res
+        # put its Event in before the delivery's pop, which (or an earlier pop) sets it.
+        waiters = sup._result_waiters
+        waiter = waiters.setdefault(rec, threading.Event())
+        if rec.res is not None:  # delivered meanwhile: its pop may have come before ours
+            done = waiters.pop(rec, None)
+            if done is not None:
+                done.set()  # (another thread may wait on it)
+        elif not waiter.wait(timeout):
             raise TimeoutError(f"task {self.name!r} did not end within {timeout:g} s")
         assert rec.res is not None
         return rec.res

@@ -246,6 +246,9 @@ class Engine:
         # ... and its readings become wall time by one addition (SystemClock.to_wall)
         self._wall0 = self._clock.to_wall(0.0) if self._real_clock else None
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
+        # threads blocked in TaskHandle.result(), by record: whoever pops an entry (after
+        # the task's res is set) sets its Event (see TaskHandle.result)
+        self._result_waiters: dict[Record, threading.Event] = {}
         # the task records by name: the planner's own map (it keeps the supervisor's
         # records, and forgets them itself: one map per supervisor, not two)
         self._recs = cast("Mapping[str, Record]", self._planner.tasks)
@@ -925,8 +928,10 @@ class Engine:
         )
         rec.res = res
         rec.job = None
-        if rec.waiter is not None:
-            rec.waiter.set()
+        if self._result_waiters:  # (after rec.res is set: see TaskHandle.result)
+            waiter = self._result_waiters.pop(rec, None)
+            if waiter is not None:
+                waiter.set()
         self._results.append(res)
         self._events += 1
         self._story.extend((now, spec.name, "ended", state))  # (State: named when read)
