@@ -639,16 +639,20 @@ class Engine:
         spec = rec.spec
         now = self._now()
         shared = dict(self._shared) if self._shared else {}
+        # the parents' values by name (output references name parents, and a parent's
+        # value is its TaskRes's ret) and their ``shared``, in one pass
+        values: dict[str, Any] = {}
         for prec in parents:
             pres = prec.res
-            if pres is not None and pres.shared:
-                shared.update(pres.shared)
+            if pres is not None:
+                if pres.shared:
+                    shared.update(pres.shared)
+                values[prec.name] = pres.ret
         args, kwargs = spec.args, spec.kwargs
         if spec.refs:
-            # (the parents' values by name: output references name parents, and a
-            # parent's value is its TaskRes's ret; a name not there is a planner bug)
-            values = {p.name: p.res.ret for p in parents if p.res is not None}
-            if not spec.refs <= values.keys():  # (a planner bug: fails the task loudly)
+            if (
+                not spec.refs <= values.keys()
+            ):  # (a name not there: a planner bug)  # (a planner bug: fails the task loudly)
                 raise RuntimeError(
                     f"task {spec.name!r}: no result of {set(spec.refs - values.keys())}"
                 )

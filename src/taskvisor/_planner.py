@@ -45,6 +45,7 @@ import enum
 import graphlib
 import heapq
 import itertools
+import operator
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +313,22 @@ class _T:
 
     def __repr__(self) -> str:
         return f"<_T {self.name!r} {self.state.name}>"
+
+
+_BY_FINISH = operator.attrgetter("finish_seq")
+
+
+def _in_finish_order(parents: list[_T]) -> tuple[_T, ...]:
+    """A task's parents, each once, in the order they ended (one or two without a sort:
+    the usual; W4's tasks have two)."""
+    if len(parents) == 1:
+        return (parents[0],)
+    if len(parents) == 2:
+        a, b = parents
+        if a is b:
+            return (a,)
+        return (a, b) if a.finish_seq < b.finish_seq else (b, a)
+    return tuple(sorted(set(parents), key=_BY_FINISH))
 
 
 class _Item:
@@ -1220,10 +1237,11 @@ class Planner:
                     lock.excl = t
                 else:
                     lock.shared.add(t)
-        if t.parents:
-            parents = sorted(set(t.parents), key=lambda p: p.finish_seq)
+        ps = t.parents
+        if ps:
+            parents = _in_finish_order(ps)
             self._drop_parents(t)
-            self._out.append(Dispatch(t.name, tuple(p.name for p in parents), t, tuple(parents)))
+            self._out.append(Dispatch(t.name, tuple([p.name for p in parents]), t, parents))
         else:
             self._out.append(Dispatch(t.name, (), t))
 

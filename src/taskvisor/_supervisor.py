@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 _LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # started and not closed (leak checks)
+_BUILT_IN = frozenset({"thread", "process", "main"})  # runs_on names that are their target
 T = TypeVar("T")
 
 
@@ -696,7 +697,8 @@ class Supervisor(Engine):
         it) hands the queue to the planner as one batch (``Engine._queue_in``). With eight
         threads submitting, waiting for the engine lock was most of their time (issue 13).
         """
-        targets = [self._target(s) for s in specs]  # (no lock needed: the caller's thread)
+        # (no lock needed: the caller's thread; a built-in target needs no call)
+        targets = [s.runs_on if s.runs_on in _BUILT_IN else self._target(s) for s in specs]
         on_loop = threading.get_ident() == self._tid
         if not on_loop and not sealed and len(specs) == 1 and pinned is self._pinning:
             spec = specs[0]
