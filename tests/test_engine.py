@@ -443,6 +443,28 @@ def test_a_queued_job_is_withdrawn_a_running_one_is_not_and_no_claim_is_left() -
     assert not pool._unclaimed
 
 
+def test_idle_tokens_stay_bounded_when_jobs_queue_behind_busy_threads() -> None:
+    """Jobs queued while every thread is busy take no idle token, so the threads coming
+    back leave more tokens than there are idle threads: their number stays bounded by
+    the pool's size (a long-lived service queues millions)."""
+    go, done = threading.Event(), threading.Event()
+    n = 50
+
+    def sink(job: _executors.Job, result: _executors.Result) -> None:
+        if job.name == f"q{n - 1}":
+            done.set()
+
+    pool = _executors.ThreadPool(2, sink)
+    for i in range(2):
+        pool.submit(_executors.Job(f"b{i}", go.wait, (WAIT,), {}, None, "thread"))
+    for i in range(n):  # both threads busy: queued, no token taken
+        pool.submit(_executors.Job(f"q{i}", noop, (), {}, None, "thread"))
+    go.set()
+    assert done.wait(WAIT)
+    pool.shutdown()
+    assert len(pool._idle) <= pool.size
+
+
 def test_the_hand_off_slot_never_overtakes_a_queued_job() -> None:
     ran: list[str] = []
     done, queued = threading.Event(), threading.Event()

@@ -324,10 +324,10 @@ def test_result_waits_without_a_lock_and_whoever_pops_a_waiter_sets_it() -> None
         a = threading.Thread(target=lambda: got.append(handle.result(WAIT)))
 
         class Hooked(dict[Any, threading.Event]):
-            def setdefault(self, key: Any, default: Any = None) -> Any:
-                event = super().setdefault(key, default)
-                if threading.current_thread() is a:  # A: now let the delivery set res
-                    gate.set()
+            def get(self, key: Any, default: Any = None) -> Any:
+                event = super().get(key, default)
+                if threading.current_thread() is a:  # A has C's Event: now let the
+                    gate.set()  # delivery set res (it stops before its pop)
                     assert popping.wait(WAIT)
                 return event
 

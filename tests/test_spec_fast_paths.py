@@ -186,7 +186,7 @@ def test_a_decorated_function_is_read_through_inspect() -> None:
 def test_traits_are_read_once_per_code_object_and_still_follow_inspect() -> None:
     """``_fn_traits`` keeps what it read off a code object; a function that later gets
     an attribute inspect looks at (``__signature__``) is asked through inspect again,
-    and with the cache full every answer is still read off the code."""
+    and a full cache starts again (nothing stays pinned for good)."""
     from taskvisor import _spec
 
     def plain(a: int) -> None:
@@ -206,7 +206,8 @@ def test_traits_are_read_once_per_code_object_and_still_follow_inspect() -> None
 
         assert id(fresh.__code__) not in _spec._CODE_TRAITS
         assert _fn_traits(fresh) == (True, True)
-        assert id(fresh.__code__) not in _spec._CODE_TRAITS  # full: not kept
+        # full: it started again (the fillers are gone, the new one is kept)
+        assert list(_spec._CODE_TRAITS) == [id(fresh.__code__)]
     finally:
         _spec._CODE_TRAITS.clear()
         _spec._CODE_TRAITS.update(saved)
@@ -405,6 +406,7 @@ def test_rarely_set_options_live_in_one_shared_object() -> None:
     from taskvisor import _spec
 
     noop = local_named_shared
+    _spec._SHARED_OPTIONS.clear()  # (what other tests left there does not matter here)
     plain, other = tv.Task(noop), tv.Task(noop, name="x", runs_on="thread")
     assert plain._opts is other._opts is _spec._DEFAULTS
     assert (plain.priority, plain.weight, plain.timeout, plain.retries, plain.delay) == (
@@ -430,3 +432,12 @@ def test_rarely_set_options_live_in_one_shared_object() -> None:
     assert [type(x) for x in one.claims] == [int] and [type(x) for x in true.claims] == [bool]
     with pytest.raises(AttributeError):
         a.timeout = 1  # type: ignore[misc]
+    # -0.0 == 0.0, yet each Task reads back the value it was given
+    neg, pos = tv.Task(noop, priority=-0.0, delay=-0.0), tv.Task(noop, priority=0.0, delay=0.0)
+    assert str(neg.priority) == str(neg.delay) == "-0.0"
+    assert str(pos.priority) == str(pos.delay) == "0.0"
+    # a full cache starts again: the sets in use are shared again, nothing is pinned
+    for i in range(_spec._SHARED_OPTIONS_MAX + 10):
+        tv.Task(noop, priority=float(i) + 0.5)
+    assert len(_spec._SHARED_OPTIONS) <= _spec._SHARED_OPTIONS_MAX
+    assert tv.Task(noop, timeout=5)._opts is tv.Task(noop, timeout=5)._opts

@@ -200,7 +200,9 @@ class TaskHandle(Generic[T]):
         # entry sets it, and pops come only after res is set: a waiter that read no res
         # put its Event in before the delivery's pop, which (or an earlier pop) sets it.
         waiters = sup._result_waiters
-        waiter = waiters.setdefault(rec, threading.Event())
+        waiter = waiters.get(rec)
+        if waiter is None:
+            waiter = waiters.setdefault(rec, threading.Event())
         if rec.res is not None:  # delivered meanwhile: its pop may have come before ours
             done = waiters.pop(rec, None)
             if done is not None:

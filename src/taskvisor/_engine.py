@@ -664,7 +664,8 @@ class Engine:
                 return
         rec.started = now
         self._running[rec.target] = self._running.get(rec.target, 0) + 1
-        self._launch(rec, args, kwargs, shared, now)
+        # (after projections, user code that may take a while: their time is not run time)
+        self._launch(rec, args, kwargs, shared, self._now() if spec.refs else now)
 
     def _launch(
         self,

@@ -388,7 +388,8 @@ class ThreadPool:
         Call after setting ``job.cancelled``: a withdrawn job is reported CANCELLED by the
         caller and silently dropped by the thread that later dequeues it.
         """
-        return self._unclaimed.pop(job, False)  # (no thread will start it now)
+        # (no thread will start it now; a job this pool was never given counts as taken)
+        return self._unclaimed.pop(job, False)
 
     def _work(self) -> None:
         sink, q, now = self._sink, self._queue, self._now
@@ -436,7 +437,10 @@ class ThreadPool:
                 after = handoff.pop(ident)
                 current.pop(me, None)
             del job
-            if after is None:
+            if after is None and len(self._idle) < self.size:
+                # (bounded: a job queued while every thread was busy took no token, so
+                # the tokens may outnumber the idle threads; a stale one only means no
+                # new thread, and every thread has been started by then)
                 self._idle.append(None)
 
     def _slot_to_queue(self, ident: int) -> None:

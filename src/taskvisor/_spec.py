@@ -17,6 +17,7 @@ import math
 import reprlib
 import types
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from math import copysign
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ._errors import SpecError
@@ -511,8 +512,10 @@ class Options:
 
     Every Task that sets none of them shares one Options object (``_DEFAULTS``), and
     Tasks that set the same plain values share one too (a small cache: numbers and
-    string locks, no ``resources``), so they cost a Task one slot, not eight (64 bytes of
-    every pending task; issue 13, W5). The planner and the supervisor read them through
+    string locks, no ``resources``), so they cost a Task one slot, not eight (56 bytes of
+    every pending task; issue 13, W5). A Task whose values no other shares (a
+    ``resources`` dict, a priority of its own) pays for an Options of its own: ~40 bytes
+    and one object more than eight slots would. The planner and the supervisor read them through
     ``task._opts`` on their per-task paths (a slot read, not a property call). Never
     changed once made.
     """
@@ -551,7 +554,9 @@ class Options:
 
 _DEFAULTS = Options(0.0, 1, _NO_RESOURCES, None, 0, 0.0, _NO_ITEMS, _NO_ITEMS)
 _SHARED_OPTIONS: dict[tuple[Any, ...], Options] = {}
-_SHARED_OPTIONS_MAX = 256  # distinct option sets shared; past that, each Task has its own
+# distinct option sets kept for sharing; when full it starts again (as ``re``'s cache
+# did): the sets in use come back, and a run of one-off values pins nothing for good
+_SHARED_OPTIONS_MAX = 256
 
 
 def _options_of(
@@ -569,12 +574,15 @@ def _options_of(
         # (a resources dict is mutable, and items of other types may compare equal
         # while they differ, 1 and True: such a Task gets an Options of its own)
         return Options(priority, weight, resources, timeout, retries, delay, claims, uses)
-    key = (priority, weight, timeout, retries, delay, claims, uses)
+    # (-0.0 == 0.0: the signs go in the key, so a Task reads back the very value given)
+    key: tuple[Any, ...] = (priority, weight, timeout, retries, delay, claims, uses)
+    key += (copysign(1.0, priority), copysign(1.0, delay))
     opts = _SHARED_OPTIONS.get(key)
     if opts is None:
         opts = Options(priority, weight, resources, timeout, retries, delay, claims, uses)
-        if len(_SHARED_OPTIONS) < _SHARED_OPTIONS_MAX:
-            _SHARED_OPTIONS[key] = opts
+        if len(_SHARED_OPTIONS) >= _SHARED_OPTIONS_MAX:
+            _SHARED_OPTIONS.clear()
+        _SHARED_OPTIONS[key] = opts
     return opts
 
 
@@ -1168,15 +1176,16 @@ def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
             + bool(flags & _CO_VARKEYWORDS)
         )
         traits = bool(flags & _CO_COROUTINE), "shared" in code.co_varnames[:n]
-        if len(_CODE_TRAITS) < _CODE_TRAITS_MAX:
-            _CODE_TRAITS[id(code)] = (code, traits)
+        if len(_CODE_TRAITS) >= _CODE_TRAITS_MAX:
+            _CODE_TRAITS.clear()  # (starts again: code made by exec pins nothing for good)
+        _CODE_TRAITS[id(code)] = (code, traits)
         return traits
     return _is_coroutine_fn(fn), _wants_shared(fn)
 
 
 # what _fn_traits read off a code object, by its id (the entry keeps the code object
 # alive, so its id names no other): a Task of a function seen before reads it back in
-# one lookup (it was ~2.5% of W1). Bounded: past that, the code object is read each time.
+# one lookup (it was ~2.5% of W1). Bounded: when full, it starts again.
 _CODE_TRAITS: dict[int, tuple[types.CodeType, tuple[bool, bool]]] = {}
 _CODE_TRAITS_MAX = 1024
 
