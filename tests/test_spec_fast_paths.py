@@ -408,7 +408,7 @@ def test_rarely_set_options_live_in_one_shared_object() -> None:
     noop = local_named_shared
     _spec._SHARED_OPTIONS.clear()  # (what other tests left there does not matter here)
     plain, other = tv.Task(noop), tv.Task(noop, name="x", runs_on="thread")
-    assert plain._opts is other._opts is _spec._DEFAULTS
+    assert plain._opts is other._opts is _spec._PLAIN[False][False]
     assert (plain.priority, plain.weight, plain.timeout, plain.retries, plain.delay) == (
         0.0,
         1,

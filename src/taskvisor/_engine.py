@@ -685,7 +685,7 @@ class Engine:
             spec.fn,
             args,
             kwargs,
-            dict(shared) if spec.wants_shared else None,
+            dict(shared) if spec._opts.wants_shared else None,
             rec.target,
             spec,
         )
@@ -856,7 +856,7 @@ class Engine:
         if self._lock_releasing:  # a background worker's run: its next run needs the locks
             locks_ok = locks_ok or spec.name in self._lock_releasing
             self._lock_releasing.discard(spec.name)
-        if spec.wants_shared and shared is not None:
+        if spec._opts.wants_shared and shared is not None:
             out_shared = shared
         elif job is not None and job.shared_in is not None:
             out_shared = job.shared_in  # what it received

@@ -246,7 +246,6 @@ class Task(Generic[T]):
         "args",
         "dependencies",
         "fn",
-        "is_coroutine",
         "kwargs",
         "name",
         "provides",
@@ -254,7 +253,6 @@ class Task(Generic[T]):
         "requires",
         "runs_on",
         "tier",
-        "wants_shared",
     )
 
     fn: Callable[..., Any]
@@ -265,11 +263,9 @@ class Task(Generic[T]):
     provides: frozenset[Hashable]
     tier: Tier
     runs_on: str | None
-    # priority, weight, resources, timeout, retries, delay, claims and uses: properties
-    # over one shared Options object (see Options)
+    # priority, weight, resources, timeout, retries, delay, claims, uses, is_coroutine
+    # and wants_shared: properties over one shared Options object (see Options)
     _opts: Options
-    is_coroutine: bool
-    wants_shared: bool
     refs: frozenset[str]
     dependencies: frozenset[Hashable]
 
@@ -369,12 +365,10 @@ class Task(Generic[T]):
             if on is not None and (type(on) is not str or not on or on == "aloop:"):
                 on = _runs_on(name, on)  # (checked there; a plain name needs no call)
             _set_runs_on(self, on)
-            _set__opts(self, _DEFAULTS)
+            is_coroutine, wants_shared = _fn_traits(fn)
+            _set__opts(self, _PLAIN[is_coroutine][wants_shared])
         else:
-            self._options(name, opts, claims, uses)
-        is_coroutine, wants_shared = _fn_traits(fn)
-        _set_is_coroutine(self, is_coroutine)
-        _set_wants_shared(self, wants_shared)
+            self._options(name, opts, claims, uses, _fn_traits(fn))
         _set_refs(self, refs)
         if refs:
             try:
@@ -391,6 +385,7 @@ class Task(Generic[T]):
         opts: Mapping[str, Any],
         claims: frozenset[Hashable],
         uses: frozenset[Hashable],
+        traits: tuple[bool, bool],
     ) -> None:
         """Check and set the scalar options (``tier`` ... ``delay``); defaults for the rest."""
         get = opts.get
@@ -425,8 +420,17 @@ class Task(Generic[T]):
                 delay,
                 claims,
                 uses,
+                *traits,
             ),
         )
+
+    @property
+    def is_coroutine(self) -> bool:
+        return self._opts.is_coroutine
+
+    @property
+    def wants_shared(self) -> bool:
+        return self._opts.wants_shared
 
     @property
     def priority(self) -> float:
@@ -493,7 +497,6 @@ class Task(Generic[T]):
     _set_args,
     _set_dependencies,
     _set_fn,
-    _set_is_coroutine,
     _set_kwargs,
     _set_name,
     _set_provides,
@@ -501,19 +504,19 @@ class Task(Generic[T]):
     _set_requires,
     _set_runs_on,
     _set_tier,
-    _set_wants_shared,
 ) = (cast(Any, Task.__dict__[_slot]).__set__ for _slot in Task.__slots__)
 
 
 class Options:
     """A task's options that most tasks leave at their defaults: ``priority``,
-    ``weight``, ``resources``, ``timeout``, ``retries``, ``delay``, ``claims``, ``uses``
-    (read them off the Task: ``task.timeout``).
+    ``weight``, ``resources``, ``timeout``, ``retries``, ``delay``, ``claims``, ``uses``,
+    and two traits of its function, ``is_coroutine`` and ``wants_shared`` (read them off
+    the Task: ``task.timeout``).
 
-    Every Task that sets none of them shares one Options object (``_DEFAULTS``), and
-    Tasks that set the same plain values share one too (a small cache: numbers and
-    string locks, no ``resources``), so they cost a Task one slot, not eight (56 bytes of
-    every pending task; issue 13, W5). A Task whose values no other shares (a
+    Every Task that sets none of them shares one Options object per pair of traits
+    (``_PLAIN``), and Tasks that set the same plain values share one too (a small cache:
+    numbers and string locks, no ``resources``), so they cost a Task one slot, not ten
+    (72 bytes of every pending task; issue 13, W5). A Task whose values no other shares (a
     ``resources`` dict, a priority of its own) pays for an Options of its own: ~40 bytes
     and one object more than eight slots would. The planner and the supervisor read them through
     ``task._opts`` on their per-task paths (a slot read, not a property call). Never
@@ -523,11 +526,13 @@ class Options:
     __slots__ = (
         "claims",
         "delay",
+        "is_coroutine",
         "priority",
         "resources",
         "retries",
         "timeout",
         "uses",
+        "wants_shared",
         "weight",
     )
 
@@ -541,6 +546,8 @@ class Options:
         delay: float,
         claims: frozenset[Hashable],
         uses: frozenset[Hashable],
+        is_coroutine: bool,
+        wants_shared: bool,
     ) -> None:
         self.priority = priority
         self.weight = weight
@@ -550,9 +557,18 @@ class Options:
         self.delay = delay
         self.claims = claims
         self.uses = uses
+        self.is_coroutine = is_coroutine
+        self.wants_shared = wants_shared
 
 
-_DEFAULTS = Options(0.0, 1, _NO_RESOURCES, None, 0, 0.0, _NO_ITEMS, _NO_ITEMS)
+def _plain(is_coroutine: bool, wants_shared: bool) -> Options:
+    return Options(
+        0.0, 1, _NO_RESOURCES, None, 0, 0.0, _NO_ITEMS, _NO_ITEMS, is_coroutine, wants_shared
+    )
+
+
+# every option at its default, by the function's traits: _PLAIN[is_coroutine][wants_shared]
+_PLAIN = ((_plain(False, False), _plain(False, True)), (_plain(True, False), _plain(True, True)))
 _SHARED_OPTIONS: dict[tuple[Any, ...], Options] = {}
 # distinct option sets kept for sharing; when full it starts again (as ``re``'s cache
 # did): the sets in use come back, and a run of one-off values pins nothing for good
@@ -568,18 +584,21 @@ def _options_of(
     delay: float,
     claims: frozenset[Hashable],
     uses: frozenset[Hashable],
+    is_coroutine: bool,
+    wants_shared: bool,
 ) -> Options:
     """The Options object for these values: a shared one when the values allow it."""
+    values = (priority, weight, resources, timeout, retries, delay, claims, uses)
     if resources or ((claims or uses) and not all(type(r) is str for r in (*claims, *uses))):
         # (a resources dict is mutable, and items of other types may compare equal
         # while they differ, 1 and True: such a Task gets an Options of its own)
-        return Options(priority, weight, resources, timeout, retries, delay, claims, uses)
+        return Options(*values, is_coroutine, wants_shared)
     # (-0.0 == 0.0: the signs go in the key, so a Task reads back the very value given)
     key: tuple[Any, ...] = (priority, weight, timeout, retries, delay, claims, uses)
-    key += (copysign(1.0, priority), copysign(1.0, delay))
+    key += (copysign(1.0, priority), copysign(1.0, delay), is_coroutine, wants_shared)
     opts = _SHARED_OPTIONS.get(key)
     if opts is None:
-        opts = Options(priority, weight, resources, timeout, retries, delay, claims, uses)
+        opts = Options(*values, is_coroutine, wants_shared)
         if len(_SHARED_OPTIONS) >= _SHARED_OPTIONS_MAX:
             _SHARED_OPTIONS.clear()
         _SHARED_OPTIONS[key] = opts

@@ -745,7 +745,7 @@ class Supervisor(Engine):
     def _target(self, spec: Task[Any]) -> str:
         on = spec.runs_on
         if on is None:
-            target = self._coro_target if spec.is_coroutine else "thread"
+            target = self._coro_target if spec._opts.is_coroutine else "thread"
         elif on in ("thread", "process", "main"):
             target = on
         elif on == "aloop":
