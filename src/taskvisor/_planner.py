@@ -268,17 +268,13 @@ class _T:
         "consumers",
         "due",
         "finish_seq",
-        "holds",
         "lock_missing",
-        "locks_later",
         "missing",
         "name",
         "out_item",
         "parents",
         "pinned",
         "queued_at",
-        "retired",
-        "root",
         "seq",
         "spec",
         "state",
@@ -294,13 +290,9 @@ class _T:
         self.parents: list[_T] = _NO_PARENTS  # a list of its own from the first parent on
         self.due = 0.0
         self.finish_seq = -1
-        self.root: str | None = None  # the failure that skipped it, for messages
         self.consumers = 0  # tasks not yet dispatched that list it among their parents
         self.out_item = False  # an OutputItem(name) entry exists: someone refers to its output
-        self.holds = False  # ended, but its slot stays busy until release() (abandoned)
-        self.locks_later = False  # ... and so do the locks it gives back
         self.queued_at = 0.0
-        self.retired = False  # past the keep_ended window: forget once nothing needs it
         self.pinned = False  # a handle to it is alive: never forgotten, its name stays taken
 
     @property
@@ -507,6 +499,15 @@ class Planner:
         self._just_queued: list[_T] = []
         self.keep_ended = keep_ended
         self._ended: deque[_T] = deque()
+        # ended tasks whose slot stays busy until release() (an abandoned attempt still
+        # runs), each with whether the locks it gives back wait for that too (rare: a
+        # dict here, not two slots in every record)
+        self._holds: dict[_T, bool] = {}
+        # (rare too, so kept here rather than in a slot of every record:) the failure a
+        # skipped task's skip started from, for messages; and the ended tasks past the
+        # keep_ended window that something still needed (forgotten once nothing does)
+        self._roots: dict[_T, str] = {}
+        self._retired: set[_T] = set()
         # ``Forget`` instructions: a caller that looks its records up in ``tasks`` (the
         # supervisor) has nothing to do when a task is forgotten, and asks for none
         self._forgets = forgets
@@ -698,8 +699,7 @@ class Planner:
         t.finish_seq = next(self._finish_seq)
         spec = t.spec
         if keep_slot:
-            t.holds = True
-            t.locks_later = state is not _FAILED or locks_ok
+            self._holds[t] = state is not _FAILED or locks_ok
         else:
             self._free(t)
         ok = state is _DONE
@@ -781,12 +781,11 @@ class Planner:
         """An ended task that kept its slot (``finish(keep_slot=True)``) really stopped."""
         self._clock(now)
         t = self._tasks[name]
-        if not t.holds:
+        if t not in self._holds:
             raise PlannerBug(f"release({name!r}): it holds no slot")
-        t.holds = False
+        locks_later = self._holds.pop(t)
         self._free(t)
-        if t.locks_later:
-            t.locks_later = False
+        if locks_later:
             for r, _excl in t.locks:
                 lock = self._locks[r]
                 if lock.excl is t:
@@ -1018,8 +1017,9 @@ class Planner:
                 parents = sorted(
                     {p for i in dead for p in self._items[i].failed}, key=lambda p: p.finish_seq
                 )
-                root = parents[0].root or parents[0].name if parents else None
-                t.root = root
+                root = self._roots.get(parents[0], parents[0].name) if parents else None
+                if root is not None:
+                    self._roots[t] = root
                 failed = _unique(p.name for p in parents)
                 self._end(t, _SKIPPED, _dep_error(t, orphan if sealed else [], failed, root))
                 return
@@ -1264,7 +1264,7 @@ class Planner:
         parents, t.parents = t.parents, _NO_PARENTS
         for p in parents:
             p.consumers -= 1
-            if p.retired and p.consumers == 0:
+            if p.consumers == 0 and self._retired:
                 self._forget_if_free(p)
 
     def _retire(self, t: _T) -> None:
@@ -1276,9 +1276,10 @@ class Planner:
         ended.append(t)
         while len(ended) > keep:
             old = ended.popleft()
-            old.retired = True
-            if self._forgettable(old):  # (it is retired: _forget_if_free, a call less)
+            if self._forgettable(old):
                 self._forget(old)
+            elif self._tasks.get(old.name) is old:  # (still known: something needs it)
+                self._retired.add(old)
 
     def unpin(self, names: Iterable[str], *, now: float = 0.0) -> list[Instruction]:
         """The handles to these tasks are gone: past the window, they may be forgotten."""
@@ -1298,17 +1299,21 @@ class Planner:
         return (
             self.keep_ended is not None
             and t.state in _TERMINAL
-            and not (t.pinned or t.consumers or t.holds or t.spec.provides)
+            and not (t.pinned or t.consumers or t.spec.provides or t in self._holds)
             and self._tasks.get(t.name) is t
         )
 
     def _forget_if_free(self, t: _T) -> None:
-        if t.retired and self._forgettable(t):
+        if t in self._retired and self._forgettable(t):
             self._forget(t)
 
     def _forget(self, t: _T, tell: bool = True) -> None:
         """Drop ``t``; ``tell``: with a ``Forget`` (unless the caller asked for none)."""
         del self._tasks[t.name]
+        if self._retired:
+            self._retired.discard(t)
+        if self._roots:
+            self._roots.pop(t, None)
         self._forgotten_by_state[t.state] += 1
         if t.out_item:
             self._items.pop(OutputItem(t.name), None)
@@ -1381,7 +1386,7 @@ class Planner:
         failed = _unique(p.name for p in rec.failed)
         for w in waiters:
             if w.state is _WAITING:
-                w.root = root
+                self._roots[w] = root
                 self._end(w, _SKIPPED, _dep_error(w, [], failed, root))
 
     def _skip_stuck_waiters(self, r: Hashable, lock: _Lock) -> None:
@@ -1414,7 +1419,7 @@ class Planner:
                 self._advance(r, lock)
         self._out.append(Settle(t.name, state, error, t))
         self._drop_parents(t)
-        root = t.root or t.name
+        root = self._roots.get(t, t.name) if self._roots else t.name
         for item in self._provides(t):
             self._lose(item, t, root)
         self._retire(t)
@@ -1452,6 +1457,14 @@ class Planner:
     def validate_state(self) -> None:
         """Check every internal invariant; raises PlannerBug. Cheap enough for tests."""
         _check(not _NO_PARENTS, "the shared empty list was filled")
+        for kept, what in (
+            (self._holds, "holds"),
+            (self._roots, "roots"),
+            (self._retired, "retired"),
+        ):
+            for t in kept:  # (no record forgotten or replaced lingers in these)
+                _check(self._tasks.get(t.name) is t, f"{t.name} in {what} but not known")
+                _check(t.state.terminal, f"{t.name} in {what} but {t.state.name}")
         counts = dict(self._forgotten_by_state)
         consumers: dict[str, int] = {}
         busy = 0
@@ -1462,7 +1475,7 @@ class Planner:
                 consumers[p.name] = consumers.get(p.name, 0) + 1
             if t.parents:
                 _check(not t.state.terminal and t.state is not _RUNNING, f"{t.name} parents")
-            if t.state is _RUNNING or t.holds:
+            if t.state is _RUNNING or t in self._holds:
                 _check(t.state is _RUNNING or t.state.terminal, f"{t.name} holds a slot")
                 if t.spec.tier is not _CRITICAL:
                     busy += t.spec.weight
@@ -1498,12 +1511,14 @@ class Planner:
             if lock.excl is not None:
                 _check(not lock.shared, f"lock {r!r}: exclusive and shared holders")
                 _check(
-                    lock.excl.state is _RUNNING or lock.excl in lock.stuck or lock.excl.holds,
+                    lock.excl.state is _RUNNING
+                    or lock.excl in lock.stuck
+                    or lock.excl in self._holds,
                     f"lock {r!r}: holder {lock.excl.name} is {lock.excl.state.name}",
                 )
             for h in lock.shared:
                 _check(
-                    h.state is _RUNNING or h in lock.stuck or h.holds,
+                    h.state is _RUNNING or h in lock.stuck or h in self._holds,
                     f"lock {r!r}: shared holder {h}",
                 )
             for g in lock.granted:
