@@ -1264,8 +1264,8 @@ class Planner:
         parents, t.parents = t.parents, _NO_PARENTS
         for p in parents:
             p.consumers -= 1
-            if p.consumers == 0 and self._retired:
-                self._forget_if_free(p)
+            if p.consumers == 0 and p in self._retired and self._forgettable(p):
+                self._forget(p)
 
     def _retire(self, t: _T) -> None:
         """``t`` ended: past the ``keep_ended`` window, the oldest ended task is forgotten
