@@ -503,9 +503,10 @@ class Planner:
         # runs), each with whether the locks it gives back wait for that too (rare: a
         # dict here, not two slots in every record)
         self._holds: dict[_T, bool] = {}
-        # (rare too, so kept here rather than in a slot of every record:) the failure a
-        # skipped task's skip started from, for messages; and the ended tasks past the
-        # keep_ended window that something still needed (forgotten once nothing does)
+        # the failure a skipped task's skip started from, for messages (one entry per
+        # task skipped for a dependency, ~57 bytes, where a slot cost every task 8), and
+        # the ended tasks past the keep_ended window that something still needed
+        # (forgotten once nothing does; providers, never forgotten, are not kept here)
         self._roots: dict[_T, str] = {}
         self._retired: set[_T] = set()
         # ``Forget`` instructions: a caller that looks its records up in ``tasks`` (the
@@ -1278,7 +1279,8 @@ class Planner:
             old = ended.popleft()
             if self._forgettable(old):
                 self._forget(old)
-            elif self._tasks.get(old.name) is old:  # (still known: something needs it)
+            elif not old.spec.provides and self._tasks.get(old.name) is old:
+                # (still known, and something needs it: forgotten when nothing does)
                 self._retired.add(old)
 
     def unpin(self, names: Iterable[str], *, now: float = 0.0) -> list[Instruction]:
