@@ -100,16 +100,24 @@ async def test_a_gather_keeps_the_results_of_its_ended_tasks_not_their_records()
         await release.wait()
         return "last"
 
-    async with tv.Supervisor(aloops=(), result_buffer=1) as sup:
+    others_ended = asyncio.Event()
+
+    class Ended:
+        """An instrument: its hook runs once the engine has finished the task."""
+
+        count = 0
+
+        def task_finished(self, res: tv.TaskRes[Any]) -> None:
+            self.count += 1
+            if self.count == N:
+                others_ended.set()
+
+    async with tv.Supervisor(aloops=(), result_buffer=1, instruments=[Ended()]) as sup:
         batch: list[tv.Task[Any]] = [tv.Task(noop, name=f"t{i}", runs_on="main") for i in range(N)]
         batch.insert(N // 2, tv.Task(last, name="last", runs_on="main"))
         waiting = asyncio.ensure_future(sup.gather(batch))
-        for _ in range(10 * N):  # (each noop ends within a turn or two of the loop)
-            if sup.report().pending == ("last",):
-                break
-            await asyncio.sleep(0)
-        else:
-            pytest.fail(f"still pending: {sup.report().pending}")
+        await others_ended.wait()
+        assert sup.report().pending == ("last",)
         # the N that ended: one record kept for result_buffer=1, and the pending one
         assert _count(Record)[Record] == 2
         release.set()
