@@ -650,9 +650,7 @@ class Engine:
                 values[prec.name] = pres.ret
         args, kwargs = spec.args, spec.kwargs
         if spec.refs:
-            if (
-                not spec.refs <= values.keys()
-            ):  # (a name not there: a planner bug)  # (a planner bug: fails the task loudly)
+            if not spec.refs <= values.keys():  # (a planner bug: fails the task loudly)
                 raise RuntimeError(
                     f"task {spec.name!r}: no result of {set(spec.refs - values.keys())}"
                 )
