@@ -508,7 +508,7 @@ class PickledPool:
             ex = self._executor = self._factory()
             self._made.append(ex)
         try:
-            fut = ex.submit(run_pickled, job.fn, job.args, job.kwargs, job.shared)
+            fut = ex.submit(run_pickled, job.fn, job.args, job.kwargs or {}, job.shared)
         except BrokenProcessPool:
             if self._owned:
                 self._drop(ex)

@@ -127,7 +127,7 @@ from ._worker import HEADER as _HEADER
 from ._worker import RUN as _RUN
 from ._worker import STARTED as _STARTED
 from ._worker import STOP as _STOP
-from ._worker import child_main, decode
+from ._worker import child_main, decode, dumps_call
 
 __all__ = ["ProcessPool"]
 
@@ -497,9 +497,12 @@ class ProcessPool:
                 self._woken = False
                 closing = self._closed
                 cancels, self._cancels = self._cancels, []
+                queued = None
                 if self._queue:
-                    self._ready.extend(_Slot(job) for job in self._queue)
-                    self._queue.clear()
+                    queued, self._queue = self._queue, deque()
+            # (the slots are made outside the lock: submit() on the loop waits for it)
+            if queued is not None:
+                self._ready.extend(map(_Slot, queued))
             if closing:
                 return
             self._take_withdrawals()
@@ -524,7 +527,7 @@ class ProcessPool:
                 continue
             if slot.payload is None:
                 try:
-                    slot.payload = pickle.dumps((job.fn, job.args, job.kwargs, job.shared), _PROTO)
+                    slot.payload = dumps_call(job.fn, job.args, job.kwargs, job.shared)
                 except Exception as exc:
                     err = SpecError(
                         f"task {job.name!r}: its function or arguments could not be pickled "

@@ -731,8 +731,9 @@ class DaskExecutor(Executor):
 
     def submit(self, job: Job) -> None:
         task = job.task
-        # (a payload that cannot be pickled raises here: that attempt fails with the reason)
-        payload, futures = _dumps((job.fn, job.args, job.kwargs, job.shared))
+        # (a payload that cannot be pickled raises here: that attempt fails with the reason;
+        # no keywords go as a plain {}, see taskvisor._worker.dumps_call)
+        payload, futures = _dumps((job.fn, job.args, job.kwargs or {}, job.shared))
         if (
             task is None
             or task.resources

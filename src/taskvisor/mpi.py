@@ -52,7 +52,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from ._errors import WorkerCrashed
 from ._job import Job, Outcome
 from ._result import ExceptionInfo
-from ._worker import _die_with_parent, _error_answer, _run_payload, decode, run_pickled
+from ._worker import (
+    _die_with_parent,
+    _error_answer,
+    _run_payload,
+    decode,
+    dumps_call,
+    run_pickled,
+)
 from .abc import CancelResult, Executor, Sink
 
 if TYPE_CHECKING:
@@ -130,10 +137,10 @@ class MPIExecutor(Executor):
         sink = self._sink
         try:
             if self.isolate:
-                payload = pickle.dumps((job.fn, job.args, job.kwargs, job.shared), _PROTO)
+                payload = dumps_call(job.fn, job.args, job.kwargs, job.shared)
                 fut = self.pool.submit(run_isolated, job.name, payload)
             else:
-                fut = self.pool.submit(run_on_rank, job.fn, job.args, job.kwargs, job.shared)
+                fut = self.pool.submit(run_on_rank, job.fn, job.args, job.kwargs or {}, job.shared)
         except Exception as exc:  # a payload that does not pickle, a pool shut down
             sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
             return
