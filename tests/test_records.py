@@ -90,6 +90,41 @@ async def test_pending_tasks_cost_one_record_each_and_no_planner_record() -> Non
             assert (await h).ok
 
 
+async def test_an_awaited_handle_has_one_future_beside_its_record_until_its_task_ends() -> None:
+    """``await handle`` makes one future per task, kept in the engine's map (not a slot
+    of every record: 8 bytes of every pending task), shared by every awaiter, popped when
+    the task ends; a task nobody awaits never has one."""
+    release = asyncio.Event()
+
+    async def blocker() -> int:
+        await release.wait()
+        return 7
+
+    assert "fut" not in Record.__slots__
+    async with tv.Supervisor(aloops=()) as sup:
+        handle = sup.submit(blocker, runs_on="main")
+        entered = [asyncio.Event(), asyncio.Event()]
+
+        async def waiter(i: int) -> tv.TaskRes[int]:
+            entered[i].set()
+            return await handle  # (in the same step as the set: done before we wake)
+
+        waiters = [asyncio.create_task(waiter(i)) for i in (0, 1)]
+        for ev in entered:
+            await ev.wait()
+        assert list(sup._futures) == [sup._recs[handle.name]]  # one, shared
+        waiters[0].cancel()  # one awaiter gone: the future stays for the other
+        gone: list[Any] = await asyncio.gather(waiters[0], return_exceptions=True)
+        assert isinstance(gone[0], asyncio.CancelledError)
+        assert len(sup._futures) == 1
+        release.set()
+        assert (await waiters[1]).ret == 7
+        assert sup._futures == {}  # popped when the task ended
+        assert (await handle).ret == 7  # ended: no future made
+        assert (await sup.gather([tv.Task(noop)])).ok  # nobody awaits a handle
+        assert sup._futures == {}
+
+
 async def test_a_gather_keeps_the_results_of_its_ended_tasks_not_their_records() -> None:
     """A task of a ``gather`` that ended can be forgotten inside the batch (past the
     ``result_buffer`` window): the gather keeps its ``TaskRes``, not its record, and still

@@ -6,8 +6,10 @@ and the planner keeps the same object as its own record of the task: the planner
 fields (the base class), its attempt machine (a mixin; the running attempt's call,
 ``shared`` and timer live in its ``Job``), and who waits for its :class:`TaskRes` — a
 future for ``await handle``, listeners (``run()`` streams, ``gather`` counters, done
-callbacks), an event for ``handle.result()`` in another thread. The engine builds the
-``TaskRes`` (``Engine._deliver``) and calls them.
+callbacks), and, in maps of the engine's, the future of an awaited handle and the event
+of a ``handle.result()`` in another thread (few tasks have either: a slot for them in
+every record was 8 bytes of every pending task). The engine builds the ``TaskRes``
+(``Engine._deliver``) and tells them.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ class Record(PlannerRecord, Attempts):
 
     __slots__ = (
         "attempts",
-        "fut",
         "job",
         "listeners",
         "res",
@@ -102,7 +103,6 @@ class Record(PlannerRecord, Attempts):
         self.run_time = 0.0
         self.attempts = 0
         self.res: TaskRes[Any] | None = None
-        self.fut: asyncio.Future[TaskRes[Any]] | None = None
         # who wants the TaskRes: None, one callable, or a list of them (one is the usual)
         self.listeners: Listener | list[Listener] | None = None
         # the running attempt, from its dispatch until the task ends: what it received
@@ -240,15 +240,18 @@ class TaskHandle(Generic[T]):
     def __await__(self) -> Generator[Any, None, TaskRes[T]]:
         rec = self._rec
         if rec.res is None:
-            with self._sup._engine:  # (a pool thread's _deliver reads fut under it)
-                if rec.res is None and rec.fut is None:
-                    rec.fut = self._sup._loop_or_raise().create_future()
-        if rec.res is None:
-            assert rec.fut is not None
-            # shielded: one awaiter cancelled (wait_for, a cancel scope) must not cancel the
-            # shared future under every other awaiter
-            return (yield from asyncio.shield(rec.fut).__await__())
-        return rec.res
+            sup = self._sup
+            with sup._engine:  # (a pool thread's _deliver reads the futures under it)
+                if rec.res is None:
+                    fut = sup._futures.get(rec)
+                    if fut is None:
+                        fut = sup._futures[rec] = sup._loop_or_raise().create_future()
+                    # shielded: one awaiter cancelled (wait_for, a cancel scope) must not
+                    # cancel the shared future under every other awaiter
+                    waiting = asyncio.shield(fut)
+            if rec.res is None:
+                return (yield from waiting.__await__())
+        return cast(TaskRes[T], rec.res)
 
     def __repr__(self) -> str:
         state = self._rec.res.state.name if self._rec.res else "pending"

@@ -249,6 +249,9 @@ class Engine:
         # threads blocked in TaskHandle.result(), by record: whoever pops an entry (after
         # the task's res is set) sets its Event (see TaskHandle.result)
         self._result_waiters: dict[Record, threading.Event] = {}
+        # the future of each awaited handle whose task has not ended (``await handle``
+        # makes it, under the engine lock; the loop pops and resolves it at delivery)
+        self._futures: dict[Record, asyncio.Future[TaskRes[Any]]] = {}
         # the task records by name: the planner's own map (it keeps the supervisor's
         # records, and forgets them itself: one map per supervisor, not two)
         self._recs = cast("Mapping[str, Record]", self._planner.tasks)
@@ -940,7 +943,7 @@ class Engine:
         self._story.extend((now, spec.name, "ended", state))  # (State: named when read)
         if threading.get_ident() == self._tid:
             self._notify(rec, res)
-        elif rec.fut is None and not self._instruments and _any_thread(rec.listeners):
+        elif not self._instruments and rec not in self._futures and _any_thread(rec.listeners):
             # nothing here needs the loop (no future, no instrument; a gather's countdown
             # wakes it once, for the batch's last task): a chain of thread tasks flows on
             # without a loop wake-up per link
@@ -955,8 +958,10 @@ class Engine:
         """Tell whoever waits for a task's result (on the loop's thread)."""
         if self._instruments:
             self._instrument("task_finished", res)
-        if rec.fut is not None and not rec.fut.done():
-            rec.fut.set_result(res)
+        if self._futures:
+            fut = self._futures.pop(rec, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
         listeners, rec.listeners = rec.listeners, None
         if listeners is not None:
             if isinstance(listeners, list):

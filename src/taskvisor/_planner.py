@@ -266,7 +266,6 @@ class _T:
 
     __slots__ = (
         "consumers",
-        "due",
         "finish_seq",
         "lock_missing",
         "missing",
@@ -274,10 +273,10 @@ class _T:
         "out_item",
         "parents",
         "pinned",
-        "queued_at",
         "seq",
         "spec",
         "state",
+        "when",
     )
 
     def __init__(self, spec: Spec, seq: int) -> None:
@@ -288,11 +287,13 @@ class _T:
         self.missing = 0
         self.lock_missing = 0
         self.parents: list[_T] = _NO_PARENTS  # a list of its own from the first parent on
-        self.due = 0.0
         self.finish_seq = -1
         self.consumers = 0  # tasks not yet dispatched that list it among their parents
         self.out_item = False  # an OutputItem(name) entry exists: someone refers to its output
-        self.queued_at = 0.0
+        # until it is queued: when it is due (its submission plus its delay); from then
+        # on: when it was queued (alarms). One slot for both: no task needs them at once
+        # (a slot less is 16 bytes less of every pending task: objects come in 16s)
+        self.when = 0.0
         self.pinned = False  # a handle to it is alive: never forgotten, its name stays taken
 
     @property
@@ -853,7 +854,7 @@ class Planner:
             waiting = self._tasks.get(name)
             # (it waited that long, even if admitted right now; not a reused name's task)
             if waiting is not None and waiting.seq == seq and waiting.state is _QUEUED:
-                self._out.append(Alarm(name, level, now - waiting.queued_at))
+                self._out.append(Alarm(name, level, now - waiting.when))
         heads = [h[0][0] for h in (self._delayed, alarms) if h]
         if heads:
             self._out.append(WakeAt(min(heads)))
@@ -984,7 +985,7 @@ class Planner:
         spec = t.spec
         opts = spec._opts
         # the delay counts from submission (no new float when there is none)
-        t.due = self._now + opts.delay if opts.delay else self._now
+        t.when = self._now + opts.delay if opts.delay else self._now
         if t.state is not _NEW:  # skipped already by a cascade within the batch
             return
         if self.pool_size or opts.resources:  # (else nothing can be too big: no call)
@@ -994,7 +995,7 @@ class Planner:
                 return
         if not spec.dependencies:
             # the usual: ready now; no delay and no lock go straight to the queue
-            if t.due <= self._now and not opts.claims and not opts.uses:
+            if t.when <= self._now and not opts.claims and not opts.uses:
                 self._queue(t)  # (_ready -> _to_locks -> _queue, two calls less)
             else:
                 self._ready(t)
@@ -1057,13 +1058,14 @@ class Planner:
 
     def _ready(self, t: _T) -> None:
         """Dependencies met: delay, then locks, then the admission queue."""
-        if t.due > self._now:
+        due = t.when
+        if due > self._now:
             # the delay counts from submission and holds no slot while it runs out
             self._move(t, _DELAYED)
-            first = not self._delayed or t.due < self._delayed[0][0]
-            heapq.heappush(self._delayed, (t.due, t.seq, t))
+            first = not self._delayed or due < self._delayed[0][0]
+            heapq.heappush(self._delayed, (due, t.seq, t))
             if first:
-                self._out.append(WakeAt(t.due))
+                self._out.append(WakeAt(due))
             return
         self._to_locks(t)
 
@@ -1119,7 +1121,7 @@ class Planner:
             self._queues[t.spec.tier].push(t)
         self.stats.queued_by_tier[t.spec.tier] += 1
         if self._alarm_after:
-            t.queued_at = self._now
+            t.when = self._now  # (from now on: when it was queued)
             self._just_queued.append(t)
 
     def _arm_alarms(self) -> None:
@@ -1129,7 +1131,7 @@ class Planner:
             if t.state is not _QUEUED:
                 continue
             for level, after in self._alarm_after:
-                when = t.queued_at + after
+                when = t.when + after
                 if not alarms or when < alarms[0][0]:
                     self._out.append(WakeAt(max(when, now)))
                 heapq.heappush(alarms, (when, t.seq, level, t.name))
