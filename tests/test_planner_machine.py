@@ -46,7 +46,17 @@ from taskvisor._errors import (
     ResourceError,
     TaskCancelled,
 )
-from taskvisor._planner import Cancel, Dispatch, Instruction, Planner, Settle, State, WakeAt, Warn
+from taskvisor._planner import (
+    Alarm,
+    Cancel,
+    Dispatch,
+    Instruction,
+    Planner,
+    Settle,
+    State,
+    WakeAt,
+    Warn,
+)
 from taskvisor._spec import Task, Tier
 
 
@@ -174,6 +184,11 @@ class PlannerMachine(RuleBasedStateMachine):
         self.limits: dict[Tier, int] = {}
         self.last_parents: dict[str, tuple[str, ...]] = {}
         self.steps = 0
+        # wait alarms: level -> seconds; when each task was first seen QUEUED; the
+        # (task, level) alarms issued so far
+        self.alarm_after: dict[str, float] = {}
+        self.queued_at: dict[str, float] = {}
+        self.alarmed: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------ set-up
 
@@ -183,6 +198,8 @@ class PlannerMachine(RuleBasedStateMachine):
         reserve_high=st.integers(0, 2),
         capacity=st.sampled_from((None, {"gpu": 2.0}, {"gpu": 2.0}, {"gpu": 1.0}, {"cpu": 4.0})),
         fail_fast=st.sampled_from((False,) * 7 + (True,)),
+        wait_warning=st.sampled_from((None, None, 0.5, 1.0)),
+        wait_critical=st.sampled_from((None, None, 2.0)),
     )
     def init_planner(
         self,
@@ -191,6 +208,8 @@ class PlannerMachine(RuleBasedStateMachine):
         reserve_high: int,
         capacity: dict[str, float] | None,
         fail_fast: bool,
+        wait_warning: float | None,
+        wait_critical: float | None,
     ) -> None:
         self.planner = Planner(
             pool_size=pool_size,
@@ -198,7 +217,12 @@ class PlannerMachine(RuleBasedStateMachine):
             reserve_high=reserve_high,
             resources=capacity,
             fail_fast=fail_fast,
+            wait_warning=wait_warning,
+            wait_critical=wait_critical,
         )
+        for level, after in (("warning", wait_warning), ("critical", wait_critical)):
+            if after is not None:
+                self.alarm_after[level] = after
         self.capacity = dict(capacity or {})
         self.used = dict.fromkeys(self.capacity, 0.0)
         self.fail_fast = fail_fast
@@ -287,8 +311,10 @@ class PlannerMachine(RuleBasedStateMachine):
         """Apply the planner's answer to the model, checking each instruction."""
         first_dispatch = next((k for k, i in enumerate(out) if isinstance(i, Dispatch)), len(out))
         dispatched = [i.name for i in out[first_dispatch:] if isinstance(i, Dispatch)]
-        assert len(dispatched) == len(out) - first_dispatch, f"only dispatches close a step: {out}"
-        for ins in out[:first_dispatch]:
+        # only dispatches close a step, and the alarms armed for what they left queued
+        tail = [i for i in out[first_dispatch:] if not isinstance(i, Dispatch)]
+        assert all(isinstance(i, (Alarm, WakeAt)) for i in tail), f"{tail} after a dispatch"
+        for ins in [*out[:first_dispatch], *tail]:
             if isinstance(ins, Settle):
                 self.on_settle(step, ins)
             elif isinstance(ins, Cancel):
@@ -299,6 +325,8 @@ class PlannerMachine(RuleBasedStateMachine):
             elif isinstance(ins, WakeAt):
                 assert ins.when > self.now, f"{ins} is not in the future (now={self.now})"
                 self.wakes.add(ins.when)
+            elif isinstance(ins, Alarm):
+                self.on_alarm(ins)
             else:
                 assert isinstance(ins, Warn)
                 assert step.failed, f"Warn outside a failure: {ins}"
@@ -306,6 +334,19 @@ class PlannerMachine(RuleBasedStateMachine):
         self.check_admission(dispatched)
         for name in dispatched:
             self.on_dispatch(name)
+
+    def on_alarm(self, ins: Alarm) -> None:
+        """A wait alarm: once per task and level, for a task still waiting for admission
+        since it was queued, at least the level's seconds ago, telling exactly how long."""
+        key = (ins.name, ins.level)
+        assert ins.level in self.alarm_after, f"{ins}: no such alarm level configured"
+        assert key not in self.alarmed, f"{ins}: issued twice"
+        assert self.recs[ins.name].phase == "pending", f"{ins} for a task no longer waiting"
+        assert ins.name in self.queued_at, f"{ins} for a task never seen QUEUED"
+        waited = self.now - self.queued_at[ins.name]
+        assert ins.waited == waited, f"{ins}: it has waited {waited}"
+        assert waited >= self.alarm_after[ins.level], f"{ins} before its time"
+        self.alarmed.add(key)
 
     def on_settle(self, step: Step, ins: Settle) -> None:
         rec = self.recs[ins.name]
@@ -465,6 +506,8 @@ class PlannerMachine(RuleBasedStateMachine):
         self.steps += 1
         for n, st_ in self.states().items():
             rec = self.recs[n]
+            if st_ is State.QUEUED and n not in self.queued_at:
+                self.queued_at[n] = self.now
             if rec.joined is None and (
                 st_ in (State.LOCKED, State.QUEUED, State.RUNNING) or rec.phase == "running"
             ):
@@ -625,6 +668,12 @@ class PlannerMachine(RuleBasedStateMachine):
             self.now += dt
         self.wakes = {w for w in self.wakes if w > self.now}
         self.run(Step("tick"), self.p.tick(self.now))
+        for n, at in self.queued_at.items():  # every alarm due by now was issued
+            if self.p.state(n) is State.QUEUED:
+                for level, after in self.alarm_after.items():
+                    assert at + after > self.now or (n, level) in self.alarmed, (
+                        f"{n} QUEUED since {at}, now {self.now}: no {level} alarm"
+                    )
 
     # ------------------------------------------------------------ invariants
 

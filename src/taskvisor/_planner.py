@@ -984,10 +984,10 @@ class Planner:
     def _enter(self, t: _T, sealed: bool) -> None:
         spec = t.spec
         opts = spec._opts
-        # the delay counts from submission (no new float when there is none)
-        t.when = self._now + opts.delay if opts.delay else self._now
         if t.state is not _NEW:  # skipped already by a cascade within the batch
             return
+        # the delay counts from submission (no new float when there is none)
+        t.when = self._now + opts.delay if opts.delay else self._now
         if self.pool_size or opts.resources:  # (else nothing can be too big: no call)
             err = self._never_fits(t)
             if err is not None:
@@ -1125,15 +1125,22 @@ class Planner:
             self._just_queued.append(t)
 
     def _arm_alarms(self) -> None:
-        """Alarm deadlines for the tasks still queued after admission (not the others)."""
+        """Alarm deadlines for the tasks still queued after admission (not the others).
+
+        An alarm already due is raised now: a task held by ``submit(admit=False)`` is
+        armed at the first admission after it, which may come after its alarm time (it
+        was a ``WakeAt`` for the present, and the alarm one wake-up late)."""
         alarms, now = self._alarms, self._now
         for t in self._just_queued:
             if t.state is not _QUEUED:
                 continue
             for level, after in self._alarm_after:
                 when = t.when + after
+                if when <= now:
+                    self._out.append(Alarm(t.name, level, now - t.when))
+                    continue
                 if not alarms or when < alarms[0][0]:
-                    self._out.append(WakeAt(max(when, now)))
+                    self._out.append(WakeAt(when))
                 heapq.heappush(alarms, (when, t.seq, level, t.name))
         self._just_queued.clear()
 
