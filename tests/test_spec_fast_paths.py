@@ -266,6 +266,25 @@ def test_references_found_at_the_top_level_and_nested() -> None:
         assert spec.dependencies == spec.requires | {tv.ResultRef(r).item for r in spec.refs}
 
 
+def test_the_tasks_passed_one_output_share_its_reference_and_dependency_item() -> None:
+    """``task.output`` is made once per task, with the dependency item every task it is
+    passed to (or a projection of it) shares: W4's layered DAG built 8 objects per task,
+    two references and two items among them; now one of each per referenced task."""
+    p = tv.Task(positional, name="p")
+    assert p.output is p.output
+    children = [
+        tv.Task(positional, (p.output,)),
+        tv.Task(positional, (), {"k": p.output["k"]}),
+        tv.Task(positional, ([p.output.map(str)],)),  # (the nested walk)
+    ]
+    (item,) = children[0].dependencies
+    assert item == tv.ResultRef("p").item and item is p.output.item
+    for child in children:
+        assert child.refs == {"p"}
+        assert [i for i in child.dependencies if i is item] == [item]
+    assert len(children[0].dependencies | children[1].dependencies) == 1
+
+
 def a_list() -> list[int]:
     return [7, 8]
 

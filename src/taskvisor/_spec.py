@@ -16,7 +16,15 @@ import itertools
 import math
 import reprlib
 import types
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from math import copysign
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -101,13 +109,21 @@ class ResultRef(Generic[T]):
     ``spec.output`` (never built directly): ``ref["key"]`` and ``ref.map(f)`` project it.
     """
 
-    __slots__ = ("_name", "_steps")
+    __slots__ = ("_item", "_name", "_steps")
 
-    def __init__(self, name: str, steps: tuple[tuple[str, Any], ...] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        steps: tuple[tuple[str, Any], ...] = (),
+        item: OutputItem | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise SpecError(f"ResultRef needs a task name, got {safe_repr(name)}")
         self._name = str.__str__(name)
         self._steps = steps
+        # the dependency item every task passed this reference (or a projection of it)
+        # shares, one per referenced task (see Task.output), not one per reference
+        self._item = OutputItem(self._name) if item is None else item
 
     @property
     def task_name(self) -> str:
@@ -116,10 +132,10 @@ class ResultRef(Generic[T]):
 
     @property
     def item(self) -> OutputItem:
-        return OutputItem(self._name)
+        return self._item
 
     def __getitem__(self, key: Any) -> ResultRef[Any]:
-        return ResultRef(self._name, (*self._steps, ("item", key)))
+        return ResultRef(self._name, (*self._steps, ("item", key)), self._item)
 
     def __iter__(self) -> Iterator[Any]:
         # (without it, ``__getitem__`` made a reference iterable: ref[0], ref[1], ... for
@@ -134,7 +150,7 @@ class ResultRef(Generic[T]):
         """A reference to ``fn(value)``, computed just before dispatch."""
         if not callable(fn):
             raise SpecError(f"ResultRef.map needs a callable, got {safe_repr(fn)}")
-        return ResultRef(self._name, (*self._steps, ("map", fn)))
+        return ResultRef(self._name, (*self._steps, ("map", fn)), self._item)
 
     def resolve(self, value: Any) -> T:
         """Apply the projections to the referenced task's return value."""
@@ -243,6 +259,7 @@ class Task(Generic[T]):
 
     __slots__ = (
         "_opts",
+        "_output",
         "args",
         "dependencies",
         "fn",
@@ -266,6 +283,7 @@ class Task(Generic[T]):
     # priority, weight, resources, timeout, retries, delay, claims, uses, is_coroutine
     # and wants_shared: properties over one shared Options object (see Options)
     _opts: Options
+    _output: ResultRef[T]  # (set on the first read of ``output``)
     refs: frozenset[str]
     dependencies: frozenset[Hashable]
 
@@ -333,9 +351,10 @@ class Task(Generic[T]):
         kw = _NO_KWARGS if kwargs is None else _kwargs(name, kwargs)
         _set_kwargs(self, kw)
         try:
-            refs = _refs_in(args, kw)
+            found = _refs_in(args, kw)
         except Exception as exc:  # a container whose iteration (or __class__) raises
             raise _unreadable(name, args, kw, exc) from exc
+        refs = frozenset([r._name for r in found]) if found else _NO_ITEMS
         if name in refs:
             raise _bad(name, "takes its own output as an argument")
         if opts.keys().isdisjoint(_ITEM_KEYS):  # no items: every default is ()
@@ -372,7 +391,7 @@ class Task(Generic[T]):
         _set_refs(self, refs)
         if refs:
             try:
-                dependencies = requires | {OutputItem(r) for r in refs}
+                dependencies = requires | {r._item for r in found}
             except Exception as exc:  # checked above; a __hash__/__eq__ that changed its mind
                 raise _bad(name, f"requires items cannot be compared: {safe_repr(exc)}") from exc
         else:
@@ -483,7 +502,12 @@ class Task(Generic[T]):
     @property
     def output(self) -> ResultRef[T]:
         """This task's return value, for use as another task's argument."""
-        return ResultRef(self.name)
+        try:
+            return self._output
+        except AttributeError:  # the first read: one reference (and one dependency item)
+            ref: ResultRef[T] = ResultRef(self.name)  # for every task it is passed to
+            _set__output(self, ref)
+            return ref
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} tier={self.tier.name}>"
@@ -494,6 +518,7 @@ class Task(Generic[T]):
 # ``Task()``, the descriptors ~0.7 µs (timeit, CPython 3.11), and every task builds one.
 (
     _set__opts,
+    _set__output,
     _set_args,
     _set_dependencies,
     _set_fn,
@@ -628,21 +653,21 @@ _CONTAINERS = (tuple, list, set, frozenset, dict)
 _NESTED = (*_CONTAINERS, ResultRef)  # a ResultRef subclass takes the generic walk too
 
 
-def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
-    """The names of the tasks whose outputs the arguments refer to.
+def _refs_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[ResultRef[Any]]:
+    """The references to other tasks' outputs in the arguments (empty: none).
 
     Most arguments are plain values: only a container or a reference at the top level
     needs the full walk of :func:`iter_refs`.
     """
-    names: list[str] | None = None
+    found: list[ResultRef[Any]] | None = None
     for x in (*args, *kwargs.values()) if kwargs else args:
         if type(x) is ResultRef:
-            if names is None:
-                names = []
-            names.append(x._name)
+            if found is None:
+                found = []
+            found.append(x)
         elif isinstance(x, _NESTED):
-            return frozenset(r.task_name for r in iter_refs((args, tuple(kwargs.values()))))
-    return _NO_ITEMS if names is None else frozenset(names)
+            return list(iter_refs((args, tuple(kwargs.values()))))
+    return () if found is None else found
 
 
 def iter_refs(obj: Any) -> Iterable[ResultRef[Any]]:
