@@ -539,6 +539,58 @@ async def test_logging_on_the_taskvisor_logger(caplog: pytest.LogCaptureFixture)
     )
 
 
+async def test_no_log_record_is_built_for_a_logger_nobody_hears(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program that configures no logging leaves our logger its NullHandler only: a
+    close that cancels a backlog must not build one warning record per task for it (56%
+    of such a close); once a handler listens, every warning is there again."""
+    from taskvisor._log import heard, logger
+
+    built: list[logging.LogRecord] = []
+    make = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(self, *args, **kwargs)
+        built.append(record)
+        return record
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+    monkeypatch.setattr(logger, "propagate", False)  # (pytest's own handlers sit on root)
+    assert [type(h) for h in logger.handlers] == [logging.NullHandler]
+    assert not heard(logging.WARNING) and not heard(logging.ERROR)
+
+    async def close_with_a_backlog() -> None:
+        release = asyncio.Event()
+
+        async def blocker() -> None:
+            await release.wait()
+
+        sup = tv.Supervisor(pool_size=1, aloops=())
+        await sup.start()
+        sup.submit(blocker, runs_on="main")
+        for i in range(20):
+            sup.submit(noop, name=f"queued-{i}")
+        await sup.aclose(cancel=True)
+
+    await close_with_a_backlog()
+    assert [r for r in built if r.name == "taskvisor"] == []
+
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: None  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        assert not heard(logging.WARNING) and heard(logging.ERROR)  # (its level)
+        handler.setLevel(logging.WARNING)
+        assert heard(logging.WARNING)
+        await close_with_a_backlog()
+    finally:
+        logger.removeHandler(handler)
+    cancelled = [r.getMessage() for r in built if r.levelno == logging.WARNING]
+    assert len(cancelled) == 21, cancelled  # the blocker and the 20 queued tasks
+    assert any(m.startswith("'queued-0' cancelled: ") for m in cancelled), cancelled
+
+
 async def test_report_statistics_and_str() -> None:
     async with tv.Supervisor(result_buffer=2) as sup:
         report = await sup.gather(

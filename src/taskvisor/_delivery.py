@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 from ._attempts import Attempts
 from ._errors import SpecError
 from ._job import Job
-from ._log import logger
+from ._log import heard, logger
 from ._planner import _DONE, State
 from ._planner import _T as PlannerRecord
 from ._result import TaskRes
@@ -313,6 +313,8 @@ def log_result(res: TaskRes[Any]) -> None:
             logger.info("%r done in %.1f ms on %s", res.name, res.run_time * 1e3, res.runs_on)
     elif res.state is State.FAILED:
         assert res.excinfo is not None
+        if not heard(logging.ERROR):  # (nobody listens: no record built, see heard)
+            return
         logger.error(
             "%r failed on %s: %r",
             res.name,
@@ -320,7 +322,7 @@ def log_result(res: TaskRes[Any]) -> None:
             res.excinfo.val,
             exc_info=(res.excinfo.type, res.excinfo.val, res.excinfo.tb),
         )
-    else:
+    elif heard(logging.WARNING):
         logger.warning(
             "%r %s: %s", res.name, res.state.name.lower(), getattr(res.error, "reason", res.error)
         )
