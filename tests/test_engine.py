@@ -1146,3 +1146,70 @@ async def test_a_burst_of_completions_admits_once_with_every_slot_it_freed() -> 
         for h in (a, b, low, big):
             assert (await h).ok
     assert started == ["held", "held", "big", "low"]
+
+
+# ------------------------------------------------ coroutine jobs start in slices (W3)
+
+SLICE = _executors.START_SLICE
+
+
+@pytest.mark.parametrize("runs_on", ["main", "aloop"])
+async def test_a_burst_of_coroutine_tasks_starts_a_slice_per_turn_of_the_loop(
+    runs_on: str,
+) -> None:
+    """200 coroutine tasks at once: each turn of the loop they run on creates at most
+    START_SLICE asyncio Tasks, and runs their first steps before it creates more (it
+    created all 200 before the first one ran); they start in the order submitted."""
+    n = 200 if SLICE < 100 else 4 * SLICE
+    seen: list[tuple[int, int]] = []  # (task, asyncio Tasks alive at its first step)
+
+    async def first_step(i: int) -> None:
+        seen.append((i, len(asyncio.all_tasks())))
+
+    async def baseline() -> int:
+        return len(asyncio.all_tasks())
+
+    async with tv.Supervisor(aloops=("default",) if runs_on == "aloop" else ()) as sup:
+        before = cast(int, (await sup.submit(baseline, runs_on=runs_on)).ret)
+        report = await sup.gather(
+            tv.Task(first_step, (i,), name=f"c{i}", runs_on=runs_on) for i in range(n)
+        )
+    assert report.ok
+    assert [i for i, _ in seen] == list(range(n))
+    most = max(alive for _, alive in seen)
+    assert most - before <= SLICE, (most, before)  # (n + before without slices)
+
+
+async def test_a_main_loop_job_cancelled_before_its_turn_never_starts() -> None:
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def held(i: int) -> None:
+        started.append(i)
+        await release.wait()
+
+    async with tv.Supervisor(aloops=()) as sup:
+        handles = [sup.submit(held, i, runs_on="main") for i in range(SLICE + 10)]
+        last = handles[-1]
+        last.cancel()  # (same turn: its job waits in the main executor's inbox)
+        res = await last
+        assert res.state is State.CANCELLED, res
+        release.set()
+        assert all([(await h).ok for h in handles[:-1]])
+    assert started == list(range(SLICE + 9))
+
+
+def test_an_inbox_with_a_limit_drains_a_slice_per_turn_and_flushes_everything() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        drained: list[list[int]] = []
+        inbox = _executors.Inbox(loop, drained.append, 3)
+        for i in range(8):
+            inbox.put_local(i)
+        loop.call_soon(loop.stop)  # (after the first drain: one turn)
+        loop.run_forever()
+        assert drained == [[0, 1, 2]]
+        inbox.flush()
+        assert drained == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    finally:
+        loop.close()

@@ -295,3 +295,32 @@ async def test_a_parent_forgotten_as_its_child_starts_still_gives_it_value_and_s
         res = await b
         assert (res.state, res.ret) == (tv.State.DONE, (6, 1))
         assert "a" not in sup._planner  # forgotten when b started, as the test means
+
+
+def test_a_coroutine_job_lets_go_of_its_asyncio_task_as_it_ends() -> None:
+    """The done-callback drops the job's reference to its asyncio Task: an ended Task
+    (its coroutine, Context, weak reference) dies then, not when the supervisor takes in
+    the report, which a burst of coroutine tasks on an aloop delays until the supervisor
+    has dispatched the whole burst (W3 aloop 22 -> 17.5 µs per task)."""
+    from taskvisor._executors import _start_coro
+    from taskvisor._job import Outcome
+
+    async def seven() -> int:
+        return 7
+
+    loop = asyncio.new_event_loop()
+    try:
+        reported = loop.create_future()
+
+        def sink(job: Job, result: Any) -> None:
+            reported.set_result((job.handle is None, result))  # (let go of by then?)
+
+        job = Job("seven", seven, (), {}, None, "main")
+        _start_coro(job, loop, sink, "main")
+        task = weakref.ref(job.handle)
+        let_go, (outcome, ret, *_) = loop.run_until_complete(reported)
+        assert (outcome, ret) == (Outcome.OK, 7)
+        assert let_go
+        assert job.handle is None and task() is None  # (gone by reference count)
+    finally:
+        loop.close()

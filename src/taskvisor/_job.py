@@ -106,6 +106,10 @@ class Job:
 
     def __call__(self, t: asyncio.Task[Any]) -> None:
         """The done-callback of the asyncio Task running this job: report how it ended."""
+        # let go of the ended Task now (its coroutine, Context and weak reference with
+        # it), not when the supervisor takes in the report: a burst's ended Tasks died
+        # only after the whole burst was started (see _executors.START_SLICE)
+        self.handle = None
         sink, worker = self.sink, self.worker
         assert sink is not None
         if t.cancelled():
