@@ -1213,3 +1213,94 @@ def test_an_inbox_with_a_limit_drains_a_slice_per_turn_and_flushes_everything() 
         assert drained == [[0, 1, 2], [3, 4, 5], [6, 7]]
     finally:
         loop.close()
+
+
+async def test_a_main_loop_jobs_timeout_runs_from_its_start_not_its_turn_in_the_queue() -> None:
+    """A job waiting in the main executor's inbox has not started: its timeout must not
+    run yet. The first job of a burst moves the clock 10 s on its first step; the jobs
+    of the next slice (timeout 5 s) start after that and end DONE, not TaskTimeout."""
+    clock = MockClock(autojump=False)
+
+    async def first() -> None:
+        clock.advance(10.0)
+
+    async def quick(i: int) -> int:
+        return i
+
+    async with tv.Supervisor(aloops=(), clock=clock) as sup:
+        batch: list[tv.Task[Any]] = [tv.Task(first, name="first", runs_on="main")]
+        batch += [
+            tv.Task(quick, (i,), name=f"q{i}", runs_on="main", timeout=5.0)
+            for i in range(2 * SLICE)
+        ]
+        report = await sup.gather(batch)
+    late = [r for r in report.results if r.name != "first" and int(r.name[1:]) >= SLICE]
+    assert late and all(r.state is State.DONE for r in late), [
+        (r.name, r.state) for r in report.results if not r.ok
+    ]
+
+
+def test_a_job_the_loop_refuses_to_start_fails_alone() -> None:
+    """``create_task`` raising (a task factory of the loop's) fails that job, reported;
+    the rest of its slice starts."""
+    loop = asyncio.new_event_loop()
+    try:
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> Any:
+            if "refused" in repr(coro):
+                coro.close()
+                raise RuntimeError("no")
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        loop.set_task_factory(factory)
+        reports: dict[str, Any] = {}
+        done = loop.create_future()
+
+        def sink(job: Any, result: Any) -> None:
+            reports[job.name] = result[0]
+            if len(reports) == 3 and not done.done():
+                done.set_result(None)
+
+        async def ok() -> None:
+            pass
+
+        async def refused() -> None:
+            pass
+
+        ex = _executors.MainExecutor(loop)
+        ex.start(sink)
+        for name, fn in (("a", ok), ("b", refused), ("c", ok)):
+            loop.call_soon(ex.submit, _executors.Job(name, fn, (), {}, None, "main"))
+        loop.run_until_complete(asyncio.wait_for(done, 10))  # (a guard: not a hang)
+        outcome = _executors.Outcome
+        assert reports == {"a": outcome.OK, "b": outcome.ERROR, "c": outcome.OK}
+    finally:
+        loop.close()
+
+
+async def test_mock_clock_autojump_waits_while_a_burst_is_still_starting() -> None:
+    """A burst longer than autojump's idle turns (IDLE_TURNS_OPAQUE on uvloop, whose run
+    queue it cannot see) is not idle: the time must not jump to a pending deadline (a
+    delayed task's) while coroutines of the burst are still waiting for their turn."""
+    from taskvisor.testing import IDLE_TURNS_OPAQUE
+
+    clock = MockClock()
+    release, all_started = asyncio.Event(), asyncio.Event()
+    n = (IDLE_TURNS_OPAQUE + 5) * SLICE
+    started = 0
+
+    async def waiter() -> None:
+        nonlocal started
+        started += 1
+        if started == n:
+            all_started.set()
+        await release.wait()
+
+    async with tv.Supervisor(aloops=(), clock=clock) as sup:
+        later = sup.submit(noop, runs_on="main", delay=1.0)  # (the pending deadline)
+        burst = sup.run(tv.Task(waiter, name=f"w{i}", runs_on="main") for i in range(n))
+        await all_started.wait()
+        assert clock.jumps == 0, "the time jumped while the burst was starting"
+        release.set()
+        assert all([r.ok async for r in burst])
+        assert (await later).ok

@@ -257,7 +257,7 @@ class Supervisor(Engine):
         execs: dict[str, Executor] = {
             f"aloop:{n}": AloopExecutor(a) for n, a in self._aloops.items()
         }
-        execs["main"] = MainExecutor(loop)
+        execs["main"] = MainExecutor(loop, busy=self._now)
         execs["thread"] = ThreadExecutor(self._thread_pool)
         execs["process"] = ProcessExecutor(self._process_pool)
         execs.update(self._user_execs)
@@ -279,6 +279,7 @@ class Supervisor(Engine):
         self._started_wall = datetime.now(UTC)
         try:
             for aloop in self._aloops.values():
+                aloop.busy = self._now  # (MockClock.now may be read from any thread)
                 await asyncio.wrap_future(aloop.start(self._sink))
             for ex in self._user_execs.values():
                 await ex.open()
