@@ -6,8 +6,9 @@ deadline), or by itself with ``autojump`` (the default): once the supervisor is 
 read no time (so no event reached it) and nothing else was ready to run, for two turns of
 asyncio's loop in a row (twenty on uvloop, whose run queue cannot be seen; a burst of
 coroutine tasks still being started, a slice per turn, reads the time once a slice, so it
-is never idle) — the clock jumps to the next deadline and runs what is due. Delays, timeouts, wait alarms, gate
-sampling and ``aclose(wait=seconds)`` then take microseconds of real time and never sleep.
+is never idle) — the clock jumps to the next deadline and runs what is due. Delays,
+timeouts, wait alarms, gate sampling and ``aclose(wait=seconds)`` then take microseconds of
+real time and never sleep.
 
 Autojump assumes what trio's ``MockClock(autojump_threshold=0)`` assumes: every running task
 in the test is *blocked* on something the test controls (an event, a gate) rather than
