@@ -310,28 +310,26 @@ async def test_a_full_intake_makes_the_submitter_take_the_lock(
 
 
 def test_result_waits_without_a_lock_and_whoever_pops_a_waiter_sets_it() -> None:
-    """``handle.result()`` from another thread takes no engine lock: each waiter holds a
-    lock of its own, in a list per task that the delivery pops (releasing every lock in
-    it) after it sets the result. Forced interleaving: thread C has put its lock in and
-    saw no result (it waits); thread A saw no result either, gets the list with C's lock
-    in it, and only then does the delivery set the result (and stop before its pop); A
-    appends its own lock, sees the result and pops the list itself: it must release C's
-    lock, or C never wakes (the delivery's pop then finds nothing)."""
+    """``handle.result()`` from another thread takes no lock: a waiter's Event sits in a
+    dict that the delivery pops after it sets the result. Forced interleaving: thread C
+    has put its Event in and saw no result (it waits); thread A saw no result either,
+    gets C's Event from the dict, and only then does the delivery set the result (and
+    stop before its pop); A sees the result and pops the entry itself: it must set C's
+    Event, or C never wakes (the delivery's pop then finds nothing)."""
     gate, popping, a_done = threading.Event(), threading.Event(), threading.Event()
     got: list[tv.TaskRes[Any]] = []
     with tv.BackgroundSupervisor(threads=1, aloops=()) as sup:
         handle = sup.submit(gate.wait, WAIT)
-        c_waits = threading.Lock()  # C's: in the list, held, no result seen, waiting
-        c_waits.acquire()
+        c_waits = threading.Event()  # C's: in the dict, no result seen, waiting
         a = threading.Thread(target=lambda: got.append(handle.result(WAIT)))
 
-        class Hooked(dict[Any, Any]):
+        class Hooked(dict[Any, threading.Event]):
             def get(self, key: Any, default: Any = None) -> Any:
-                waiting = super().get(key, default)
-                if threading.current_thread() is a:  # A has C's list: now let the
+                event = super().get(key, default)
+                if threading.current_thread() is a:  # A has C's Event: now let the
                     gate.set()  # delivery set res (it stops before its pop)
                     assert popping.wait(WAIT)
-                return waiting
+                return event
 
             def pop(self, key: Any, default: Any = None) -> Any:
                 if threading.current_thread() is not a:  # the delivery: A goes first
@@ -340,12 +338,12 @@ def test_result_waits_without_a_lock_and_whoever_pops_a_waiter_sets_it() -> None
                 return super().pop(key, default)
 
         inner = handle._sup
-        inner._result_waiters = Hooked({handle._rec: [c_waits]})
+        inner._result_waiters = Hooked({handle._rec: c_waits})
         try:
             a.start()
             a.join(WAIT)
             assert got and got[0].ok  # A read the result once it was set
-            assert c_waits.acquire(blocking=False)  # and woke C: its lock was released
+            assert c_waits.is_set()  # and woke C, whose entry it popped
         finally:
             a_done.set()
     assert not inner._result_waiters

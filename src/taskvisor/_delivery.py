@@ -193,29 +193,21 @@ class TaskHandle(Generic[T]):
                 f"task {self.name!r} has not ended yet (on the supervisor's loop, await the "
                 "handle instead of blocking in result())"
             )
-        # No engine lock (eight threads waiting on the engine lock here convoyed under
-        # the GIL, W7), and no threading.Event (Python code: ~5 µs to make, wait on and
-        # set, the setting on the supervisor's busy thread): each waiter holds a plain
-        # lock of its own, put in a list per waited task, and sleeps acquiring it again;
-        # releasing it wakes that waiter. Each step is one operation the GIL makes
-        # atomic. _deliver sets res, then pops the list and releases every lock in it; a
-        # waiter appends its lock to the list (the one there, or its own), then reads
-        # res. Whoever pops a list releases its locks, and pops come only after res is
-        # set: a waiter that read no res appended before the delivery's pop, which (or
-        # an earlier pop) releases its lock.
+        # No lock (eight threads waiting on the engine lock here convoyed under the GIL,
+        # W7): one Event per waited task in a dict, each step one operation the GIL makes
+        # atomic. _deliver sets res, then pops the entry and sets its Event; a waiter
+        # puts its Event in (or gets the one there), then reads res. Whoever pops an
+        # entry sets it, and pops come only after res is set: a waiter that read no res
+        # put its Event in before the delivery's pop, which (or an earlier pop) sets it.
         waiters = sup._result_waiters
-        mine = threading.Lock()
-        mine.acquire()
-        waiting = waiters.get(rec)
-        if waiting is None:
-            waiting = waiters.setdefault(rec, [])
-        waiting.append(mine)
+        waiter = waiters.get(rec)
+        if waiter is None:
+            waiter = waiters.setdefault(rec, threading.Event())
         if rec.res is not None:  # delivered meanwhile: its pop may have come before ours
             done = waiters.pop(rec, None)
             if done is not None:
-                for lock in done:  # (other threads may wait on theirs)
-                    lock.release()
-        elif not mine.acquire(timeout=-1 if timeout is None else timeout):
+                done.set()  # (another thread may wait on it)
+        elif not waiter.wait(timeout):
             raise TimeoutError(f"task {self.name!r} did not end within {timeout:g} s")
         assert rec.res is not None
         return rec.res

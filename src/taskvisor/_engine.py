@@ -26,7 +26,6 @@ design page, "One instruction queue, never re-entered".
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import enum
 import math
@@ -249,7 +248,7 @@ class Engine:
         self._results: deque[TaskRes[Any]] = deque(maxlen=cfg.result_buffer)
         # threads blocked in TaskHandle.result(), by record: whoever pops an entry (after
         # the task's res is set) sets its Event (see TaskHandle.result)
-        self._result_waiters: dict[Record, list[_thread.LockType]] = {}
+        self._result_waiters: dict[Record, threading.Event] = {}
         # the future of each awaited handle whose task has not ended (``await handle``
         # makes it, under the engine lock; the loop pops and resolves it at delivery)
         self._futures: dict[Record, asyncio.Future[TaskRes[Any]]] = {}
@@ -936,10 +935,9 @@ class Engine:
         rec.res = res
         rec.job = None
         if self._result_waiters:  # (after rec.res is set: see TaskHandle.result)
-            waiting = self._result_waiters.pop(rec, None)
-            if waiting is not None:
-                for lock in waiting:  # (each held by its waiter: releasing wakes it)
-                    lock.release()
+            waiter = self._result_waiters.pop(rec, None)
+            if waiter is not None:
+                waiter.set()
         self._results.append(res)
         self._events += 1
         self._story.extend((now, spec.name, "ended", state))  # (State: named when read)
