@@ -347,3 +347,24 @@ def test_result_waits_without_a_lock_and_whoever_pops_a_waiter_sets_it() -> None
         finally:
             a_done.set()
     assert not inner._result_waiters
+
+
+def test_result_timeouts_of_zero_or_less_and_polling() -> None:
+    """``result(timeout)`` as ``concurrent.futures.Future.result``: zero, a negative
+    timeout or NaN on a running task raise ``TimeoutError`` at once, and a thread
+    polling with ``result(0)`` leaves one waiter behind for the task, not one per call (a
+    cheaper waiter per call was tried and reverted for both; see benchmarks/README.md)."""
+    gate = threading.Event()
+    with tv.BackgroundSupervisor(threads=1, aloops=()) as sup:
+        handle = sup.submit(gate.wait, WAIT)
+        for timeout in (0, -1, -0.5, float("nan")):
+            with pytest.raises(TimeoutError):
+                handle.result(timeout)
+        for _ in range(1000):
+            with pytest.raises(TimeoutError):
+                handle.result(0)
+        waiters = handle._sup._result_waiters
+        assert list(waiters) == [handle._rec] and isinstance(waiters[handle._rec], threading.Event)
+        gate.set()
+        assert handle.result(WAIT).ok
+        assert not waiters
