@@ -24,6 +24,7 @@ from ._fns import nap, noop, noop_args
 __all__ = ["run"]
 
 PROCESSES = 2
+CHUNKED = "ProcessPoolExecutor.map chunksize=100"
 WORKLOAD = f"no-op functions on {PROCESSES} processes"
 
 
@@ -78,7 +79,14 @@ def run(cfg: Config) -> list[Row]:
                 target=Target("<=", 1.0, text="<= 1.0x (0.33x chunked)"),
             ),
             Contender(base, lambda n: runner.run(executor(n))),
-            Contender("ProcessPoolExecutor.map chunksize=100", chunked, baseline=base),
+            Contender(CHUNKED, chunked, baseline=base),
+            Contender(
+                f"taskvisor processes={PROCESSES}, again beside map(chunksize=100)",
+                lambda n: runner.run(ours(n)),
+                taskvisor=True,
+                baseline=CHUNKED,
+                target=Target("<=", 5.0, text="<= 5x (issue 13)"),
+            ),
         ]
         rows = timed_rows("W2", WORKLOAD, n, contenders, cfg.reps)
         with profiled(cfg.profile, f"W2 taskvisor, {n} process tasks"):
