@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import queue
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -1248,8 +1250,7 @@ def test_a_job_the_loop_refuses_to_start_fails_alone() -> None:
 
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> Any:
             if "refused" in repr(coro):
-                coro.close()
-                raise RuntimeError("no")
+                raise RuntimeError("no")  # (the executor closes the coroutine)
             return asyncio.Task(coro, loop=loop, **kw)
 
         loop.set_task_factory(factory)
@@ -1271,9 +1272,13 @@ def test_a_job_the_loop_refuses_to_start_fails_alone() -> None:
         ex.start(sink)
         for name, fn in (("a", ok), ("b", refused), ("c", ok)):
             loop.call_soon(ex.submit, _executors.Job(name, fn, (), {}, None, "main"))
-        loop.run_until_complete(asyncio.wait_for(done, 10))  # (a guard: not a hang)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop.run_until_complete(asyncio.wait_for(done, 10))  # (a guard: not a hang)
+            gc.collect()
         outcome = _executors.Outcome
         assert reports == {"a": outcome.OK, "b": outcome.ERROR, "c": outcome.OK}
+        assert not [w for w in caught if "never awaited" in str(w.message)]  # (closed)
     finally:
         loop.close()
 

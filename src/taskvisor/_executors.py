@@ -189,7 +189,11 @@ def _start_coro(job: Job, loop: asyncio.AbstractEventLoop, sink: Sink, worker: s
         return
     else:
         coro = ret if inspect.iscoroutine(ret) else _await(ret)
-    task = loop.create_task(coro, name=job.name)
+    try:
+        task = loop.create_task(coro, name=job.name)
+    except BaseException:  # (a task factory that refuses it: see _start_all)
+        coro.close()  # (no "never awaited" warning on top of the reported error)
+        raise
     # the job is its Task's done-callback (Job.__call__): no partial, closure or bound
     # method per task in flight for the cyclic GC to walk while it lives
     job.sink, job.worker = sink, worker
