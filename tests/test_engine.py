@@ -23,7 +23,7 @@ import pytest
 
 import taskvisor as tv
 import taskvisor.abc as tv_abc
-from taskvisor import State, _executors
+from taskvisor import State, _engine, _executors
 from taskvisor.testing import MockClock
 
 from .conftest import Gates, end_of_turn, noop
@@ -1309,3 +1309,125 @@ async def test_mock_clock_autojump_waits_while_a_burst_is_still_starting() -> No
         release.set()
         assert all([r.ok async for r in burst])
         assert (await later).ok
+
+
+# ------------------------------------------------ an aloop is handed a window of jobs (W3)
+
+WINDOW = _engine.ALOOP_WINDOW
+
+
+async def _block(aloop: tv.Aloop, gate: threading.Event) -> None:
+    """Block ``aloop``'s thread (a plain function runs inline there) until ``gate``."""
+    blocked = threading.Event()
+
+    def stall() -> None:
+        blocked.set()
+        gate.wait()
+
+    aloop.loop.call_soon_threadsafe(stall)
+    await asyncio.to_thread(blocked.wait)
+
+
+async def test_an_aloop_is_handed_at_most_a_window_of_jobs_it_has_not_started() -> None:
+    """A burst of 4 windows and more: the aloop's inbox never holds more than
+    ALOOP_WINDOW jobs (it held the whole burst, each job made at once), the rest wait in
+    the engine, yet every task runs at the same time (the window counts jobs not yet
+    started, never running ones), and they start in the order submitted."""
+    n = 4 * WINDOW + 10
+    order: list[int] = []
+    queued: list[int] = []  # jobs in the aloop's inbox at each first step
+    main_loop = asyncio.get_running_loop()
+    all_started = asyncio.Event()
+    async with tv.Supervisor(aloops=("default",)) as sup:
+        aloop = sup.aloop("default")
+
+        async def make_event() -> asyncio.Event:
+            return asyncio.Event()
+
+        release = await asyncio.wrap_future(aloop.submit_coro(make_event()))
+
+        async def step(i: int) -> None:
+            order.append(i)
+            queued.append(len(aloop._inbox or ()))
+            if len(order) == n:
+                main_loop.call_soon_threadsafe(all_started.set)
+            await release.wait()
+
+        stream = sup.run(tv.Task(step, (i,), name=f"s{i}", runs_on="aloop") for i in range(n))
+        await all_started.wait()  # (all n wait for release at once)
+        aloop.loop.call_soon_threadsafe(release.set)
+        assert all([r.ok async for r in stream])
+    assert order == list(range(n))
+    assert max(queued) <= WINDOW, max(queued)
+
+
+async def test_a_task_held_back_for_its_aloop_is_cancelled_at_once_and_never_runs() -> None:
+    """The aloop's thread is stalled: a window of jobs waits in its inbox, the rest of the
+    burst in the engine. Cancelling a held task ends it there and then (no attempt: its
+    coroutine never runs), while the aloop is still stalled; the rest run afterwards."""
+    ran: list[int] = []
+    gate = threading.Event()
+
+    async def work(i: int) -> int:
+        ran.append(i)
+        return i
+
+    async with tv.Supervisor(aloops=("default",)) as sup:
+        await _block(sup.aloop("default"), gate)
+        try:
+            handles = [
+                sup.submit(work, i, runs_on="aloop", name=f"w{i}") for i in range(2 * WINDOW)
+            ]
+            await end_of_turn()  # (admitted: a window handed to the aloop, the rest held)
+            last = handles[-1]
+            assert sup.task_state(last.name) is State.RUNNING
+            last.cancel()
+            assert last.done()  # (it never left: no wait for the stalled aloop)
+        finally:
+            gate.set()
+        res = await last
+        assert res.state is State.CANCELLED and res.attempts == 0, res
+        assert isinstance(res.error, tv.TaskCancelled)
+        assert [(await h).ret for h in handles[:-1]] == list(range(2 * WINDOW - 1))
+    assert sorted(ran) == list(range(2 * WINDOW - 1))
+
+
+async def test_closing_with_cancel_ends_the_tasks_held_back_for_an_aloop() -> None:
+    gate = threading.Event()
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    sup = tv.Supervisor(aloops=("default",))
+    await sup.start()
+    await _block(sup.aloop("default"), gate)
+    handles = [sup.submit(forever, runs_on="aloop", name=f"f{i}") for i in range(3 * WINDOW)]
+    await end_of_turn()  # (admitted: a window handed to the aloop, the rest held)
+    gate.set()
+    report = await sup.aclose(cancel=True)
+    assert len(report.results) == 3 * WINDOW
+    assert all(h.done() and h.result().state is State.CANCELLED for h in handles)
+
+
+async def test_a_held_back_task_s_timeout_runs_from_its_start() -> None:
+    """Held in the engine while the clock moves past its timeout: it has not started,
+    so it does not time out."""
+    clock = MockClock(autojump=False)
+    gate = threading.Event()
+
+    async def quick(i: int) -> int:
+        return i
+
+    async with tv.Supervisor(aloops=("default",), clock=clock) as sup:
+        await _block(sup.aloop("default"), gate)
+        try:
+            handles = [
+                sup.submit(quick, i, runs_on="aloop", name=f"q{i}", timeout=5.0)
+                for i in range(2 * WINDOW)
+            ]
+            await end_of_turn()  # (admitted: a window handed to the aloop, the rest held)
+            clock.advance(10.0)
+        finally:
+            gate.set()
+        results = [await h for h in handles]
+    assert all(r.ok for r in results), [r for r in results if not r.ok][:3]

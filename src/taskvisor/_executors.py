@@ -244,6 +244,12 @@ class Aloop:
         # called (from this loop's thread) after a slice of jobs while more wait: the
         # supervisor sets its clock's ``now`` (see MainExecutor._start_jobs)
         self.busy: Callable[[], object] | None = None
+        # jobs taken from the inbox so far (started, or reported ended unstarted), written
+        # by this loop's thread only; then ``on_started`` is called (this loop's thread).
+        # The supervisor hands an aloop at most ``ALOOP_WINDOW`` jobs it has not started
+        # yet and holds the rest of a burst back (see Engine._carry_out)
+        self.started_jobs = 0
+        self.on_started: Callable[[], object] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -298,7 +304,12 @@ class Aloop:
 
     def _start_jobs(self, jobs: list[Job]) -> None:
         assert self._sink is not None and self._loop is not None and self._inbox is not None
-        _start_all(jobs, self._loop, self._sink, self.thread_name)
+        try:
+            _start_all(jobs, self._loop, self._sink, self.thread_name)
+        finally:  # (counted, then told: see Engine._aloop_started)
+            self.started_jobs += len(jobs)
+            if self.on_started is not None:
+                self.on_started()
         if self._inbox and self.busy is not None:
             self.busy()  # (more wait for the next turn: see MainExecutor._start_jobs)
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import queue
 import threading
 import weakref
+from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -266,6 +268,12 @@ class Supervisor(Engine):
             if ex.own_resources:
                 self._planner.elsewhere[name] = ex.resource_shortfall
         self._executors = execs
+        for n, aloop in self._aloops.items():  # (see Engine._carry_out: ALOOP_WINDOW)
+            target = f"aloop:{n}"
+            self._windowed[target] = aloop
+            self._handed[target] = aloop.started_jobs
+            self._held[target] = deque()
+            aloop.on_started = functools.partial(self._aloop_started, target)
         # targets whose pool threads may finish their own tasks under the engine lock
         self._inline_targets = frozenset(
             n for n, ex in execs.items() if getattr(ex, "finishes_inline", False)
@@ -392,6 +400,8 @@ class Supervisor(Engine):
             rec = self._recs[name]
             err = TaskCancelled(name, "the supervisor closed before it reported")
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
+        for held in self._held.values():  # (every task has ended: ended ones only)
+            held.clear()
 
     async def _shutdown_executors(self) -> bool:
         """Join every worker thread and process off the loop; True if cancelled meanwhile."""
