@@ -1431,3 +1431,119 @@ async def test_a_held_back_task_s_timeout_runs_from_its_start() -> None:
             gate.set()
         results = [await h for h in handles]
     assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
+
+
+async def test_mock_clock_autojump_waits_while_an_aloop_burst_is_handed_over() -> None:
+    """(From a review.) A burst of 6 windows on an aloop, a delayed task pending on the
+    main loop: the time must not jump while jobs wait to be started on the aloop's
+    thread (it read no time meanwhile; a window refill left 256 jobs unstarted: it
+    jumped in most runs)."""
+    clock = MockClock()
+    main = asyncio.get_running_loop()
+    first, all_started = asyncio.Event(), asyncio.Event()
+    n = 6 * WINDOW
+    started = 0
+    async with tv.Supervisor(aloops=("default",), clock=clock) as sup:
+        aloop = sup.aloop("default")
+
+        async def make_event() -> asyncio.Event:
+            return asyncio.Event()
+
+        release = await asyncio.wrap_future(aloop.submit_coro(make_event()))
+
+        async def waiter() -> None:
+            nonlocal started
+            started += 1
+            if started == 1:
+                main.call_soon_threadsafe(first.set)
+            if started == n:
+                main.call_soon_threadsafe(all_started.set)
+            await release.wait()
+
+        burst = sup.run(tv.Task(waiter, name=f"w{i}", runs_on="aloop") for i in range(n))
+        await first.wait()  # (the aloop's thread is up)
+        later = sup.submit(noop, runs_on="main", delay=1.0)  # (the pending deadline)
+        await all_started.wait()
+        jumps = clock.jumps
+        aloop.loop.call_soon_threadsafe(release.set)
+        assert all([r.ok async for r in burst])
+        assert (await later).ok
+    assert jumps == 0, "the time jumped while the aloop burst was being handed over"
+    assert not clock._busy_checks  # (the closed supervisor's check is gone)
+
+
+async def test_statistics_count_the_tasks_held_back_for_an_aloop_as_running() -> None:
+    gate = threading.Event()
+
+    async def work(i: int) -> int:
+        return i
+
+    async with tv.Supervisor(aloops=("default",)) as sup:
+        await _block(sup.aloop("default"), gate)
+        try:
+            hs = [sup.submit(work, i, runs_on="aloop", name=f"w{i}") for i in range(2 * WINDOW)]
+            await end_of_turn()
+            st = sup.statistics()
+            hs[-1].cancel()  # (a held one: it no longer counts)
+            after = sup.statistics()
+        finally:
+            gate.set()
+        for h in hs:
+            await h
+        end = sup.statistics()
+    assert st.running["aloop:default"] == st.tasks[State.RUNNING] == 2 * WINDOW
+    assert after.running["aloop:default"] == 2 * WINDOW - 1
+    assert end.running["aloop:default"] == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_small_windows_with_retries_and_cancels_from_two_threads(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(From a review.) Windows of 1-7 jobs, two aloops, retries, cancels from the loop
+    and from another thread: every task ends once; one cancelled while held (no attempt)
+    never ran; nothing stays held or counted as running."""
+    import random
+
+    rnd = random.Random(seed)
+    monkeypatch.setattr(_engine, "ALOOP_WINDOW", rnd.choice([1, 2, 3, 7]))
+    calls: dict[str, int] = {}
+
+    async def work(i: int, fail_first: bool) -> int:
+        calls[f"t{i}"] = calls.get(f"t{i}", 0) + 1
+        if fail_first and calls[f"t{i}"] == 1:
+            raise ValueError(i)
+        await asyncio.sleep(0)
+        return i
+
+    n = 600
+    async with tv.Supervisor(aloops=("a", "b")) as sup:
+        hs = []
+        for i in range(n):
+            on = rnd.choice(["aloop:a", "aloop:b"])
+            fail = rnd.random() < 0.3
+            hs.append(sup.submit(work, i, fail, runs_on=on, name=f"t{i}", retries=1, timeout=60))
+            if rnd.random() < 0.05:
+                await end_of_turn()
+        for h in rnd.sample(hs, 60):
+            h.cancel()
+        victims = rnd.sample(hs, 60)
+
+        def cancel_victims() -> None:
+            for h in victims:
+                h.cancel()
+
+        await asyncio.to_thread(cancel_victims)
+        results = [await h for h in hs]
+        st = sup.statistics()
+        assert st.tasks[State.RUNNING] == 0
+        assert not any(st.running.values()), st.running
+        assert not any(sup._held.values())
+    for r in results:
+        assert r.state in (State.DONE, State.CANCELLED, State.FAILED), r
+        if r.state is State.FAILED:  # (cancelled while its first attempt failed: no retry)
+            assert r.attempts == 1 and isinstance(r.error, ValueError), r
+        if r.attempts == 0:
+            assert r.state is State.CANCELLED and r.name not in calls, r
+        if r.state is State.DONE:
+            assert calls[r.name] == r.attempts

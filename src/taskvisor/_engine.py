@@ -50,7 +50,7 @@ from ._errors import (
     WorkerCrashed,
     warn_user,
 )
-from ._executors import Aloop, Inbox, Job, Outcome, Result, ThreadPool
+from ._executors import _ALOOP_RUNNING, Aloop, Inbox, Job, Outcome, Result, ThreadPool
 from ._gates import Gates
 from ._job import _OK, _STARTED
 from ._log import logger
@@ -301,6 +301,7 @@ class Engine:
         self._windowed: dict[str, Aloop] = {}
         self._handed: dict[str, int] = {}
         self._held: dict[str, deque[Dispatch]] = {}
+        self._held_live: dict[str, int] = {}  # the held tasks that have not ended
         # set at start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tid = 0
@@ -634,13 +635,14 @@ class Engine:
             if type(ins) is Dispatch and self._windowed:
                 target = ins.task.target
                 held = self._held.get(target)
-                if held is not None and (
-                    held
-                    or self._handed[target] - self._windowed[target].started_jobs >= ALOOP_WINDOW
-                ):
-                    held.append(ins)
-                    self._pump(target)  # (the aloop may have started some since)
-                    continue
+                if held is not None:
+                    if ins.task.res is not None:  # (ended: cancelled while held, say)
+                        continue
+                    if held or not self._room(target):
+                        held.append(ins)
+                        self._held_live[target] += 1
+                        self._pump(target)  # (the aloop may have started some since)
+                        continue
             try:
                 if type(ins) is Dispatch:
                     self._dispatch(ins.task, ins.parent_tasks)
@@ -763,8 +765,27 @@ class Engine:
         elif rec.job is None and rec.res is None and rec.target in self._held:
             # held back for its aloop (see _carry_out): it never left, it ends here, as a
             # thread job withdrawn from the pool's queue (no attempt); _pump skips it
+            self._held_live[rec.target] -= 1
+            self._event(rec.spec.name, "cancelling", reason)
             err = TaskCancelled(rec.spec.name, reason)
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
+
+    def _room(self, target: str) -> bool:
+        """May the aloop be handed one more job now? (Its window has room, or it stopped:
+        then the handing fails the task at once, ``ClosedError``, rather than holding it.)"""
+        aloop = self._windowed[target]
+        return (
+            self._handed[target] - aloop.started_jobs < ALOOP_WINDOW
+            or aloop.state is not _ALOOP_RUNNING
+        )
+
+    def _handing_over(self) -> bool:
+        """Has an aloop been handed jobs it has not started, or are some held for it? (A
+        MockClock's autojump: the supervisor is not idle, see taskvisor.testing.)"""
+        return any(
+            self._held_live[t] or self._handed[t] > aloop.started_jobs
+            for t, aloop in self._windowed.items()
+        )
 
     def _aloop_started(self, target: str) -> None:
         """An aloop took jobs from its inbox (its thread, after counting them): wake the
@@ -781,11 +802,12 @@ class Engine:
     def _pump(self, target: str) -> None:
         """Hand an aloop its held Dispatches, in order, while its window has room (while
         carrying out instructions: see _carry_out)."""
-        held, aloop, handed = self._held[target], self._windowed[target], self._handed
-        while held and handed[target] - aloop.started_jobs < ALOOP_WINDOW:
+        held = self._held[target]
+        while held and self._room(target):
             ins = held.popleft()
             if ins.task.res is not None:  # cancelled while held
                 continue
+            self._held_live[target] -= 1
             try:
                 self._dispatch(ins.task, ins.parent_tasks)
             except Exception as exc:  # a taskvisor bug: the task fails loudly (_carry_out)

@@ -273,7 +273,10 @@ class Supervisor(Engine):
             self._windowed[target] = aloop
             self._handed[target] = aloop.started_jobs
             self._held[target] = deque()
+            self._held_live[target] = 0
             aloop.on_started = functools.partial(self._aloop_started, target)
+        if self._aloops and hasattr(self._clock, "_busy_checks"):  # (a MockClock)
+            self._clock._busy_checks.append(self._handing_over)
         # targets whose pool threads may finish their own tasks under the engine lock
         self._inline_targets = frozenset(
             n for n, ex in execs.items() if getattr(ex, "finishes_inline", False)
@@ -402,6 +405,9 @@ class Supervisor(Engine):
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
         for held in self._held.values():  # (every task has ended: ended ones only)
             held.clear()
+        checks = getattr(self._clock, "_busy_checks", None)
+        if checks is not None and self._handing_over in checks:
+            checks.remove(self._handing_over)
 
     async def _shutdown_executors(self) -> bool:
         """Join every worker thread and process off the loop; True if cancelled meanwhile."""
@@ -898,12 +904,16 @@ class Supervisor(Engine):
 
     def _statistics(self) -> Statistics:
         p = self._planner
+        running = dict(self._running)
+        for target, held in self._held_live.items():  # (running for the planner: counted)
+            if held:
+                running[target] = running.get(target, 0) + held
         return Statistics(
             state=self.state,
             tasks=dict(p.stats.by_state),
             queued=dict(p.stats.queued_by_tier),
             busy_slots=p.busy,
-            running=dict(self._running),
+            running=running,
             threads=self._thread_pool.threads if self._thread_pool else 0,
             aloops=tuple(self._aloops),
             process_pool_started=bool(self._process_pool and self._process_pool.started),

@@ -5,8 +5,9 @@ Time stands still until it is moved: ``advance(seconds)`` or ``jump()`` (to the 
 deadline), or by itself with ``autojump`` (the default): once the supervisor is idle — it
 read no time (so no event reached it) and nothing else was ready to run, for two turns of
 asyncio's loop in a row (twenty on uvloop, whose run queue cannot be seen; a burst of
-coroutine tasks still being started, a slice per turn, reads the time once a slice, so it
-is never idle) — the clock jumps to the next deadline and runs what is due. Delays,
+coroutine tasks still being started, a slice per turn, reads the time once a slice, and a
+supervisor whose aloop has jobs it has not started yet is busy, so neither is idle) — the
+clock jumps to the next deadline and runs what is due. Delays,
 timeouts, wait alarms, gate sampling and ``aclose(wait=seconds)`` then take microseconds of
 real time and never sleep.
 
@@ -65,6 +66,10 @@ class MockClock:
         self._reads = 0  # every now() call: the supervisor reads the time on every event
         self._watch: asyncio.Handle | None = None
         self.jumps = 0  # how many times autojump moved the time
+        # a supervisor using this clock adds a check of its own here while it runs: True
+        # while it has handed an aloop jobs that have not started (another thread's work
+        # in progress that reads no time: see Engine._handing_over)
+        self._busy_checks: list[Callable[[], bool]] = []
 
     # ------------------------------------------------------------ the Clock protocol
 
@@ -137,7 +142,7 @@ class MockClock:
         if self.next_deadline is None or loop.is_closed():
             return
         ready = getattr(loop, "_ready", None)  # asyncio's run queue; uvloop hides its own
-        if self._reads != reads or ready:
+        if self._reads != reads or ready or any(busy() for busy in self._busy_checks):
             quiet = 0
         else:
             quiet += 1
