@@ -623,7 +623,13 @@ class Engine:
     def _carry_out(self) -> None:
         todo = self._todo
         on_loop = threading.get_ident() == self._tid
-        while todo:
+        due: set[str] = set()  # the aloops this carry-out held Dispatches for
+        while todo or due:
+            if not todo:  # (the aloops may have started some since: re-read their counts)
+                for target in due:
+                    self._pump(target)
+                due.clear()
+                continue
             ins = todo[0]
             if not on_loop and (
                 type(ins) is not Dispatch or ins.task.target not in self._inline_targets
@@ -638,10 +644,10 @@ class Engine:
                 if held is not None:
                     if ins.task.res is not None:  # (ended: cancelled while held, say)
                         continue
-                    if held or not self._room(target):
+                    if held or self._room(target) <= 0:
                         held.append(ins)
                         self._held_live[target] += 1
-                        self._pump(target)  # (the aloop may have started some since)
+                        due.add(target)
                         continue
             try:
                 if type(ins) is Dispatch:
@@ -770,14 +776,14 @@ class Engine:
             err = TaskCancelled(rec.spec.name, reason)
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
 
-    def _room(self, target: str) -> bool:
-        """May the aloop be handed one more job now? (Its window has room, or it stopped:
-        then the handing fails the task at once, ``ClosedError``, rather than holding it.)"""
+    def _room(self, target: str) -> int:
+        """How many more jobs the aloop may be handed now: its window's room (all of them
+        once it stopped: handing one over then fails it at once, ``ClosedError``, rather
+        than holding it for ever)."""
         aloop = self._windowed[target]
-        return (
-            self._handed[target] - aloop.started_jobs < ALOOP_WINDOW
-            or aloop.state is not _ALOOP_RUNNING
-        )
+        if aloop.state is not _ALOOP_RUNNING:
+            return len(self._held[target]) + 1
+        return ALOOP_WINDOW - (self._handed[target] - aloop.started_jobs)
 
     def _handing_over(self) -> bool:
         """Has an aloop been handed jobs it has not started, or are some held for it? (A
@@ -802,16 +808,20 @@ class Engine:
     def _pump(self, target: str) -> None:
         """Hand an aloop its held Dispatches, in order, while its window has room (while
         carrying out instructions: see _carry_out)."""
-        held = self._held[target]
-        while held and self._room(target):
-            ins = held.popleft()
-            if ins.task.res is not None:  # cancelled while held
-                continue
-            self._held_live[target] -= 1
-            try:
-                self._dispatch(ins.task, ins.parent_tasks)
-            except Exception as exc:  # a taskvisor bug: the task fails loudly (_carry_out)
-                self._internal_error(ins.name, exc, rec=ins.task)
+        held, live = self._held[target], self._held_live
+        while held:
+            room = self._room(target)  # (then again: the aloop may have started more)
+            if room <= 0:
+                return
+            for _ in range(min(room, len(held))):
+                ins = held.popleft()
+                if ins.task.res is not None:  # cancelled while held
+                    continue
+                live[target] -= 1
+                try:
+                    self._dispatch(ins.task, ins.parent_tasks)
+                except Exception as exc:  # a taskvisor bug: the task fails loudly
+                    self._internal_error(ins.name, exc, rec=ins.task)
 
     def _pump_now(self, target: str) -> None:
         """``_pump`` outside ``_carry_out`` (engine held, the loop's thread): what carrying

@@ -697,15 +697,24 @@ class Planner:
         t = self._tasks[name] if record is None else record
         if state is not _DONE and state is not _FAILED and state is not _CANCELLED:
             raise PlannerBug(f"finish({name!r}) with non-final state {state}")
-        self._move(t, state)
+        if t.state is _RUNNING:  # (_move, inline: every task comes here)
+            by_state = self._by_state
+            by_state[_RUNNING] -= 1
+            by_state[state] += 1
+            t.state = state
+        else:
+            self._move(t, state)  # (raises: an illegal move)
         t.finish_seq = next(self._finish_seq)
         spec = t.spec
+        opts = spec._opts
         if keep_slot:
             self._holds[t] = state is not _FAILED or locks_ok
+        elif self._rule is None and not opts.resources:  # (_free, inline: the usual)
+            if spec.tier is not _CRITICAL:
+                self.busy -= opts.weight
         else:
             self._free(t)
         ok = state is _DONE
-        opts = spec._opts
         has_locks = bool(opts.claims or opts.uses)
         stuck = []
         if has_locks:
@@ -1230,7 +1239,13 @@ class Planner:
         if self._rule is not None:
             self._running_specs[t.name] = spec
         self.stats.queued_by_tier[spec.tier] -= 1
-        self._move(t, _RUNNING)
+        if t.state is _QUEUED:  # (_move, inline: every task comes here)
+            by_state = self._by_state
+            by_state[_QUEUED] -= 1
+            by_state[_RUNNING] += 1
+            t.state = _RUNNING
+        else:
+            self._move(t, _RUNNING)  # (raises: an illegal move)
         opts = spec._opts
         if spec.tier is not _CRITICAL:
             self.busy += opts.weight

@@ -1207,7 +1207,9 @@ def _fn_traits(fn: Callable[..., Any]) -> tuple[bool, bool]:
     its code object (sub-microsecond); ``inspect.signature`` costs ~10 µs and was the
     largest part of building a Task. Anything else goes through ``inspect``.
     """
-    if type(fn) is types.FunctionType and _plain_dict(fn.__dict__):
+    if type(fn) is types.FunctionType and (
+        (type(d := fn.__dict__) is dict and not d) or _plain_dict(d)  # (empty: no call)
+    ):
         code = fn.__code__
         known = _CODE_TRAITS.get(id(code))
         if known is not None and known[0] is code:  # (the code object itself is kept)

@@ -964,8 +964,8 @@ def _as_task(task: Any, args: tuple[Any, ...], meta: dict[str, Any]) -> Task[Any
     if not callable(task) and not asyncio.iscoroutine(task):
         raise SpecError(f"expected a Task or a callable, got {type(task).__name__} {task!r}")
     kwargs = meta.pop("kwargs", None)
-    unknown = set(meta) - META_KEYS
-    if unknown:
+    if not meta.keys() <= META_KEYS:  # (no new set per call unless one is unknown)
+        unknown = meta.keys() - META_KEYS
         raise SpecError(
             f"{unknown_options('task', unknown, {*META_KEYS, 'kwargs'})}; pass the function's "
             "own keyword arguments as kwargs={...}"
@@ -977,6 +977,8 @@ def _plain_items(spec: Task[Any]) -> bool:
     """Are all its provides, claims and uses of plain types (no user ``__eq__`` that the
     planner's lookups could make raise)?"""
     opts = spec._opts
+    if not (spec.provides or opts.claims or opts.uses):  # the usual: none at all
+        return True
     for group in (spec.provides, opts.claims, opts.uses):
         for item in group:
             if type(item) not in _PLAIN_ITEMS:
