@@ -1301,7 +1301,7 @@ class Planner:
         ended.append(t)
         while len(ended) > keep:
             old = ended.popleft()
-            if self._forgettable(old):
+            if not (old.pinned or old.consumers) and self._forgettable(old):
                 self._forget(old)
             elif not old.spec.provides and self._tasks.get(old.name) is old:
                 # (still known, and something needs it: forgotten when nothing does)

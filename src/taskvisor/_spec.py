@@ -341,8 +341,7 @@ class Task(Generic[T]):
         if name is None:
             name = f"{qual or _qualname(fn)}-{next(_counter)}"
         elif type(name) is not str or not name:
-            name = _name(name)
-        name = str.__str__(name)  # a str subclass becomes a plain str: names are dict keys
+            name = _name(name)  # (a str subclass becomes a plain str: names are dict keys)
         _set_fn(self, fn)
         _set_name(self, name)
         if type(args) is not tuple:
@@ -351,11 +350,11 @@ class Task(Generic[T]):
         kw = _NO_KWARGS if kwargs is None else _kwargs(name, kwargs)
         _set_kwargs(self, kw)
         try:
-            found = _refs_in(args, kw)
+            found = _refs_in(args, kw) if args or kw else ()
         except Exception as exc:  # a container whose iteration (or __class__) raises
             raise _unreadable(name, args, kw, exc) from exc
         refs = frozenset([r._name for r in found]) if found else _NO_ITEMS
-        if name in refs:
+        if refs and name in refs:
             raise _bad(name, "takes its own output as an argument")
         if opts.keys().isdisjoint(_ITEM_KEYS):  # no items: every default is ()
             requires = provides = claims = uses = _NO_ITEMS
