@@ -1547,3 +1547,26 @@ async def test_small_windows_with_retries_and_cancels_from_two_threads(
             assert r.state is State.CANCELLED and r.name not in calls, r
         if r.state is State.DONE:
             assert calls[r.name] == r.attempts
+
+
+async def test_a_dispatch_held_as_the_aloop_frees_its_window_is_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(From a review.) The window looks full when the Dispatch is held, and the aloop has
+    meanwhile started everything it had (so it saw nothing held and sends no wake-up):
+    the carry-out's own re-check of the count must hand it over."""
+
+    async def work() -> int:
+        return 1
+
+    async with tv.Supervisor(aloops=("default",)) as sup:
+        real_room, calls = sup._room, 0
+
+        def room(target: str) -> int:
+            nonlocal calls
+            calls += 1
+            return 0 if calls == 1 else real_room(target)  # (full at the check)
+
+        monkeypatch.setattr(sup, "_room", room)
+        handle = sup.submit(work, name="a", runs_on="aloop")
+        assert (await handle).state is State.DONE

@@ -624,50 +624,54 @@ class Engine:
         todo = self._todo
         on_loop = threading.get_ident() == self._tid
         due: set[str] = set()  # the aloops this carry-out held Dispatches for
-        while todo or due:
-            if not todo:  # (the aloops may have started some since: re-read their counts)
-                for target in due:
-                    self._pump(target)
-                due.clear()
-                continue
-            ins = todo[0]
-            if not on_loop and (
-                type(ins) is not Dispatch or ins.task.target not in self._inline_targets
-            ):
-                self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
-                todo.clear()
-                return
-            todo.popleft()
-            if type(ins) is Dispatch and self._windowed:
-                target = ins.task.target
-                held = self._held.get(target)
-                if held is not None:
-                    if ins.task.res is not None:  # (ended: cancelled while held, say)
-                        continue
-                    if held or self._room(target) <= 0:
-                        held.append(ins)
-                        self._held_live[target] += 1
-                        due.add(target)
-                        continue
-            try:
-                if type(ins) is Dispatch:
-                    self._dispatch(ins.task, ins.parent_tasks)
-                elif type(ins) is Settle:
-                    self._settle(ins.task, ins.state, ins.error)
-                elif type(ins) is Cancel:
-                    self._cancel_running(ins.task, ins.reason)
-                elif type(ins) is Warn:
-                    warn(ins.message)
-                elif type(ins) is WakeAt:
-                    self._wake_at(ins.when)
-                elif type(ins) is Alarm:
-                    self._engine.after.append((self._alarm, (ins,)))
-                # (no Forget: the planner forgets the records itself, see __init__)
-            except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
-                if type(ins) is Dispatch or type(ins) is Settle or type(ins) is Cancel:
-                    self._internal_error(ins.name, exc, rec=ins.task)
-                else:
-                    logger.critical("internal error carrying out %r", ins, exc_info=exc)
+        try:
+            while todo or due:
+                if not todo:  # (the aloops may have started some since: re-read their counts)
+                    for target in due:
+                        self._pump(target)
+                    due.clear()
+                    continue
+                ins = todo[0]
+                if not on_loop and (
+                    type(ins) is not Dispatch or ins.task.target not in self._inline_targets
+                ):
+                    self._to_loop(_EXECUTE, list(todo))  # the loop's to do, in order
+                    todo.clear()
+                    return
+                todo.popleft()
+                if type(ins) is Dispatch and self._windowed:
+                    target = ins.task.target
+                    held = self._held.get(target)
+                    if held is not None:
+                        if ins.task.res is not None:  # (ended: cancelled while held, say)
+                            continue
+                        if held or self._room(target) <= 0:
+                            held.append(ins)
+                            self._held_live[target] += 1
+                            due.add(target)
+                            continue
+                try:
+                    if type(ins) is Dispatch:
+                        self._dispatch(ins.task, ins.parent_tasks)
+                    elif type(ins) is Settle:
+                        self._settle(ins.task, ins.state, ins.error)
+                    elif type(ins) is Cancel:
+                        self._cancel_running(ins.task, ins.reason)
+                    elif type(ins) is Warn:
+                        warn(ins.message)
+                    elif type(ins) is WakeAt:
+                        self._wake_at(ins.when)
+                    elif type(ins) is Alarm:
+                        self._engine.after.append((self._alarm, (ins,)))
+                    # (no Forget: the planner forgets the records itself, see __init__)
+                except Exception as exc:  # a taskvisor bug: the task fails loudly, the rest goes on
+                    if type(ins) is Dispatch or type(ins) is Settle or type(ins) is Cancel:
+                        self._internal_error(ins.name, exc, rec=ins.task)
+                    else:
+                        logger.critical("internal error carrying out %r", ins, exc_info=exc)
+        finally:  # (an exception escaped: each hold still gets its re-check, see
+            for target in due:  # _aloop_started; on a normal exit nothing is due)
+                self._pump(target)
 
     def _dispatch(self, rec: Record, parents: tuple[Record, ...]) -> None:
         spec = rec.spec
@@ -807,7 +811,8 @@ class Engine:
 
     def _pump(self, target: str) -> None:
         """Hand an aloop its held Dispatches, in order, while its window has room (while
-        carrying out instructions: see _carry_out)."""
+        carrying out instructions: see _carry_out). Never re-entered (``_draining`` is set:
+        what a dispatch makes joins the queue), which the batch below relies on."""
         held, live = self._held[target], self._held_live
         while held:
             room = self._room(target)  # (then again: the aloop may have started more)
