@@ -69,7 +69,7 @@ from ._result import ExceptionInfo, TaskRes
 from ._spec import substitute_call
 from .abc import Executor
 
-__all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "warn"]
+__all__ = ["STORY_EVENTS", "Countdown", "Engine", "EngineLock", "SupervisorState", "Window", "warn"]
 
 
 STORY_EVENTS = 10_000  # how many recent task events story() can look back on
@@ -159,6 +159,21 @@ _SUP_CLOSING: Final = SupervisorState.CLOSING
 
 # work queued to the loop by other threads: tell listeners, run instructions, call hooks
 _NOTIFY, _EXECUTE, _CALL, _DEFERRED, _PUMP = object(), object(), object(), object(), object()
+
+
+class Window:
+    """An aloop's dispatch window (see ``Engine._carry_out``): how many jobs it was handed
+    (written by the loop's thread only; the aloop counts the ones it took, in its
+    ``started_jobs``), the Dispatches held back while ``ALOOP_WINDOW`` of them wait for
+    their start, and how many of those held have not ended (``live``)."""
+
+    __slots__ = ("aloop", "handed", "held", "live")
+
+    def __init__(self, aloop: Aloop) -> None:
+        self.aloop = aloop
+        self.handed = aloop.started_jobs
+        self.held: deque[Dispatch] = deque()
+        self.live = 0
 
 
 class EngineLock:
@@ -295,13 +310,7 @@ class Engine:
         # story()); the newest event's id is _events
         self._story: deque[Any] = deque(maxlen=4 * STORY_EVENTS)
         self._events = 0
-        # per aloop target: its Aloop, how many jobs it was handed (the loop's thread
-        # writes it; the aloop counts the ones it took), the Dispatches held back while
-        # ALOOP_WINDOW of them wait for their start (see _carry_out)
-        self._windowed: dict[str, Aloop] = {}
-        self._handed: dict[str, int] = {}
-        self._held: dict[str, deque[Dispatch]] = {}
-        self._held_live: dict[str, int] = {}  # the held tasks that have not ended
+        self._windows: dict[str, Window] = {}  # per aloop target (see _carry_out)
         # set at start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tid = 0
@@ -639,15 +648,15 @@ class Engine:
                     todo.clear()
                     return
                 todo.popleft()
-                if type(ins) is Dispatch and self._windowed:
+                if type(ins) is Dispatch and self._windows:
                     target = ins.task.target
-                    held = self._held.get(target)
-                    if held is not None:
+                    window = self._windows.get(target)
+                    if window is not None:
                         if ins.task.res is not None:  # (ended: cancelled while held, say)
                             continue
-                        if held or self._room(target) <= 0:
-                            held.append(ins)
-                            self._held_live[target] += 1
+                        if window.held or self._room(target) <= 0:
+                            window.held.append(ins)
+                            window.live += 1
                             due.add(target)
                             continue
                 try:
@@ -742,8 +751,9 @@ class Engine:
         except Exception as exc:
             self._sink(job, (Outcome.ERROR, None, job.shared, ExceptionInfo.from_exc(exc), None))
             return
-        if target in self._handed:  # (the loop's thread: the only writer)
-            self._handed[target] += 1
+        window = self._windows.get(target)
+        if window is not None:  # (the loop's thread: the only writer)
+            window.handed += 1
 
     def _arm_timeout(self, rec: Record, job: Job, began: float | None = None) -> None:
         """The attempt's deadline: ``timeout`` after it began (when a worker reported it
@@ -772,10 +782,10 @@ class Engine:
         if job is not None:
             self._event(rec.spec.name, "cancelling", reason)
             self._cancel_job(rec, job)
-        elif rec.job is None and rec.res is None and rec.target in self._held:
+        elif rec.job is None and rec.res is None and rec.target in self._windows:
             # held back for its aloop (see _carry_out): it never left, it ends here, as a
             # thread job withdrawn from the pool's queue (no attempt); _pump skips it
-            self._held_live[rec.target] -= 1
+            self._windows[rec.target].live -= 1
             self._event(rec.spec.name, "cancelling", reason)
             err = TaskCancelled(rec.spec.name, reason)
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
@@ -784,26 +794,23 @@ class Engine:
         """How many more jobs the aloop may be handed now: its window's room (all of them
         once it stopped: handing one over then fails it at once, ``ClosedError``, rather
         than holding it for ever)."""
-        aloop = self._windowed[target]
-        if aloop.state is not _ALOOP_RUNNING:
-            return len(self._held[target]) + 1
-        return ALOOP_WINDOW - (self._handed[target] - aloop.started_jobs)
+        window = self._windows[target]
+        if window.aloop.state is not _ALOOP_RUNNING:
+            return len(window.held) + 1
+        return ALOOP_WINDOW - (window.handed - window.aloop.started_jobs)
 
     def _handing_over(self) -> bool:
         """Has an aloop been handed jobs it has not started, or are some held for it? (A
         MockClock's autojump: the supervisor is not idle, see taskvisor.testing.)"""
-        return any(
-            self._held_live[t] or self._handed[t] > aloop.started_jobs
-            for t, aloop in self._windowed.items()
-        )
+        return any(w.live or w.handed > w.aloop.started_jobs for w in self._windows.values())
 
     def _aloop_started(self, target: str) -> None:
         """An aloop took jobs from its inbox (its thread, after counting them): wake the
-        loop to hand it more, if any are held. (The loop appends to ``_held``, then reads
-        the count; the aloop writes the count, then reads ``_held``: of two such threads,
+        loop to hand it more, if any are held. (The loop appends to ``held``, then reads
+        the count; the aloop writes the count, then reads ``held``: of two such threads,
         one sees the other's step, so a held Dispatch never waits with nobody to pump it.)
         """
-        if self._held[target]:
+        if self._windows[target].held:
             self._now()  # (a MockClock: a burst being handed over is not idle)
             inbox = self._inbox
             if inbox is not None:
@@ -813,7 +820,8 @@ class Engine:
         """Hand an aloop its held Dispatches, in order, while its window has room (while
         carrying out instructions: see _carry_out). Never re-entered (``_draining`` is set:
         what a dispatch makes joins the queue), which the batch below relies on."""
-        held, live = self._held[target], self._held_live
+        window = self._windows[target]
+        held = window.held
         while held:
             room = self._room(target)  # (then again: the aloop may have started more)
             if room <= 0:
@@ -822,7 +830,7 @@ class Engine:
                 ins = held.popleft()
                 if ins.task.res is not None:  # cancelled while held
                     continue
-                live[target] -= 1
+                window.live -= 1
                 try:
                     self._dispatch(ins.task, ins.parent_tasks)
                 except Exception as exc:  # a taskvisor bug: the task fails loudly

@@ -21,7 +21,6 @@ import math
 import queue
 import threading
 import weakref
-from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -37,7 +36,7 @@ from typing import Any, Never, TypeVar, overload
 from ._clock import Clock, SystemClock, TimerHandle
 from ._config import OPTIONS, Config, Sampler, WaitCallback
 from ._delivery import Record, ResultStream, StoryEvent, TaskHandle, TaskInfo, set_exc, set_result
-from ._engine import STORY_EVENTS, Countdown, Engine, SupervisorState, warn
+from ._engine import STORY_EVENTS, Countdown, Engine, SupervisorState, Window, warn
 from ._errors import ClosedError, DuplicateTaskError, SpecError, TaskCancelled
 from ._executors import (
     Aloop,
@@ -270,10 +269,7 @@ class Supervisor(Engine):
         self._executors = execs
         for n, aloop in self._aloops.items():  # (see Engine._carry_out: ALOOP_WINDOW)
             target = f"aloop:{n}"
-            self._windowed[target] = aloop
-            self._handed[target] = aloop.started_jobs
-            self._held[target] = deque()
-            self._held_live[target] = 0
+            self._windows[target] = Window(aloop)
             aloop.on_started = functools.partial(self._aloop_started, target)
         if self._aloops and hasattr(self._clock, "_busy_checks"):  # (a MockClock)
             self._clock._busy_checks.append(self._handing_over)
@@ -403,8 +399,8 @@ class Supervisor(Engine):
             rec = self._recs[name]
             err = TaskCancelled(name, "the supervisor closed before it reported")
             self._finish(rec, State.CANCELLED, None, None, ExceptionInfo.from_exc(err), None)
-        for held in self._held.values():  # (every task has ended: ended ones only)
-            held.clear()
+        for window in self._windows.values():  # (every task has ended: ended ones only)
+            window.held.clear()
         checks = getattr(self._clock, "_busy_checks", None)
         if checks is not None and self._handing_over in checks:
             checks.remove(self._handing_over)
@@ -905,9 +901,9 @@ class Supervisor(Engine):
     def _statistics(self) -> Statistics:
         p = self._planner
         running = dict(self._running)
-        for target, held in self._held_live.items():  # (running for the planner: counted)
-            if held:
-                running[target] = running.get(target, 0) + held
+        for target, window in self._windows.items():  # (running for the planner: counted)
+            if window.live:
+                running[target] = running.get(target, 0) + window.live
         return Statistics(
             state=self.state,
             tasks=dict(p.stats.by_state),
